@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+// EaaS: Expert-as-a-Service. Module map and rules: see DESIGN.md in the shared folder and README.md.
+import PackageDescription
+
+/// C kernels are built with optimisation even in debug builds (tests run them on real data), and
+/// without FMA contraction so that every dispatch variant of a kernel rounds the same way.
+let cKernelFlags: [CSetting] = [.unsafeFlags(["-O2", "-ffp-contract=off"])]
+
+let package = Package(
+    name: "EaaS",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "eaas", targets: ["eaas"]),
+        .library(name: "MoE", targets: ["MoE"]),
+        .library(name: "Transport", targets: ["Transport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // C shims: one small target per C library. Nothing but the module named beside each imports it.
+        .target(name: "CBLAS", cSettings: cKernelFlags, linkerSettings: [.linkedLibrary("openblas")]),  // MoE
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),  // Kube
+        .target(name: "CYAML", linkerSettings: [.linkedLibrary("yaml")]),  // Kube
+        .target(name: "CVerbs", linkerSettings: [.linkedLibrary("ibverbs")]),  // Transport
+
+        .target(name: "MoE", dependencies: [
+            "CBLAS", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "Transport", dependencies: ["CVerbs"]),
+        .target(name: "ExpertPod", dependencies: ["MoE", "Transport"]),
+        .target(name: "AttentionWorker", dependencies: ["MoE", "Transport"]),
+        .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
+        .target(name: "Controller", dependencies: ["Kube", "Transport"]),
+        .executableTarget(name: "eaas", dependencies: [
+            "MoE", "Transport", "ExpertPod", "AttentionWorker", "Kube", "Controller",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "MoETests", dependencies: ["MoE"]),
+        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube"]),
+    ]
+)

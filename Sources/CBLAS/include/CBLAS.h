@@ -1,0 +1,36 @@
+// C shim for the MoE module: OpenBLAS's CBLAS interface plus the few element-wise kernels that feed
+// it. They are in C so that they can be compiled for the CPU they run on (AVX-512/AVX2 variants
+// picked at run time) while the Swift code stays portable.
+#ifndef EAAS_CBLAS_H
+#define EAAS_CBLAS_H
+
+#include <cblas.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/// Widens `n` bfloat16 values (raw bits) to float32. Exact.
+void eaas_widen_bf16(const uint16_t *src, float *dst, size_t n);
+/// Widens `n` IEEE half values (raw bits) to float32. Exact, subnormals, infinities and NaN included.
+void eaas_widen_f16(const uint16_t *src, float *dst, size_t n);
+/// Narrows `n` float32 values to bfloat16 bits, rounding to nearest even (NaN stays NaN).
+void eaas_narrow_bf16(const float *src, uint16_t *dst, size_t n);
+/// Narrows `n` float32 values to IEEE half bits, rounding to nearest even (overflow becomes inf).
+void eaas_narrow_f16(const float *src, uint16_t *dst, size_t n);
+
+/// SwiGLU's gating product: `out[i] = silu(gate[i]) * up[i]`, `silu(x) = x / (1 + exp(-x))`.
+/// `out` may alias `gate` or `up`. Relative error of the exp approximation is a few float ulps.
+void eaas_silu_mul(const float *gate, const float *up, float *out, size_t n);
+
+/// Scaled accumulate: `acc[i] += w * x[i]`, rounded as `acc + (w * x)` (two roundings, no FMA),
+/// the same in every dispatch variant.
+void eaas_axpy(float w, const float *x, float *acc, size_t n);
+
+/// The name of the kernel set the running CPU gets ("avx512", "avx2" or "generic").
+const char *eaas_kernel_variant(void);
+
+/// OpenBLAS controls, through one place so that the rest of the code never names OpenBLAS.
+int eaas_blas_threads(void);
+void eaas_blas_set_threads(int n);
+const char *eaas_blas_corename(void);
+
+#endif

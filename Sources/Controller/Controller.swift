@@ -1,0 +1,12 @@
+import Kube
+import Transport
+
+/// The EaaS operator: reconciles `ExpertPool` resources into one replica set per expert shard and
+/// scales each from per-expert load. Its reconciler arrives with the controller issue; this module
+/// already links the Kubernetes client and the transport it will use.
+public enum Controller {
+    /// The API group of the `ExpertPool` custom resource.
+    public static let apiGroup = "eaas.dev"
+    /// The served version of `ExpertPool`.
+    public static let apiVersion = "v1alpha1"
+}

@@ -1,0 +1,86 @@
+import Foundation
+
+/// A model directory as Hugging Face lays it out: `config.json` beside either one
+/// `model.safetensors` or shards listed in `model.safetensors.index.json`.
+///
+/// Every shard is mapped and its header checked on open; tensor bytes are read only when a tensor
+/// is used, so a process that needs a few experts touches only their pages.
+public final class Checkpoint: Sendable {
+    public static let singleFileName = "model.safetensors"
+    public static let indexFileName = "model.safetensors.index.json"
+
+    public let directory: String
+    /// The files that make it up, by file name.
+    public let files: [String: SafeTensorsFile]
+    private let fileOfTensor: [String: String]
+
+    public init(directory: String) throws {
+        self.directory = directory
+        let manager = FileManager.default
+        let indexPath = directory + "/" + Self.indexFileName
+        let singlePath = directory + "/" + Self.singleFileName
+        if manager.fileExists(atPath: indexPath) {
+            let weightMap = try Self.readIndex(indexPath)
+            var files: [String: SafeTensorsFile] = [:]
+            for fileName in Set(weightMap.values).sorted() {
+                files[fileName] = try SafeTensorsFile(path: directory + "/" + fileName)
+            }
+            for (tensor, fileName) in weightMap where files[fileName]?.tensors[tensor] == nil {
+                throw SafeTensorsError(file: indexPath, tensor: tensor, "the index places it in \(fileName), which does not hold it")
+            }
+            self.files = files
+            fileOfTensor = weightMap
+        } else if manager.fileExists(atPath: singlePath) {
+            let file = try SafeTensorsFile(path: singlePath)
+            files = [Self.singleFileName: file]
+            fileOfTensor = file.tensors.mapValues { _ in Self.singleFileName }
+        } else {
+            throw SafeTensorsError(file: directory, "no \(Self.singleFileName) or \(Self.indexFileName) in this directory")
+        }
+    }
+
+    /// Every tensor name, sorted.
+    public var tensorNames: [String] { fileOfTensor.keys.sorted() }
+
+    /// Whether the checkpoint holds a tensor of that name.
+    public func contains(_ name: String) -> Bool { fileOfTensor[name] != nil }
+
+    /// The header entry of a tensor, or nil.
+    public func info(_ name: String) -> TensorInfo? {
+        fileOfTensor[name].flatMap { files[$0]?.tensors[name] }
+    }
+
+    /// The named tensor (no copy); the error names the tensor and the checkpoint.
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let fileName = fileOfTensor[name], let file = files[fileName] else {
+            throw SafeTensorsError(file: directory, tensor: name, "not in this checkpoint")
+        }
+        return try file.tensor(name)
+    }
+
+    /// Total bytes of tensor data.
+    public var totalBytes: Int {
+        fileOfTensor.keys.reduce(0) { $0 + (info($1)?.dataOffsets.count ?? 0) }
+    }
+
+    private static func readIndex(_ path: String) throws -> [String: String] {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw SafeTensorsError(file: path, "cannot read: \(error.localizedDescription)")
+        }
+        guard let object = (try? JSONValue.parse(data))?.object else {
+            throw SafeTensorsError(file: path, "not a JSON object")
+        }
+        guard let map = object["weight_map"]?.object else {
+            throw SafeTensorsError(file: path, "missing object 'weight_map'")
+        }
+        var weightMap: [String: String] = [:]
+        for (tensor, value) in map {
+            guard let fileName = value.string, !fileName.isEmpty, !fileName.contains("/"), fileName != "..", fileName != "." else {
+                throw SafeTensorsError(file: path, tensor: tensor, "weight_map entry is not a file name in this directory")
+            }
+            weightMap[tensor] = fileName
+        }
+        return weightMap
+    }
+}

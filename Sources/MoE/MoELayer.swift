@@ -1,0 +1,84 @@
+import CBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One MoE block run entirely in this process: gate, routed experts, shared experts, combine.
+/// It is the baseline the disaggregated path must match, and what `--experts local` serves.
+///
+/// Weights stay in the mapped checkpoint in their stored dtype (only the small router is widened
+/// to f32 at load).
+public final class MoELayer: Sendable {
+    public let layer: Int
+    public let hidden: Int
+    public let router: RouterSpec
+    public let activation: Activation
+    /// Router weight `[experts, hidden]`.
+    let routerWeight: [Float]
+    let correctionBias: [Float]?
+    /// Routed experts by id; nil where not loaded.
+    let experts: [ExpertWeights?]
+    let shared: ExpertWeights?
+    /// Qwen2-MoE's shared-expert gate `[hidden]`.
+    let sharedGate: [Float]?
+
+    /// Loads layer `layer` of `checkpoint`: its router, shared experts, and the routed experts in
+    /// `experts` (all when nil).
+    public init(checkpoint: Checkpoint, config: ModelConfig, layer: Int, experts wanted: Set<Int>? = nil) throws {
+        let loader = ExpertLoader(checkpoint: checkpoint, config: config)
+        self.layer = layer
+        hidden = config.hiddenSize
+        router = config.router
+        activation = config.activation
+        (routerWeight, correctionBias) = try loader.router(layer: layer)
+        experts = try (0..<config.expertCount).map { e in
+            guard wanted?.contains(e) ?? true else { return nil }
+            return try loader.expert(layer: layer, expert: e)
+        }
+        let sharedBlock = try loader.sharedExpert(layer: layer)
+        shared = sharedBlock?.weights
+        sharedGate = sharedBlock?.gate
+    }
+
+    /// Router logits `[tokens, experts]` and the routing they give.
+    public func route(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch) -> (logits: [Float], routing: Routing) {
+        precondition(input.count == tokens * hidden, "input is not [tokens, hidden]")
+        let e = router.experts
+        var logits = [Float](repeating: 0, count: tokens * e)
+        routerWeight.withUnsafeBufferPointer { w in
+            logits.withUnsafeMutableBufferPointer { out in
+                BLAS.gemmTransposedB(m: tokens, n: e, k: hidden, a: input.baseAddress!, lda: hidden,
+                                     b: w.baseAddress!, ldb: hidden, c: out.baseAddress!, ldc: e)
+            }
+        }
+        let routing = logits.withUnsafeBufferPointer { Gate.route(logits: $0, tokens: tokens, spec: router, correctionBias: correctionBias) }
+        return (logits, routing)
+    }
+
+    /// The block's output `[tokens, hidden]` for `input` `[tokens, hidden]`, with the routing used.
+    public func forward(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch = ExpertScratch()) throws -> (output: [Float], routing: Routing) {
+        let (_, routing) = route(input, tokens: tokens, scratch: scratch)
+        var output = [Float](repeating: 0, count: tokens * hidden)
+        try output.withUnsafeMutableBufferPointer { out in
+            try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: router.experts,
+                                         activation: activation, experts: { self.experts[$0] }, output: out.baseAddress!, scratch: scratch)
+            if let shared { addShared(shared, input: input.baseAddress!, tokens: tokens, output: out.baseAddress!, scratch: scratch) }
+        }
+        return (output, routing)
+    }
+
+    /// `output += g_t * shared(x_t)`, with `g_t = sigmoid(x_t · shared_expert_gate)` for Qwen2-MoE, else 1.
+    private func addShared(_ weights: ExpertWeights, input: UnsafePointer<Float>, tokens: Int, output: UnsafeMutablePointer<Float>, scratch: ExpertScratch) {
+        let results = scratch.output.reserve(tokens * hidden)
+        ExpertFFN.run(weights, activation: activation, tokens: tokens, input: input, output: results, scratch: scratch)
+        for t in 0..<tokens {
+            var g: Float = 1
+            if let sharedGate {
+                var dot: Float = 0
+                for i in 0..<hidden { dot += input[t * hidden + i] * sharedGate[i] }
+                g = 1 / (1 + expf(-dot))
+            }
+            eaas_axpy(g, results + t * hidden, output + t * hidden, hidden)
+        }
+    }
+}

@@ -1,0 +1,348 @@
+import Foundation
+
+/// The MoE architectures EaaS serves, by their Hugging Face class name.
+public enum Architecture: String, Sendable, CaseIterable, Codable {
+    case mixtral = "MixtralForCausalLM"
+    case qwen2Moe = "Qwen2MoeForCausalLM"
+    case qwen3Moe = "Qwen3MoeForCausalLM"
+    case olmoe = "OlmoeForCausalLM"
+    case deepseekV2 = "DeepseekV2ForCausalLM"
+    case deepseekV3 = "DeepseekV3ForCausalLM"
+
+    /// The short name used on the command line (`mixtral`, `qwen2-moe`, …).
+    public var cliName: String {
+        switch self {
+        case .mixtral: "mixtral"
+        case .qwen2Moe: "qwen2-moe"
+        case .qwen3Moe: "qwen3-moe"
+        case .olmoe: "olmoe"
+        case .deepseekV2: "deepseek-v2"
+        case .deepseekV3: "deepseek-v3"
+        }
+    }
+
+    /// `model_type` in `config.json`.
+    public var modelType: String {
+        switch self {
+        case .mixtral: "mixtral"
+        case .qwen2Moe: "qwen2_moe"
+        case .qwen3Moe: "qwen3_moe"
+        case .olmoe: "olmoe"
+        case .deepseekV2: "deepseek_v2"
+        case .deepseekV3: "deepseek_v3"
+        }
+    }
+
+    public init?(cliName: String) {
+        guard let match = Self.allCases.first(where: { $0.cliName == cliName.lowercased() }) else { return nil }
+        self = match
+    }
+
+    /// Whether the attention is DeepSeek's multi-head latent attention.
+    public var usesLatentAttention: Bool { self == .deepseekV2 || self == .deepseekV3 }
+}
+
+/// The expert FFN's activation (`hidden_act`); the FFN is `down(act(gate(x)) * up(x))`.
+public enum Activation: String, Sendable, Codable {
+    case silu
+    /// Exact (erf) GELU.
+    case gelu
+    /// tanh-approximated GELU (`gelu_pytorch_tanh`, `gelu_new`).
+    case geluTanh = "gelu_pytorch_tanh"
+    case relu
+
+    init?(hfName: String) {
+        switch hfName {
+        case "silu", "swish": self = .silu
+        case "gelu": self = .gelu
+        case "gelu_pytorch_tanh", "gelu_new", "gelu_fast": self = .geluTanh
+        case "relu": self = .relu
+        default: return nil
+        }
+    }
+}
+
+/// Multi-head latent attention dimensions (DeepSeek-V2/V3).
+public struct LatentAttentionShape: Sendable, Equatable {
+    /// Rank of the query compression (`q_lora_rank`); nil when queries are projected directly.
+    public var queryRank: Int?
+    public var keyValueRank: Int
+    public var qkNopeHeadDim: Int
+    public var qkRopeHeadDim: Int
+    public var valueHeadDim: Int
+}
+
+/// The attention part's shape, enough to lay out and check its tensors.
+public struct AttentionShape: Sendable, Equatable {
+    /// How q/k normalisation is applied, if at all.
+    public enum QKNorm: String, Sendable {
+        case none
+        /// RMSNorm over each head (`q_norm`/`k_norm` of size head_dim; Qwen3-MoE).
+        case perHead
+        /// RMSNorm over the whole projection (OLMoE).
+        case whole
+    }
+
+    public var heads: Int
+    public var keyValueHeads: Int
+    public var headDim: Int
+    public var qkvBias: Bool
+    public var qkNorm: QKNorm
+    /// Set for DeepSeek's latent attention, where heads/headDim describe the output side.
+    public var latent: LatentAttentionShape?
+    public var ropeTheta: Double
+}
+
+/// A bad `config.json`: the message names the file and the field (or the architecture).
+public struct ModelConfigError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let source: String
+    public let reason: String
+    public var description: String { "\(source): \(reason)" }
+}
+
+/// What EaaS needs to know of a model, read from a Hugging Face `config.json`.
+///
+/// Fields that every config of an architecture must state (sizes, counts, top-k) are required and
+/// a missing one is an error naming it; fields that transformers gives a default to
+/// (`norm_topk_prob`, `decoder_sparse_step`, `first_k_dense_replace`, `routed_scaling_factor`, …)
+/// take that same default.
+public struct ModelConfig: Sendable, Equatable {
+    public var architecture: Architecture
+    public var hiddenSize: Int
+    public var layerCount: Int
+    public var vocabSize: Int
+    /// FFN size of the dense (non-MoE) layers.
+    public var denseFFNSize: Int
+    /// FFN size of one routed expert.
+    public var expertFFNSize: Int
+    /// FFN size of the shared expert block (all shared experts together); 0 when there is none.
+    public var sharedFFNSize: Int
+    /// Whether the shared expert's output is scaled by `sigmoid(x · shared_expert_gate)` (Qwen2-MoE).
+    public var sharedExpertGated: Bool
+    public var router: RouterSpec
+    public var activation: Activation
+    /// Indices of the decoder layers whose MLP is an MoE block, ascending.
+    public var moeLayers: [Int]
+    public var attention: AttentionShape
+    public var rmsNormEps: Double
+    public var tieWordEmbeddings: Bool
+    /// The dtype the checkpoint says its weights are in, if it says.
+    public var dtype: DType?
+
+    /// Whether decoder layer `layer` has an MoE block.
+    public func isMoE(layer: Int) -> Bool { moeLayers.contains(layer) }
+
+    /// Routed experts per MoE layer.
+    public var expertCount: Int { router.experts }
+
+    /// Reads `DIR/config.json`.
+    public static func load(directory: String) throws -> ModelConfig {
+        let path = directory + "/config.json"
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw ModelConfigError(source: path, reason: "cannot read: \(error.localizedDescription)")
+        }
+        return try ModelConfig(json: data, source: path)
+    }
+
+    /// Parses the contents of a `config.json`; `source` names it in errors.
+    public init(json: Data, source: String = "config.json") throws {
+        guard let object = (try? JSONValue.parse(json))?.object else {
+            throw ModelConfigError(source: source, reason: "not a JSON object")
+        }
+        try self.init(fields: ConfigFields(object, source: source))
+    }
+
+    init(fields f: ConfigFields) throws {
+        let architectures = try f.optional("architectures", as: [String].self) ?? []
+        guard let name = architectures.first else {
+            throw f.error("missing field 'architectures' (one of \(Architecture.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        guard let architecture = Architecture(rawValue: name) else {
+            throw f.error("unknown architecture '\(name)'; supported: \(Architecture.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self.architecture = architecture
+        hiddenSize = try f.positive("hidden_size")
+        layerCount = try f.positive("num_hidden_layers")
+        vocabSize = try f.positive("vocab_size")
+        rmsNormEps = try f.optional("rms_norm_eps", as: Double.self) ?? 1e-6
+        tieWordEmbeddings = try f.optional("tie_word_embeddings", as: Bool.self) ?? false
+        dtype = (try f.optional("torch_dtype", as: String.self) ?? f.optional("dtype", as: String.self)).flatMap(DType.init(userSpelling:))
+        let actName = try f.optional("hidden_act", as: String.self) ?? "silu"
+        guard let activation = Activation(hfName: actName) else {
+            throw f.error("field 'hidden_act': '\(actName)' is not supported (silu, gelu, gelu_pytorch_tanh, relu)")
+        }
+        self.activation = activation
+
+        let topK = try f.positive("num_experts_per_tok")
+        let layers = 0..<layerCount
+        switch architecture {
+        case .mixtral:
+            expertFFNSize = try f.positive("intermediate_size")
+            denseFFNSize = expertFFNSize
+            sharedFFNSize = 0
+            sharedExpertGated = false
+            router = RouterSpec(experts: try f.positive("num_local_experts"), topK: topK, renormalize: true)
+            moeLayers = Array(layers)
+        case .qwen2Moe, .qwen3Moe:
+            expertFFNSize = try f.positive("moe_intermediate_size")
+            denseFFNSize = try f.optional("intermediate_size", as: Int.self) ?? expertFFNSize
+            let experts = try f.positive(oneOf: "num_experts", "num_local_experts")
+            if architecture == .qwen2Moe {
+                sharedFFNSize = try f.optional("shared_expert_intermediate_size", as: Int.self) ?? 0
+                sharedExpertGated = sharedFFNSize > 0
+            } else {
+                sharedFFNSize = 0
+                sharedExpertGated = false
+            }
+            router = RouterSpec(experts: experts, topK: topK, renormalize: try f.optional("norm_topk_prob", as: Bool.self) ?? false)
+            let step = try f.optional("decoder_sparse_step", as: Int.self) ?? 1
+            guard step >= 1 else { throw f.error("field 'decoder_sparse_step' must be at least 1 (got \(step))") }
+            let mlpOnly = Set(try f.optional("mlp_only_layers", as: [Int].self) ?? [])
+            moeLayers = layers.filter { !mlpOnly.contains($0) && ($0 + 1) % step == 0 }
+        case .olmoe:
+            expertFFNSize = try f.positive("intermediate_size")
+            denseFFNSize = expertFFNSize
+            sharedFFNSize = 0
+            sharedExpertGated = false
+            router = RouterSpec(experts: try f.positive("num_experts"), topK: topK,
+                                renormalize: try f.optional("norm_topk_prob", as: Bool.self) ?? false)
+            moeLayers = Array(layers)
+        case .deepseekV2, .deepseekV3:
+            expertFFNSize = try f.positive("moe_intermediate_size")
+            denseFFNSize = try f.positive("intermediate_size")
+            let experts = try f.positive(oneOf: "n_routed_experts", "num_local_experts")
+            let shared = try f.optional("n_shared_experts", as: Int.self) ?? (architecture == .deepseekV2 ? 2 : 1)
+            sharedFFNSize = shared * expertFFNSize
+            sharedExpertGated = false
+            let scaling = Float(try f.optional("routed_scaling_factor", as: Double.self) ?? (architecture == .deepseekV2 ? 1.0 : 2.5))
+            let firstDense = try f.optional("first_k_dense_replace", as: Int.self) ?? (architecture == .deepseekV2 ? 0 : 3)
+            let frequency = try f.optional("moe_layer_freq", as: Int.self) ?? 1
+            guard frequency >= 1 else { throw f.error("field 'moe_layer_freq' must be at least 1 (got \(frequency))") }
+            moeLayers = layers.filter { $0 >= firstDense && $0 % frequency == 0 }
+            if architecture == .deepseekV2 {
+                let method = try f.optional("topk_method", as: String.self) ?? "greedy"
+                switch method {
+                case "greedy":
+                    router = RouterSpec(experts: experts, topK: topK, renormalize: false, scalingFactor: scaling)
+                case "group_limited_greedy":
+                    router = RouterSpec(experts: experts, topK: topK, renormalize: false, scalingFactor: scaling,
+                                        groupRanking: .maxScore, groups: try f.positive("n_group"), groupsPerToken: try f.positive("topk_group"))
+                default:
+                    throw f.error("field 'topk_method': '\(method)' is not supported for DeepseekV2ForCausalLM (greedy, group_limited_greedy)")
+                }
+            } else {
+                let method = try f.optional("topk_method", as: String.self) ?? "noaux_tc"
+                guard method == "noaux_tc" else {
+                    throw f.error("field 'topk_method': '\(method)' is not supported for DeepseekV3ForCausalLM (noaux_tc)")
+                }
+                router = RouterSpec(experts: experts, topK: topK, scoring: .sigmoid,
+                                    renormalize: try f.optional("norm_topk_prob", as: Bool.self) ?? true,
+                                    renormalizeEpsilon: 1e-20, scalingFactor: scaling, groupRanking: .sumOfTopTwo,
+                                    groups: try f.optional("n_group", as: Int.self) ?? 8,
+                                    groupsPerToken: try f.optional("topk_group", as: Int.self) ?? 4, usesCorrectionBias: true)
+            }
+        }
+        if let problem = router.problem { throw f.error(problem) }
+        attention = try Self.attentionShape(f, architecture: architecture, hidden: hiddenSize)
+    }
+
+    private static func attentionShape(_ f: ConfigFields, architecture: Architecture, hidden: Int) throws -> AttentionShape {
+        let heads = try f.positive("num_attention_heads")
+        let kvHeads = try f.optional("num_key_value_heads", as: Int.self) ?? heads
+        guard kvHeads >= 1, heads % kvHeads == 0 else {
+            throw f.error("field 'num_key_value_heads' (\(kvHeads)) must divide num_attention_heads (\(heads))")
+        }
+        let ropeParameters = try f.optional("rope_parameters", as: [String: JSONValue].self)
+        let legacyTheta = try f.optional("rope_theta", as: Double.self)
+        let ropeTheta = ropeParameters?["rope_theta"]?.double ?? legacyTheta ?? 10_000
+        var shape = AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hidden / heads, qkvBias: false,
+                                   qkNorm: .none, latent: nil, ropeTheta: ropeTheta)
+        switch architecture {
+        case .mixtral:
+            shape.headDim = try f.optional("head_dim", as: Int.self) ?? hidden / heads
+        case .qwen2Moe:
+            shape.qkvBias = try f.optional("qkv_bias", as: Bool.self) ?? true
+        case .qwen3Moe:
+            shape.headDim = try f.optional("head_dim", as: Int.self) ?? hidden / heads
+            shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+            shape.qkNorm = .perHead
+        case .olmoe:
+            shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+            shape.qkNorm = .whole
+        case .deepseekV2, .deepseekV3:
+            let latent = LatentAttentionShape(
+                queryRank: try f.optional("q_lora_rank", as: Int.self),
+                keyValueRank: try f.positive("kv_lora_rank"),
+                qkNopeHeadDim: try f.positive("qk_nope_head_dim"),
+                qkRopeHeadDim: try f.positive("qk_rope_head_dim"),
+                valueHeadDim: try f.positive("v_head_dim"))
+            shape.latent = latent
+            shape.headDim = latent.qkNopeHeadDim + latent.qkRopeHeadDim
+            shape.keyValueHeads = heads
+            shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+        }
+        guard shape.headDim >= 1 else { throw f.error("attention head_dim must be at least 1") }
+        return shape
+    }
+}
+
+/// Typed access to a `config.json` object, with errors that name the field.
+struct ConfigFields {
+    let object: [String: JSONValue]
+    let source: String
+
+    init(_ object: [String: JSONValue], source: String) {
+        self.object = object
+        self.source = source
+    }
+
+    func error(_ reason: String) -> ModelConfigError { ModelConfigError(source: source, reason: reason) }
+
+    /// The field's value, or nil when it is absent or JSON null; a value of the wrong type is an error.
+    func optional<T>(_ key: String, as type: T.Type) throws -> T? {
+        guard let value = object[key], value != .null else { return nil }
+        let typed: Any?
+        switch type {
+        case is Int.Type: typed = value.int
+        case is Double.Type: typed = value.double
+        case is Bool.Type: typed = value.bool
+        case is String.Type: typed = value.string
+        case is [Int].Type: typed = value.array.flatMap { items in items.allSatisfy { $0.int != nil } ? items.map { $0.int! } : nil }
+        case is [String].Type: typed = value.array.flatMap { items in items.allSatisfy { $0.string != nil } ? items.map { $0.string! } : nil }
+        case is [String: JSONValue].Type: typed = value.object
+        default: typed = nil
+        }
+        guard let result = typed as? T else {
+            throw error("field '\(key)' must be \(Self.typeName(type)) (got \(value))")
+        }
+        return result
+    }
+
+    private static func typeName<T>(_ type: T.Type) -> String {
+        switch type {
+        case is Int.Type: "an integer"
+        case is Double.Type: "a number"
+        case is Bool.Type: "true or false"
+        case is String.Type: "a string"
+        case is [Int].Type: "a list of integers"
+        case is [String].Type: "a list of strings"
+        default: "an object"
+        }
+    }
+
+    /// A required integer ≥ 1.
+    func positive(_ key: String) throws -> Int {
+        guard let value = try optional(key, as: Int.self) else {
+            throw error("missing field '\(key)'")
+        }
+        guard value >= 1 else { throw error("field '\(key)' must be at least 1 (got \(value))") }
+        return value
+    }
+
+    /// A required integer ≥ 1 that configs spell in more than one way.
+    func positive(oneOf keys: String...) throws -> Int {
+        for key in keys where object[key] != nil && object[key] != .null { return try positive(key) }
+        throw error("missing field '\(keys[0])'")
+    }
+}

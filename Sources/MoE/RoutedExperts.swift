@@ -1,0 +1,65 @@
+import CBLAS
+
+/// The grouped expert computation shared by the monolithic layer and, later, the expert pods:
+/// tokens are grouped by expert (a counting sort), each expert runs once on its group as one GEMM
+/// chain, and its outputs, times their gate weights, are added into each token's row.
+///
+/// Combine order is canonical: a token's terms are added in ascending expert id (the order
+/// transformers' `index_add_` loop uses), each as `acc + (w * y)`. Any split of experts across
+/// servers whose partial sums are added back in ascending expert order reproduces it exactly.
+public enum RoutedExperts {
+    /// A routed expert that is not available where the tokens were sent.
+    public struct MissingExpert: Error, CustomStringConvertible, Sendable {
+        public let expert: Int
+        public var description: String { "expert \(expert) is not hosted here" }
+    }
+
+    /// Adds `Σ_j weights[t, j] * expert_{ids[t, j]}(x_t)` into `output[t]` for every token.
+    /// - Parameters:
+    ///   - input: `[tokens, hidden]` hidden states.
+    ///   - routing: `[tokens, topK]` expert ids and weights.
+    ///   - expertCount: ids must lie in `0..<expertCount`.
+    ///   - experts: the weights of an expert, or nil when it is not hosted (an error).
+    ///   - output: `[tokens, hidden]`, accumulated into.
+    public static func accumulate(
+        input: UnsafePointer<Float>, hidden: Int, routing: Routing, expertCount: Int,
+        activation: Activation, experts: (Int) -> ExpertWeights?,
+        output: UnsafeMutablePointer<Float>, scratch: ExpertScratch
+    ) throws {
+        let tokens = routing.tokens, k = routing.topK
+        // Counting sort of the (token, slot) pairs by expert; within an expert, token order.
+        scratch.counts.removeAll(keepingCapacity: true)
+        scratch.counts.append(contentsOf: repeatElement(0, count: expertCount + 1))
+        for id in routing.ids {
+            guard id >= 0, Int(id) < expertCount else { throw MissingExpert(expert: Int(id)) }
+            scratch.counts[Int(id) + 1] += 1
+        }
+        for e in 0..<expertCount { scratch.counts[e + 1] += scratch.counts[e] }
+        scratch.slots.removeAll(keepingCapacity: true)
+        scratch.slots.append(contentsOf: repeatElement(0, count: tokens * k))
+        var cursor = Array(scratch.counts.prefix(expertCount))
+        for slot in 0..<(tokens * k) {
+            let e = Int(routing.ids[slot])
+            scratch.slots[cursor[e]] = slot
+            cursor[e] += 1
+        }
+
+        for e in 0..<expertCount {
+            let begin = scratch.counts[e], end = scratch.counts[e + 1]
+            guard end > begin else { continue }
+            guard let weights = experts(e) else { throw MissingExpert(expert: e) }
+            let n = end - begin
+            let gathered = scratch.input.reserve(n * hidden)
+            for i in 0..<n {
+                let token = scratch.slots[begin + i] / k
+                (gathered + i * hidden).update(from: input + token * hidden, count: hidden)
+            }
+            let results = scratch.output.reserve(n * hidden)
+            ExpertFFN.run(weights, activation: activation, tokens: n, input: gathered, output: results, scratch: scratch)
+            for i in 0..<n {
+                let slot = scratch.slots[begin + i]
+                eaas_axpy(routing.weights[slot], results + i * hidden, output + (slot / k) * hidden, hidden)
+            }
+        }
+    }
+}

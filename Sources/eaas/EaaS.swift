@@ -1,0 +1,29 @@
+import ArgumentParser
+
+/// `eaas`: the one binary of Expert-as-a-Service.
+@main
+struct EaaS: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eaas",
+        abstract: "Expert-as-a-Service: serve mixture-of-experts models with experts as independent pods.",
+        subcommands: [ModelCommand.self, BenchCommand.self, VersionCommand.self]
+    )
+}
+
+/// `eaas model …`: make and read checkpoints.
+struct ModelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "model",
+        abstract: "Make and inspect MoE checkpoints (Hugging Face config.json + safetensors).",
+        subcommands: [ModelInitCommand.self, ModelInspectCommand.self]
+    )
+}
+
+/// `eaas bench …`: benchmarks that print ratios measured side by side in one run.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks; each prints ratios against its reference measured in the same run.",
+        subcommands: [ExpertsBenchCommand.self]
+    )
+}

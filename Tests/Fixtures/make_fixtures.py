@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Reference fixtures for the MoE module, made by Hugging Face transformers.
+
+For each supported architecture this builds a tiny seeded random model, saves it as a real
+checkpoint (config.json + safetensors, as `save_pretrained` writes it) and records, for fixed
+inputs fed straight into every MoE block, what transformers computes:
+
+    layers.{L}.input          [tokens, hidden]   f32  the block's input
+    layers.{L}.router_logits  [tokens, experts]  f32  gate logits
+    layers.{L}.topk_ids       [tokens, topK]     i32  chosen experts, ascending per token
+    layers.{L}.topk_weights   [tokens, topK]     f32  their weights, in the same order
+    layers.{L}.output         [tokens, hidden]   f32  the whole block's output (shared experts included)
+
+into `expected.safetensors` beside the checkpoint. Run it from anywhere (CPU torch is enough):
+
+    pip install torch==2.13.0 transformers safetensors
+    python3 Tests/Fixtures/make_fixtures.py
+
+It is only for making fixtures; nothing at run time needs Python.
+"""
+import json
+import os
+import shutil
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import (
+    DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
+    MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
+    Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOKENS = 7
+COMMON = dict(vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=128, initializer_range=0.1, tie_word_embeddings=False,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# name -> (config class, model class, config kwargs, how to save)
+CASES = {
+    # softmax, top-k, always renormalised
+    "mixtral": (MixtralConfig, MixtralForCausalLM, dict(
+        intermediate_size=48, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2), {}),
+    # softmax without renormalisation, sigmoid-gated shared expert, a dense layer from mlp_only_layers
+    "qwen2-moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+        num_hidden_layers=3, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[0]), {}),
+    # softmax with renormalisation, decoder_sparse_step 2 (layers 1 and 3 are MoE)
+    "qwen3-moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=24, num_hidden_layers=4, num_experts=8,
+        num_experts_per_tok=3, norm_topk_prob=True, decoder_sparse_step=2, head_dim=8), {}),
+    # the same model stored with fused 3-D expert tensors (gate_up_proj [E, 2F, H], down_proj [E, H, F])
+    "qwen3-moe-fused": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=24, num_hidden_layers=2, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, head_dim=8), {"fused": True}),
+    # bf16 weights on disk; the reference runs in f32 on the exactly widened weights
+    "qwen3-moe-bf16": (Qwen3MoeConfig, Qwen3MoeForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=24, num_hidden_layers=2, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, head_dim=8), {"dtype": torch.bfloat16}),
+    # softmax without renormalisation
+    "olmoe": (OlmoeConfig, OlmoeForCausalLM, dict(
+        intermediate_size=40, num_hidden_layers=2, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=False), {}),
+    # group-limited greedy on softmax scores, routed scaling, 2 shared experts, first layer dense
+    "deepseek-v2": (DeepseekV2Config, DeepseekV2ForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=3, n_routed_experts=8,
+        n_shared_experts=2, num_experts_per_tok=3, topk_method="group_limited_greedy", n_group=4,
+        topk_group=2, routed_scaling_factor=2.0, first_k_dense_replace=1, q_lora_rank=16,
+        kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, head_dim=4,
+        num_key_value_heads=4), {}),
+    # sigmoid scores with correction bias, top-2-sum group choice, renormalised, scaled; sharded on disk
+    "deepseek-v3": (DeepseekV3Config, DeepseekV3ForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=3, n_routed_experts=8,
+        n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2, norm_topk_prob=True,
+        routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, head_dim=4, num_key_value_heads=4),
+        {"max_shard_size": "40KB"}),
+}
+
+
+def moe_blocks(model):
+    for i, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        if hasattr(mlp, "gate") and hasattr(mlp, "experts"):
+            yield i, mlp
+
+
+def record(name, model, dtype):
+    tensors = {}
+    g = torch.Generator().manual_seed(1234)
+    for i, block in moe_blocks(model):
+        x = torch.randn(TOKENS, model.config.hidden_size, generator=g)
+        with torch.no_grad():
+            logits, weights, ids = block.gate(x)
+            out = block(x.unsqueeze(0)).squeeze(0)
+        # Refuse inputs whose choice hangs on a near tie: rounding would decide it, not the model.
+        scores = logits.float().softmax(-1) if model.config.model_type != "deepseek_v3" else logits.float().sigmoid()
+        top = scores.sort(dim=-1, descending=True).values
+        k = ids.shape[-1]
+        assert (top[:, k - 1] - top[:, k]).min() > 1e-4, f"{name} layer {i}: near tie in routing"
+        order = ids.argsort(dim=-1)
+        tensors[f"layers.{i}.input"] = x.contiguous()
+        tensors[f"layers.{i}.router_logits"] = logits.float().contiguous()
+        tensors[f"layers.{i}.topk_ids"] = ids.gather(1, order).to(torch.int32).contiguous()
+        tensors[f"layers.{i}.topk_weights"] = weights.float().gather(1, order).contiguous()
+        tensors[f"layers.{i}.output"] = out.float().contiguous()
+    assert tensors, f"{name}: no MoE layer"
+    return tensors
+
+
+def main():
+    for name, (config_class, model_class, kwargs, how) in CASES.items():
+        torch.manual_seed(sum(map(ord, name)))
+        config = config_class(**{**COMMON, **kwargs})
+        model = model_class(config).eval()
+        if model.config.model_type == "deepseek_v3":
+            # Make the correction bias matter: it is zero after init.
+            for _, block in moe_blocks(model):
+                block.gate.e_score_correction_bias.copy_(torch.randn(block.gate.e_score_correction_bias.shape) * 0.05)
+        out_dir = os.path.join(HERE, name)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        dtype = how.get("dtype", torch.float32)
+        if dtype != torch.float32:
+            # Round the weights to the stored dtype first, then compute in f32 on the rounded values.
+            model = model.to(dtype)
+            model.save_pretrained(out_dir)
+            model = model.float()
+        elif how.get("fused"):
+            model.save_pretrained(out_dir)
+            os.remove(os.path.join(out_dir, "model.safetensors"))
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            assert any(k.endswith("experts.gate_up_proj") for k in state), "expected fused experts in memory"
+            save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        else:
+            model.save_pretrained(out_dir, max_shard_size=how.get("max_shard_size", "50GB"))
+        for extra in ("generation_config.json",):
+            path = os.path.join(out_dir, extra)
+            if os.path.exists(path):
+                os.remove(path)
+        expected = record(name, model, dtype)
+        save_file(expected, os.path.join(out_dir, "expected.safetensors"),
+                  metadata={"transformers": transformers.__version__, "torch": torch.__version__})
+        print(f"{name}: {len(expected) // 5} MoE layers -> {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
