@@ -39,6 +39,6 @@ let package = Package(
         ]),
 
         .testTarget(name: "MoETests", dependencies: ["MoE"]),
-        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube"]),
+        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
     ]
 )

@@ -30,7 +30,7 @@ static inline uint32_t f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); ret
         uint32_t sign = (h & 0x8000u) << 16;                                                   \
         uint32_t em = h & 0x7fffu;                                                             \
         uint32_t normal = (em << 13) + 0x38000000u;                                            \
-        float sub = bits_to_f32(em + 0x38800000u) - bits_to_f32(0x38800000u);                  \
+        float sub = bits_to_f32((em << 13) + 0x38800000u) - bits_to_f32(0x38800000u);                  \
         uint32_t out = em < 0x0400u ? f32_to_bits(sub) : normal;                               \
         out = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : out;                                \
         dst[i] = bits_to_f32(out | sign);                                                      \

@@ -27,7 +27,7 @@ struct PlatformShimTests {
 @Suite("Shard specs")
 struct ShardSpecTests {
     @Test("Expert lists, ranges and layer ranges parse", arguments: [
-        ("0,1", [0, 1], nil as [Int]?, "0,1"),
+        ("0,1", [0, 1], nil as [Int]?, "0-1"),
         ("4-7@0-11", [4, 5, 6, 7], Array(0...11), "4-7@0-11"),
         ("3", [3], nil, "3"),
         ("0-2,5@1,3", [0, 1, 2, 5], [1, 3], "0-2,5@1,3"),
