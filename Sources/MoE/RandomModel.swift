@@ -153,7 +153,7 @@ public enum RandomModel {
         let writer = try CheckpointWriter(directory: directory, entries: entries, maxShardBytes: maxShardBytes,
                                           metadata: ["format": "pt", "generator": "eaas model init", "seed": String(spec.seed)])
         for entry in entries {
-            try writer.append(entry.name, floats: values(for: entry, spec: spec))
+            try writer.append(entry.name, floats: values(for: entry, spec: spec, config: config))
         }
         try writer.finish()
         return config
@@ -161,10 +161,24 @@ public enum RandomModel {
 
     /// The values of one tensor: norms are ones, biases zeros, everything else uniform with the
     /// spec's standard deviation from a generator seeded by (seed, tensor name), so that each
-    /// tensor is the same whatever else the model holds.
-    static func values(for entry: TensorEntry, spec: RandomModelSpec) -> [Float] {
-        let count = entry.shape.reduce(1, *)
-        let name = entry.name
+    /// tensor is the same whatever else the model holds. A fused expert tensor is made of the
+    /// per-expert tensors it stands for, so both storages hold the same model.
+    static func values(for entry: TensorEntry, spec: RandomModelSpec, config: ModelConfig) -> [Float] {
+        if entry.name.hasSuffix(".experts.gate_up_proj") || entry.name.hasSuffix(".experts.down_proj") {
+            let prefix = String(entry.name.dropLast(entry.name.hasSuffix("gate_up_proj") ? "gate_up_proj".count : "down_proj".count))
+            let mixtral = config.architecture == .mixtral
+            let parts = entry.name.hasSuffix("gate_up_proj") ? (mixtral ? ["w1", "w3"] : ["gate_proj", "up_proj"]) : (mixtral ? ["w2"] : ["down_proj"])
+            let rows = entry.shape[1] / parts.count
+            return (0..<entry.shape[0]).flatMap { e in
+                parts.flatMap { part in
+                    values(named: "\(prefix)\(e).\(part).weight", count: rows * entry.shape[2], spec: spec)
+                }
+            }
+        }
+        return values(named: entry.name, count: entry.shape.reduce(1, *), spec: spec)
+    }
+
+    private static func values(named name: String, count: Int, spec: RandomModelSpec) -> [Float] {
         if name.hasSuffix("norm.weight") { return [Float](repeating: 1, count: count) }
         if name.hasSuffix(".bias") { return [Float](repeating: 0, count: count) }
         var rng = SplitMix64(seed: spec.seed ^ fnv1a(name))

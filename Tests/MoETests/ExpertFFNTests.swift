@@ -1,0 +1,129 @@
+import Foundation
+import Testing
+@testable import MoE
+
+/// The expert FFN and the grouped combine, against a plain double-precision reference.
+@Suite("Expert FFN on BLAS")
+struct ExpertFFNTests {
+    /// `down(silu(gate x) * up x)` in Double, weights given as f32 values.
+    static func reference(x: [Float], tokens: Int, hidden: Int, ffn: Int, gate: [Float], up: [Float], down: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: tokens * hidden)
+        for t in 0..<tokens {
+            var a = [Double](repeating: 0, count: ffn)
+            for f in 0..<ffn {
+                var g = 0.0, u = 0.0
+                for h in 0..<hidden {
+                    g += Double(gate[f * hidden + h]) * Double(x[t * hidden + h])
+                    u += Double(up[f * hidden + h]) * Double(x[t * hidden + h])
+                }
+                a[f] = g / (1 + exp(-g)) * u
+            }
+            for h in 0..<hidden {
+                var y = 0.0
+                for f in 0..<ffn { y += Double(down[h * ffn + f]) * a[f] }
+                out[t * hidden + h] = Float(y)
+            }
+        }
+        return out
+    }
+
+    /// One expert stored as `dtype` in memory, its values rounded to that dtype (returned as f32).
+    static func expert(hidden: Int, ffn: Int, dtype: DType, seed: UInt64, adjacentGateUp: Bool = true)
+        -> (ExpertWeights, gate: [Float], up: [Float], down: [Float]) {
+        var random = TestRandom(seed: seed)
+        let gate = random.floats(ffn * hidden, scale: 0.2), up = random.floats(ffn * hidden, scale: 0.2), down = random.floats(hidden * ffn, scale: 0.2)
+        let size = dtype.byteSize
+        let gap = adjacentGateUp ? 0 : 64
+        let storage = WeightStorage(byteCount: (3 * ffn * hidden) * size + gap)
+        var rounded: [[Float]] = []
+        var offset = 0
+        for (i, values) in [gate, up, down].enumerated() {
+            let bytes = values.withUnsafeBufferPointer { FloatConversion.encode($0, as: dtype) }
+            bytes.withUnsafeBytes { (storage.bytes.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            var back = [Float](repeating: 0, count: values.count)
+            FloatConversion.widen(dtype, from: storage.bytes.baseAddress! + offset, to: &back, count: values.count)
+            rounded.append(back)
+            offset += bytes.count + (i == 0 ? gap : 0)
+        }
+        let g = storage.matrix(name: "gate", dtype: dtype, rows: ffn, cols: hidden, offset: 0)
+        let u = storage.matrix(name: "up", dtype: dtype, rows: ffn, cols: hidden, offset: ffn * hidden * size + gap)
+        let d = storage.matrix(name: "down", dtype: dtype, rows: hidden, cols: ffn, offset: 2 * ffn * hidden * size + gap)
+        return (try! ExpertWeights(gate: g, up: u, down: d, hidden: hidden, ffn: ffn, file: "test"), rounded[0], rounded[1], rounded[2])
+    }
+
+    @Test("One expert matches the reference in every weight dtype, fused or split gate/up, one band or many",
+          arguments: [DType.f32, .bf16, .f16], [1, 5, 40])
+    func singleExpert(dtype: DType, tokens: Int) {
+        // hidden 96 × ffn 2100: a weight band holds at most 131072/96 = 1365 rows at ≤16 tokens, so
+        // gate+up (4200 rows) and down span several bands.
+        let hidden = 96, ffn = 2100
+        for adjacent in [true, false] {
+            let (weights, gate, up, down) = Self.expert(hidden: hidden, ffn: ffn, dtype: dtype, seed: 11, adjacentGateUp: adjacent)
+            #expect(weights.gate.isFollowed(by: weights.up) == adjacent)
+            var random = TestRandom(seed: 12)
+            let x = random.floats(tokens * hidden)
+            var y = [Float](repeating: .nan, count: tokens * hidden)
+            x.withUnsafeBufferPointer { input in
+                ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &y, scratch: ExpertScratch())
+            }
+            let expected = Self.reference(x: x, tokens: tokens, hidden: hidden, ffn: ffn, gate: gate, up: up, down: down)
+            let error = maxAbsDifference(y, expected)
+            #expect(error < 2e-4, "\(dtype) tokens \(tokens) adjacent \(adjacent): error \(error)")
+        }
+    }
+
+    @Test("Grouped experts equal running each token's experts one by one, summed in ascending expert order")
+    func groupedCombine() throws {
+        let hidden = 16, ffn = 24, experts = 5, k = 2, tokens = 9
+        let bank = (0..<experts).map { Self.expert(hidden: hidden, ffn: ffn, dtype: .bf16, seed: UInt64(100 + $0)) }
+        var random = TestRandom(seed: 4)
+        let x = random.floats(tokens * hidden)
+        // Token t uses experts (t, t+2) mod 5 in descending order of preference, to check the sum order is by id.
+        let ids = (0..<tokens).flatMap { [Int32(($0 + 2) % experts), Int32($0 % experts)] }
+        let weights = (0..<(tokens * k)).map { Float($0 % 7 + 1) / 10 }
+        let routing = Routing(tokens: tokens, topK: k, ids: ids, weights: weights)
+        var out = [Float](repeating: 0, count: tokens * hidden)
+        try x.withUnsafeBufferPointer { input in
+            try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: experts,
+                                         activation: .silu, experts: { bank[$0].0 }, output: &out, scratch: ExpertScratch())
+        }
+        let scratch = ExpertScratch()
+        for t in 0..<tokens {
+            var expected = [Float](repeating: 0, count: hidden)
+            let picks = (0..<k).map { (Int(ids[t * k + $0]), weights[t * k + $0]) }.sorted { $0.0 < $1.0 }
+            for (e, w) in picks {
+                var y = [Float](repeating: 0, count: hidden)
+                Array(x[(t * hidden)..<((t + 1) * hidden)]).withUnsafeBufferPointer {
+                    ExpertFFN.run(bank[e].0, activation: .silu, tokens: 1, input: $0.baseAddress!, output: &y, scratch: scratch)
+                }
+                for h in 0..<hidden { expected[h] = expected[h] + w * y[h] }
+            }
+            #expect(maxAbsDifference(Array(out[(t * hidden)..<((t + 1) * hidden)]), expected) < 1e-6)
+        }
+    }
+
+    @Test("A token routed to an expert that is not hosted, or out of range, is an error naming the expert")
+    func missingExpert() {
+        let (weights, _, _, _) = Self.expert(hidden: 8, ffn: 8, dtype: .f32, seed: 1)
+        let x = [Float](repeating: 1, count: 8)
+        var out = [Float](repeating: 0, count: 8)
+        for (id, fragment) in [(Int32(1), "expert 1 is not hosted here"), (Int32(7), "expert 7"), (Int32(-1), "expert -1")] {
+            #expect {
+                try RoutedExperts.accumulate(input: x, hidden: 8, routing: Routing(tokens: 1, topK: 1, ids: [id], weights: [1]),
+                                             expertCount: 2, activation: .silu, experts: { $0 == 0 ? weights : nil }, output: &out, scratch: ExpertScratch())
+            } throws: { "\($0)".contains(fragment) }
+        }
+    }
+
+    @Test("Other activations (gelu, gelu tanh, relu) follow their definitions")
+    func activations() {
+        let gate: [Float] = [-2, -0.5, 0, 0.5, 2], up: [Float] = [1, 2, 3, 4, 5]
+        var out = [Float](repeating: 0, count: 5)
+        for (activation, f) in [(Activation.relu, { (g: Double) in max(g, 0) }),
+                                (.gelu, { (g: Double) in 0.5 * g * (1 + erf(g / 2.0.squareRoot())) }),
+                                (.geluTanh, { (g: Double) in 0.5 * g * (1 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) })] {
+            ExpertFFN.applyActivation(activation, gate: gate, up: up, out: &out, count: 5)
+            for i in 0..<5 { #expect(abs(Double(out[i]) - f(Double(gate[i])) * Double(up[i])) < 1e-5, "\(activation)") }
+        }
+    }
+}
