@@ -100,6 +100,74 @@ DEFINE_VARIANTS(narrow_bf16, (const float *restrict src, uint16_t *restrict dst,
 DEFINE_VARIANTS(silu_mul, (const float *gate, const float *up, float *out, size_t n), BODY_SILU_MUL)
 DEFINE_VARIANTS(axpy, (float w, const float *restrict x, float *restrict acc, size_t n), BODY_AXPY)
 
+// Skinny GEMM. For each weight row, 16-lane partial sums per activation row, then a fixed-order
+// reduction of the lanes: the same arithmetic in every variant. A row of w is widened 16 values
+// at a time into registers (load_w16).
+#define LANES 16
+static inline __attribute__((always_inline)) void load_w16(int w_type, const void *w, size_t index, float out[LANES]) {
+    if (w_type == 0) {
+        const float *p = (const float *)w + index;
+        for (int l = 0; l < LANES; l++) out[l] = p[l];
+    } else if (w_type == 1) {
+        const uint16_t *p = (const uint16_t *)w + index;
+        for (int l = 0; l < LANES; l++) out[l] = bits_to_f32((uint32_t)p[l] << 16);
+    } else {
+        const uint16_t *p = (const uint16_t *)w + index;
+        for (int l = 0; l < LANES; l++) {
+            uint32_t h = p[l];
+            uint32_t sign = (h & 0x8000u) << 16, em = h & 0x7fffu;
+            uint32_t normal = (em << 13) + 0x38000000u;
+            float sub = bits_to_f32((em << 13) + 0x38800000u) - bits_to_f32(0x38800000u);
+            uint32_t o = em < 0x0400u ? f32_to_bits(sub) : normal;
+            o = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : o;
+            out[l] = bits_to_f32(o | sign);
+        }
+    }
+}
+
+static inline float load_w1(int w_type, const void *w, size_t index) {
+    float v[LANES];
+    if (w_type == 0) return ((const float *)w)[index];
+    uint16_t h = ((const uint16_t *)w)[index];
+    if (w_type == 1) return bits_to_f32((uint32_t)h << 16);
+    uint16_t tmp[LANES] = {h};
+    load_w16(2, tmp, 0, v);
+    return v[0];
+}
+
+static inline __attribute__((always_inline)) void skinny_impl(
+    int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+    int rows, size_t n_begin, size_t n_end, size_t k) {
+    const size_t kv = k - k % LANES;
+    const size_t esize = w_type == 0 ? 4 : 2;
+    for (size_t n = n_begin; n < n_end; n++) {
+        const char *wrow = (const char *)w + n * ldw * esize;
+        float acc[EAAS_SKINNY_MAX_ROWS][LANES];
+        memset(acc, 0, sizeof acc);
+        for (size_t kk = 0; kk < kv; kk += LANES) {
+            float wv[LANES];
+            load_w16(w_type, wrow, kk, wv);
+            for (int m = 0; m < rows; m++) {
+                const float *xm = x + m * ldx + kk;
+                for (int l = 0; l < LANES; l++) acc[m][l] = acc[m][l] + wv[l] * xm[l];
+            }
+        }
+        for (int m = 0; m < rows; m++) {
+            float s8[8];
+            float s4[4];
+            for (int l = 0; l < 8; l++) s8[l] = acc[m][l] + acc[m][l + 8];
+            for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+            float sum = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+            for (size_t kk = kv; kk < k; kk++) sum = sum + load_w1(w_type, wrow, kk) * x[m * ldx + kk];
+            y[m * ldy + n] = sum;
+        }
+    }
+}
+
+DEFINE_VARIANTS(skinny, (int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                         int rows, size_t n_begin, size_t n_end, size_t k),
+                skinny_impl(w_type, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k);)
+
 enum { VARIANT_UNKNOWN = 0, VARIANT_GENERIC, VARIANT_AVX2, VARIANT_AVX512 };
 static int variant = VARIANT_UNKNOWN;
 
@@ -135,6 +203,11 @@ void eaas_widen_f16(const uint16_t *src, float *dst, size_t n) { DISPATCH(widen_
 void eaas_narrow_bf16(const float *src, uint16_t *dst, size_t n) { DISPATCH(narrow_bf16, (src, dst, n)) }
 void eaas_silu_mul(const float *gate, const float *up, float *out, size_t n) { DISPATCH(silu_mul, (gate, up, out, n)) }
 void eaas_axpy(float w, const float *x, float *acc, size_t n) { DISPATCH(axpy, (w, x, acc, n)) }
+void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                      int rows, size_t n_begin, size_t n_end, size_t k) {
+    if (rows < 1 || rows > EAAS_SKINNY_MAX_ROWS) return;
+    DISPATCH(skinny, (w_type, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k))
+}
 
 // Float to half, round to nearest even; scalar (used when writing checkpoints, not on a hot path).
 static uint16_t f32_to_f16(float f) {

@@ -25,6 +25,16 @@ void eaas_silu_mul(const float *gate, const float *up, float *out, size_t n);
 /// the same in every dispatch variant.
 void eaas_axpy(float w, const float *x, float *acc, size_t n);
 
+/// Skinny GEMM for a few rows of activations against a weight matrix kept in its stored type:
+/// `y[m * ldy + n] = sum_k x[m * ldx + k] * w[n * ldw + k]` for `m < rows`, `n` in `[n_begin, n_end)`.
+/// `w_type` is 0 for f32, 1 for bf16, 2 for f16. Weights are widened in registers, so each weight
+/// byte is read once: the decode path is bound by memory bandwidth, not by a widening pass.
+/// `rows` must be at most EAAS_SKINNY_MAX_ROWS. Sums run in a fixed order, independent of the
+/// dispatch variant and of how `[n_begin, n_end)` is split between threads.
+#define EAAS_SKINNY_MAX_ROWS 8
+void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                      int rows, size_t n_begin, size_t n_end, size_t k);
+
 /// The name of the kernel set the running CPU gets ("avx512", "avx2" or "generic").
 const char *eaas_kernel_variant(void);
 
