@@ -40,5 +40,7 @@ let package = Package(
 
         .testTarget(name: "MoETests", dependencies: ["MoE"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
+        // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
+        .testTarget(name: "CLITests", dependencies: ["eaas"]),
     ]
 )

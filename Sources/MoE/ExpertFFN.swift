@@ -41,22 +41,17 @@ final class FloatBuffer {
 ///   bf16/f16 in registers, split across the compute threads by output rows. The step is bound by
 ///   memory bandwidth, so 16-bit weights move half the bytes of f32.
 /// - more tokens: `cblas_sgemm`. f32 weights feed it straight from the file; bf16/f16 weights are
-///   widened band by band (`bandElements` at a time, by all compute threads) into a scratch buffer
-///   that `cblas_sgemm` then consumes, so that the widening pass stays small next to the GEMM and
-///   OpenBLAS repacks the activations only a few times per matrix.
+///   widened tile by tile (`tileSide`², by all compute threads) into a scratch buffer that
+///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
+///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
 public enum ExpertFFN {
     /// Largest group that takes the skinny path.
     public static let skinnyRows = Int(EAAS_SKINNY_MAX_ROWS)
 
-    /// Weight elements per widened band on the sgemm path: 1 M (4 MiB of f32). Measured on 2 cores:
-    /// 256 K and 512 K bands pay more in per-band sgemm calls and thread hand-offs than they save
-    /// in cache, 2-4 M bands spill the widened rows out of cache before sgemm packs them.
-    static let bandElements = 1 << 20
-
-    /// Weight rows per widened band on the sgemm path.
-    static func bandRows(rows: Int, cols: Int) -> Int {
-        max(8, min(rows, bandElements / max(1, cols)))
-    }
+    /// Side of the weight tiles widened for the sgemm path: 1024 × 1024 (4 MiB of f32, within the
+    /// last-level cache). Measured on 2 cores: narrower bands of full rows cost more in per-call
+    /// repacking of the activations and thread hand-offs than they save in cache.
+    static let tileSide = 1024
 
     /// Runs the expert on `tokens` rows of `input` (`[tokens, hidden]`, contiguous) into `output`
     /// (`[tokens, hidden]`, overwritten).
@@ -99,16 +94,26 @@ public enum ExpertFFN {
                                  b: weight.base.assumingMemoryBound(to: Float.self), ldb: weight.cols, c: c, ldc: ldc)
             return
         }
-        let band = bandRows(rows: weight.rows, cols: weight.cols)
-        let buffer = scratch.block.reserve(band * weight.cols)
-        let rowBytes = weight.cols * weight.dtype.byteSize
+        // Tiles of the weight, [tileRows, tileCols], are widened into the scratch buffer and
+        // multiplied with beta = 1 across the column (K) tiles. Large row tiles keep OpenBLAS's
+        // repacking of the activations (once per call) small; bounded column tiles keep the
+        // widened tile in cache whatever the matrix width.
+        let tileRows = min(weight.rows, tileSide), tileCols = min(weight.cols, tileSide)
+        let buffer = scratch.block.reserve(tileRows * tileCols)
         var row = 0
         while row < weight.rows {
-            let count = min(band, weight.rows - row)
-            let widen = WidenJob(dtype: weight.dtype, source: weight.base + row * rowBytes, destination: buffer, cols: weight.cols)
-            parallelRows(count, minimumPerChunk: 16) { begin, end in widen.run(begin, end) }
-            BLAS.gemmTransposedB(m: tokens, n: count, k: weight.cols, a: a, lda: lda, b: buffer, ldb: weight.cols, c: c + row, ldc: ldc)
-            row += count
+            let rows = min(tileRows, weight.rows - row)
+            var col = 0
+            while col < weight.cols {
+                let cols = min(tileCols, weight.cols - col)
+                let widen = WidenJob(dtype: weight.dtype, source: weight.base, sourceCols: weight.cols, firstRow: row, firstCol: col,
+                                     cols: cols, destination: buffer)
+                parallelRows(rows, minimumPerChunk: 16) { begin, end in widen.run(begin, end) }
+                BLAS.gemmTransposedB(m: tokens, n: rows, k: cols, a: a + col, lda: lda, b: buffer, ldb: cols, c: c + row, ldc: ldc,
+                                     accumulate: col > 0)
+                col += cols
+            }
+            row += rows
         }
     }
 
@@ -165,14 +170,22 @@ private struct SkinnyJob: @unchecked Sendable {
     }
 }
 
-/// Widening of a band of weight rows, split by rows across the compute threads.
+/// Widening of a weight tile (`cols` columns from `firstCol`, rows from `firstRow`) into a dense
+/// `[rows, cols]` buffer, split by rows across the compute threads.
 private struct WidenJob: @unchecked Sendable {
     let dtype: DType
     let source: UnsafeRawPointer
-    let destination: UnsafeMutablePointer<Float>
+    let sourceCols: Int
+    let firstRow: Int
+    let firstCol: Int
     let cols: Int
+    let destination: UnsafeMutablePointer<Float>
 
     func run(_ begin: Int, _ end: Int) {
-        FloatConversion.widen(dtype, from: source + begin * cols * dtype.byteSize, to: destination + begin * cols, count: (end - begin) * cols)
+        let size = dtype.byteSize
+        for i in begin..<end {
+            let from = source + ((firstRow + i) * sourceCols + firstCol) * size
+            FloatConversion.widen(dtype, from: from, to: destination + i * cols, count: cols)
+        }
     }
 }

@@ -85,7 +85,8 @@ struct ExpertsBenchCommand: ParsableCommand {
                     ])
                     table.rows.append([shape.label, dtype.rawValue, "\(t)", String(format: "%.1f", perExpert), String(format: "%.2f", row.seconds * 1e3),
                                        String(format: "%.1f", row.gflops), String(format: "%.1f", row.sgemmGflops), String(format: "%.3f", row.ratio)])
-                    if !json { FileHandle.standardError.write(Data("  \(table.rows.last!.joined(separator: " "))\n".utf8)) }
+                    // Progress on stderr, so that stdout stays one JSON document with --json.
+                    FileHandle.standardError.write(Data("  \(table.rows.last!.joined(separator: " "))\n".utf8))
                 }
             }
         }

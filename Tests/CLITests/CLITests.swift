@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+/// The `eaas` binary run as a user runs it: exit status, what it prints, what it refuses.
+@Suite("eaas command line")
+struct CLITests {
+    /// The `eaas` built beside this test bundle.
+    static let binary: String = {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        // The xctest bundle may be a directory (macOS) or a file (Linux) in the products folder.
+        if directory.lastPathComponent.hasSuffix(".xctest") || directory.lastPathComponent == "MacOS" {
+            directory = directory.deletingLastPathComponent()
+        }
+        for candidate in [directory, directory.deletingLastPathComponent()] {
+            let path = candidate.appendingPathComponent("eaas").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return directory.appendingPathComponent("eaas").path
+    }()
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    static func run(_ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    static func temporaryDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "eaas-cli-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    @Test("model init writes a checkpoint that model inspect reads and checks")
+    func initThenInspect() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try Self.run(["model", "init", "--arch", "deepseek-v3", "--layers", "3", "--experts", "16", "--top-k", "4",
+                                 "--hidden", "64", "--dense-layers", "1", "--max-shard-size", "64KB", "--out", dir + "/m"])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(made.stdout.contains("wrote DeepseekV3ForCausalLM"))
+        #expect(FileManager.default.fileExists(atPath: dir + "/m/model.safetensors.index.json"))
+        let inspected = try Self.run(["model", "inspect", dir + "/m"])
+        #expect(inspected.status == 0, "\(inspected.stderr)")
+        for fragment in ["DeepseekV3ForCausalLM", "moe layers     1-2 of 0-2", "16 routed", "top-4", "sigmoid scores + correction bias",
+                         "router, experts and shared experts are present"] {
+            #expect(inspected.stdout.contains(fragment), "inspect output lacks '\(fragment)':\n\(inspected.stdout)")
+        }
+        // Nothing already written is lost: a second init into the same place is refused without --force.
+        let again = try Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir + "/m"])
+        #expect(again.status != 0 && again.stderr.contains("already holds a checkpoint") && again.stderr.contains("--force"))
+    }
+
+    @Test("Bad arguments are refused with the option named", arguments: [
+        (["model", "init", "--arch", "llama", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", "/tmp/x"], "unknown --arch 'llama'"),
+        (["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "3", "--hidden", "32", "--out", "/tmp/eaas-never"], "--top-k 3 must be between 1 and --experts 2"),
+        (["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--dtype", "f8", "--out", "/tmp/x"], "--dtype 'f8'"),
+        (["model", "inspect", "/nonexistent/eaas-model"], "/nonexistent/eaas-model/config.json: cannot read"),
+        (["bench", "experts", "--shapes", "64x32"], "--shapes: '64x32'"),
+    ])
+    func refusesBadArguments(arguments: [String], fragment: String) throws {
+        let result = try Self.run(arguments)
+        #expect(result.status != 0)
+        #expect(result.stderr.contains(fragment), "stderr: \(result.stderr)")
+    }
+
+    @Test("bench experts --json prints one document with the fields the issue names")
+    func benchJSON() throws {
+        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,16,128", "--dtypes", "f32,bf16", "--seconds", "0.01", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        #expect(document?["bench"] as? String == "experts")
+        #expect((document?["machine"] as? [String: Any])?["cores"] != nil)
+        let rows = document?["results"] as? [[String: Any]] ?? []
+        #expect(rows.count == 6)
+        for row in rows {
+            for key in ["shape", "tokens_per_expert", "gflops", "sgemm_gflops", "ratio_to_sgemm"] { #expect(row[key] != nil, "row lacks \(key)") }
+            #expect((row["ratio_to_sgemm"] as? Double ?? 0) > 0)
+        }
+        #expect(rows.first?["shape"] as? String == "h64-f48-e4-k2")
+        #expect(rows.first?["tokens_per_expert"] as? Double == 0.5)
+    }
+}
