@@ -17,10 +17,15 @@ into `expected.safetensors` beside the checkpoint. Run it from anywhere (CPU tor
     python3 Tests/Fixtures/make_fixtures.py
 
 It is only for making fixtures; nothing at run time needs Python.
+
+    python3 Tests/Fixtures/make_fixtures.py --check-init DIR [DIR ...]
+
+instead loads checkpoints written by `eaas model init` with transformers and fails unless every
+weight is found and none is left over, and a forward pass gives finite logits.
 """
-import json
 import os
 import shutil
+import sys
 
 import torch
 import transformers
@@ -110,7 +115,22 @@ def record(name, model, dtype):
     return tensors
 
 
+def check_init(directories):
+    from transformers import AutoModelForCausalLM
+    for directory in directories:
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, dtype=torch.float32)
+        problems = {k: v for k, v in info.items() if v}
+        assert not problems, f"{directory}: {problems}"
+        with torch.no_grad():
+            logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+        assert torch.isfinite(logits).all(), f"{directory}: non-finite logits"
+        print(f"{directory}: {type(model).__name__} loads with no missing or unexpected weights")
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--check-init":
+        check_init(sys.argv[2:])
+        return
     for name, (config_class, model_class, kwargs, how) in CASES.items():
         torch.manual_seed(sum(map(ord, name)))
         config = config_class(**{**COMMON, **kwargs})
