@@ -1,3 +1,5 @@
+import MoE
+
 /// Which experts an expert pod serves: `EXPERTS[@LAYERS]`, each a comma-separated list of ids and
 /// inclusive ranges (`0,1` = experts 0 and 1 of every MoE layer; `4-7@0-11` = experts 4 to 7 of
 /// layers 0 to 11).
@@ -25,9 +27,9 @@ public struct ShardSpec: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        let e = Self.format(experts)
+        let e = IntegerRanges.format(experts)
         guard let layers else { return e }
-        return e + "@" + Self.format(layers)
+        return e + "@" + IntegerRanges.format(layers)
     }
 
     private static func parseList(_ text: String, what: String, in whole: String) throws -> [Int] {
@@ -42,17 +44,5 @@ public struct ShardSpec: Sendable, Equatable, CustomStringConvertible {
             values.formUnion(low...high)
         }
         return values.sorted()
-    }
-
-    private static func format(_ values: [Int]) -> String {
-        var ranges: [String] = []
-        var i = 0
-        while i < values.count {
-            var j = i
-            while j + 1 < values.count, values[j + 1] == values[j] + 1 { j += 1 }
-            ranges.append(i == j ? "\(values[i])" : "\(values[i])-\(values[j])")
-            i = j + 1
-        }
-        return ranges.joined(separator: ",")
     }
 }

@@ -98,7 +98,7 @@ struct ModelReport {
         } else {
             lines.append("attention      \(a.heads) heads, \(a.keyValueHeads) kv heads, head dim \(a.headDim)\(a.qkvBias ? ", qkv bias" : "")\(a.qkNorm == .none ? "" : ", q/k norm \(a.qkNorm.rawValue)"), rope theta \(a.ropeTheta)")
         }
-        lines.append("moe layers     \(describeLayers(config.moeLayers)) of 0-\(config.layerCount - 1); dense FFN \(config.denseFFNSize)")
+        lines.append("moe layers     \(IntegerRanges.format(config.moeLayers)) of 0-\(config.layerCount - 1); dense FFN \(config.denseFFNSize)")
         lines.append("experts        \(r.experts) routed × FFN \(config.expertFFNSize), top-\(r.topK), activation \(config.activation.rawValue)")
         if config.sharedFFNSize > 0 {
             lines.append("shared         FFN \(config.sharedFFNSize)\(config.sharedExpertGated ? ", sigmoid-gated" : "")")
@@ -143,19 +143,6 @@ struct ModelReport {
             }
         }
         return lines.joined(separator: "\n")
-    }
-
-    private func describeLayers(_ layers: [Int]) -> String {
-        guard !layers.isEmpty else { return "none" }
-        var parts: [String] = []
-        var i = 0
-        while i < layers.count {
-            var j = i
-            while j + 1 < layers.count, layers[j + 1] == layers[j] + 1 { j += 1 }
-            parts.append(i == j ? "\(layers[i])" : "\(layers[i])-\(layers[j])")
-            i = j + 1
-        }
-        return parts.joined(separator: ",")
     }
 }
 

@@ -28,18 +28,12 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
     return worst
 }
 
-/// A small deterministic generator for test data.
+/// A small deterministic generator for test data (the model generator's SplitMix64).
 struct TestRandom {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9e37_79b9_7f4a_7c15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
+    private var generator: SplitMix64
+    init(seed: UInt64) { generator = SplitMix64(seed: seed &+ 0x9e37_79b9_7f4a_7c15) }
+    mutating func next() -> UInt64 { generator.next() }
     /// Uniform in [-1, 1).
-    mutating func float() -> Float { Float(next() >> 40) / 8_388_608 - 1 }
+    mutating func float() -> Float { generator.nextUnit() * 2 - 1 }
     mutating func floats(_ count: Int, scale: Float = 1) -> [Float] { (0..<count).map { _ in float() * scale } }
 }
