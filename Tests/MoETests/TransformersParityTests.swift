@@ -3,10 +3,11 @@ import Testing
 @testable import MoE
 
 /// The MoE math against what Hugging Face transformers computed for the same checkpoints and
-/// inputs (Tests/Fixtures/make_fixtures.py). Tolerance: 1e-4 absolute on every f32 value.
+/// inputs (Tests/Fixtures/make_fixtures.py). Tolerance: 1e-5 absolute on every f32 value (the
+/// issue asks 1e-4; the largest difference seen is 2.4e-7).
 @Suite("Parity with Hugging Face transformers")
 struct TransformersParityTests {
-    static let tolerance: Float = 1e-4
+    static let tolerance: Float = 1e-5
     static let fixtures = ["mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-fused", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3"]
 
     @Test("Router logits, chosen experts, weights and block output match transformers", arguments: fixtures)
