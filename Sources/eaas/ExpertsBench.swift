@@ -67,6 +67,9 @@ struct ExpertsBenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        #if DEBUG
+        FileHandle.standardError.write(Data("warning: this is a debug build; its numbers mean nothing (swift build -c release)\n".utf8))
+        #endif
         if let threads { BLAS.threads = threads }
         var report = BenchReport(bench: "experts")
         var table = TextTable(columns: ["shape", "dtype", "tokens", "tok/expert", "ms/step", "GFLOP/s", "sgemm GFLOP/s", "ratio"])
