@@ -39,6 +39,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "MoETests", dependencies: ["MoE"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
