@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
     ],
     targets: [
         // C shims: one small target per C library. Nothing but the module named beside each imports it.
@@ -28,7 +29,10 @@ let package = Package(
         .target(name: "MoE", dependencies: [
             "CBLAS", .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "Transport", dependencies: ["CVerbs"]),
+        .target(name: "Transport", dependencies: [
+            "CVerbs", .product(name: "Atomics", package: "swift-atomics"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .target(name: "ExpertPod", dependencies: ["MoE", "Transport"]),
         .target(name: "AttentionWorker", dependencies: ["MoE", "Transport"]),
         .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
