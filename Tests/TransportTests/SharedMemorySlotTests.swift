@@ -53,6 +53,16 @@ final class ManagedAtomicFlag: @unchecked Sendable {
 
 func regionPath() -> String { "/dev/shm/eaas-test-\(UUID().uuidString)" }
 
+/// A server region with `slots` slots of 64 bytes, and a client on slot `slot` through its own mapping.
+func withSlots(_ slots: Int, client slot: Int, _ body: (ShmServerSlots, ShmClientSlot) throws -> Void) throws {
+    let path = regionPath()
+    let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: slots, requestCapacity: 64, responseCapacity: 64))
+    defer { server.close() }
+    let region = try SharedRegion.open(path: path)
+    defer { region.close() }
+    try body(server, try ShmClientSlot(region: region, slot: slot))
+}
+
 @Suite("Shared-memory slots")
 struct SharedMemorySlotTests {
     @Test("The layout keeps every flag and data area on its own cache lines, in bounds, without overlap")
@@ -123,55 +133,43 @@ struct SharedMemorySlotTests {
 
     @Test("A resend of a taken sequence and a late older sequence are ignored; the next sequence is taken")
     func duplicatesDropped() throws {
-        let path = regionPath()
-        let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 2, requestCapacity: 64, responseCapacity: 64))
-        defer { server.close() }
-        let region = try SharedRegion.open(path: path)
-        defer { region.close() }
-        let client = try ShmClientSlot(region: region, slot: 1)
-        #expect(server.nextRequest() == nil)
-        for (sequence, taken) in [(UInt64(5), true), (5, false), (4, false), (6, true), (6, false)] {
-            client.beginRequest(sequence: sequence)
-            client.requestBuffer[0] = UInt8(sequence)
-            client.publishRequest(sequence: sequence, length: 1)
-            let next = server.nextRequest()
-            #expect((next != nil) == taken, "sequence \(sequence)")
-            if let next { #expect(next.slot == 1 && next.sequence == sequence && next.bytes.first == UInt8(sequence)) }
+        try withSlots(2, client: 1) { server, client in
+            #expect(server.nextRequest() == nil)
+            for (sequence, taken) in [(UInt64(5), true), (5, false), (4, false), (6, true), (6, false)] {
+                client.beginRequest(sequence: sequence)
+                client.requestBuffer[0] = UInt8(sequence)
+                client.publishRequest(sequence: sequence, length: 1)
+                let next = server.nextRequest()
+                #expect((next != nil) == taken, "sequence \(sequence)")
+                if let next { #expect(next.slot == 1 && next.sequence == sequence && next.bytes.first == UInt8(sequence)) }
+            }
         }
     }
 
     @Test("A request the client has moved past is no longer current, so its answer is dropped")
     func supersededRequest() throws {
-        let path = regionPath()
-        let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 1, requestCapacity: 64, responseCapacity: 64))
-        defer { server.close() }
-        let region = try SharedRegion.open(path: path)
-        defer { region.close() }
-        let client = try ShmClientSlot(region: region, slot: 0)
-        client.beginRequest(sequence: 1)
-        client.publishRequest(sequence: 1, length: 8)
-        let taken = try #require(server.nextRequest())
-        #expect(server.isCurrent(slot: 0, sequence: taken.sequence))
-        client.beginRequest(sequence: 2)  // the client gave up on 1 and is writing 2 over it
-        #expect(!server.isCurrent(slot: 0, sequence: 1))
-        #expect(server.nextRequest() == nil, "2 is not published yet")
-        // A response to an older sequence never satisfies a newer wait.
-        server.respond(slot: 0, sequence: 1) { _ in 0 }
-        #expect(client.pollResponse(sequence: 2) == nil)
-        #expect(client.pollResponse(sequence: 1) != nil)
+        try withSlots(1, client: 0) { server, client in
+            client.beginRequest(sequence: 1)
+            client.publishRequest(sequence: 1, length: 8)
+            let taken = try #require(server.nextRequest())
+            #expect(server.isCurrent(slot: 0, sequence: taken.sequence))
+            client.beginRequest(sequence: 2)  // the client gave up on 1 and is writing 2 over it
+            #expect(!server.isCurrent(slot: 0, sequence: 1))
+            #expect(server.nextRequest() == nil, "2 is not published yet")
+            // A response to an older sequence never satisfies a newer wait.
+            server.respond(slot: 0, sequence: 1) { _ in 0 }
+            #expect(client.pollResponse(sequence: 2) == nil)
+            #expect(client.pollResponse(sequence: 1) != nil)
+        }
     }
 
     @Test("Waiting for an answer that never comes times out")
     func timeout() throws {
-        let path = regionPath()
-        let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 1, requestCapacity: 64, responseCapacity: 64))
-        defer { server.close() }
-        let region = try SharedRegion.open(path: path)
-        defer { region.close() }
-        let client = try ShmClientSlot(region: region, slot: 0)
-        let start = ContinuousClock.now
-        #expect(throws: TransportError.timedOut(sequence: 3, after: .milliseconds(50))) { try client.waitResponse(sequence: 3, timeout: .milliseconds(50)) }
-        #expect(ContinuousClock.now - start >= .milliseconds(50))
+        try withSlots(1, client: 0) { server, client in
+            let start = ContinuousClock.now
+            #expect(throws: TransportError.timedOut(sequence: 3, after: .milliseconds(50))) { try client.waitResponse(sequence: 3, timeout: .milliseconds(50)) }
+            #expect(ContinuousClock.now - start >= .milliseconds(50))
+        }
     }
 
     @Test("Regions that are not slot regions, missing slots, and taken paths are refused by name")

@@ -44,6 +44,22 @@ struct ByteReader {
         return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
+    /// A u32 count or size that must lie in `range`.
+    mutating func u32(_ field: String, in range: ClosedRange<Int>) throws -> Int {
+        let value = Int(try u32(field))
+        guard range.contains(value) else {
+            throw WireError.invalid(frame: frame, field: field, reason: "\(value) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    /// A u16 length that must not exceed `limit`.
+    mutating func u16(_ field: String, atMost limit: Int) throws -> Int {
+        let value = Int(try u16(field))
+        guard value <= limit else { throw WireError.invalid(frame: frame, field: field, reason: "\(value) exceeds \(limit)") }
+        return value
+    }
+
     /// `count` bytes in place (no copy).
     mutating func slice(_ count: Int, _ field: String) throws -> UnsafeRawBufferPointer {
         try need(count, field)

@@ -28,10 +28,7 @@ public struct Handshake: Sendable, Equatable {
         let client = try r.u64("client_id")
         let maxBatch = try r.u32("max_batch_tokens")
         guard maxBatch >= 1 else { throw WireError.invalid(frame: r.frame, field: "max_batch_tokens", reason: "must be at least 1") }
-        let length = Int(try r.u16("pool_token_length"))
-        guard length <= limits.maxText else {
-            throw WireError.invalid(frame: r.frame, field: "pool_token_length", reason: "\(length) exceeds \(limits.maxText)")
-        }
+        let length = try r.u16("pool_token_length", atMost: limits.maxText)
         let token = [UInt8](try r.slice(length, "pool_token"))
         try r.expectEnd()
         return Handshake(clientID: client, maxBatchTokens: maxBatch, poolToken: token)
@@ -99,25 +96,18 @@ public struct HandshakeReply: Sendable, Equatable {
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> HandshakeReply {
         let server = try r.u64("server_id")
-        let hidden = try r.u32("hidden")
-        guard hidden >= 1, Int(hidden) <= limits.maxHidden else {
-            throw WireError.invalid(frame: r.frame, field: "hidden", reason: "\(hidden) is outside 1...\(limits.maxHidden)")
-        }
+        let hidden = UInt32(try r.u32("hidden", in: 1...limits.maxHidden))
         let rawType = try r.u8("dtype")
         guard let dtype = WireDType(rawValue: rawType) else { throw WireError.invalid(frame: r.frame, field: "dtype", reason: "\(rawType) is not f32 (1), bf16 (2) or f16 (3)") }
         let rawBackend = try r.u8("backend")
         guard let backend = BackendKind(rawValue: rawBackend) else { throw WireError.invalid(frame: r.frame, field: "backend", reason: "\(rawBackend) is not shm (1), tcp (2) or verbs (3)") }
-        let count = Int(try r.u32("expert_count"))
-        guard count >= 1, count <= limits.maxHostedExperts else {
-            throw WireError.invalid(frame: r.frame, field: "expert_count", reason: "\(count) is outside 1...\(limits.maxHostedExperts)")
-        }
+        let count = try r.u32("expert_count", in: 1...limits.maxHostedExperts)
         try r.need(4 * count, "experts")
         var experts: [HostedExpert] = []
         experts.reserveCapacity(count)
         for _ in 0..<count { experts.append(HostedExpert(layer: try r.u16("experts.layer"), expert: try r.u16("experts.expert"))) }
         let slot = try r.u32("slot")
-        let infoLength = Int(try r.u32("backend_info_length"))
-        guard infoLength <= limits.maxText else { throw WireError.invalid(frame: r.frame, field: "backend_info_length", reason: "\(infoLength) exceeds \(limits.maxText)") }
+        let infoLength = try r.u32("backend_info_length", in: 0...limits.maxText)
         let info = [UInt8](try r.slice(infoLength, "backend_info"))
         try r.expectEnd()
         return HandshakeReply(serverID: server, hidden: hidden, dtype: dtype, backend: backend, experts: experts, slot: slot, backendInfo: info)
@@ -166,8 +156,7 @@ public struct ErrorFrame: Sendable, Equatable {
         let sequence = try r.u64("sequence")
         let rawCode = try r.u16("code")
         guard let code = WireErrorCode(rawValue: rawCode) else { throw WireError.invalid(frame: r.frame, field: "code", reason: "\(rawCode) is not a known error code") }
-        let length = Int(try r.u16("message_length"))
-        guard length <= limits.maxText else { throw WireError.invalid(frame: r.frame, field: "message_length", reason: "\(length) exceeds \(limits.maxText)") }
+        let length = try r.u16("message_length", atMost: limits.maxText)
         let message = try r.string(length, "message")
         try r.expectEnd()
         return ErrorFrame(sequence: sequence, code: code, message: message)
@@ -197,8 +186,7 @@ public struct GoAway: Sendable, Equatable {
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> GoAway {
         let deadline = try r.u32("deadline_ms")
-        let length = Int(try r.u16("reason_length"))
-        guard length <= limits.maxText else { throw WireError.invalid(frame: r.frame, field: "reason_length", reason: "\(length) exceeds \(limits.maxText)") }
+        let length = try r.u16("reason_length", atMost: limits.maxText)
         let reason = try r.string(length, "reason")
         try r.expectEnd()
         return GoAway(deadlineMilliseconds: deadline, reason: reason)

@@ -77,14 +77,8 @@ public struct RequestView {
         guard slots >= 1, slots <= limits.maxSlotsPerToken else {
             throw WireError.invalid(frame: r.frame, field: "slots_per_token", reason: "\(slots) is outside 1...\(limits.maxSlotsPerToken)")
         }
-        let tokens = Int(try r.u32("tokens"))
-        guard tokens >= 1, tokens <= limits.maxTokens else {
-            throw WireError.invalid(frame: r.frame, field: "tokens", reason: "\(tokens) is outside 1...\(limits.maxTokens)")
-        }
-        let hidden = Int(try r.u32("hidden"))
-        guard hidden >= 1, hidden <= limits.maxHidden else {
-            throw WireError.invalid(frame: r.frame, field: "hidden", reason: "\(hidden) is outside 1...\(limits.maxHidden)")
-        }
+        let tokens = try r.u32("tokens", in: 1...limits.maxTokens)
+        let hidden = try r.u32("hidden", in: 1...limits.maxHidden)
         guard try r.u32("reserved") == 0 else { throw WireError.invalid(frame: r.frame, field: "reserved", reason: "is not zero") }
         let header = RequestHeader(sequence: sequence, layer: layer, dtype: dtype, slotsPerToken: slots, tokens: tokens, hidden: hidden)
         guard r.bytes.count == header.payloadSize else {
@@ -159,14 +153,8 @@ public struct ResponseView {
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> ResponseView {
         let sequence = try r.u64("sequence")
-        let tokens = Int(try r.u32("tokens"))
-        guard tokens >= 1, tokens <= limits.maxTokens else {
-            throw WireError.invalid(frame: r.frame, field: "tokens", reason: "\(tokens) is outside 1...\(limits.maxTokens)")
-        }
-        let hidden = Int(try r.u32("hidden"))
-        guard hidden >= 1, hidden <= limits.maxHidden else {
-            throw WireError.invalid(frame: r.frame, field: "hidden", reason: "\(hidden) is outside 1...\(limits.maxHidden)")
-        }
+        let tokens = try r.u32("tokens", in: 1...limits.maxTokens)
+        let hidden = try r.u32("hidden", in: 1...limits.maxHidden)
         let header = ResponseHeader(sequence: sequence, tokens: tokens, hidden: hidden)
         guard r.bytes.count == header.payloadSize else {
             throw WireError.invalid(frame: r.frame, field: "length", reason: "is \(r.bytes.count) bytes but \(tokens) tokens × hidden \(hidden) need \(header.payloadSize)")
