@@ -8,8 +8,8 @@
 
 #if defined(__x86_64__) && defined(__clang__)
 #define EAAS_X86 1
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,bmi2")))
-#define AVX2 __attribute__((target("avx2,f16c,bmi2")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define AVX2 __attribute__((target("avx2,f16c")))
 #else
 #define EAAS_X86 0
 #endif
@@ -47,7 +47,7 @@ static inline uint32_t f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); ret
 #define BODY_SILU_MUL                                                                          \
     for (size_t i = 0; i < n; i++) {                                                           \
         float g = gate[i];                                                                     \
-        out[i] = g * up[i] / (1.0f + eaas_expf(-g));                                           \
+        out[i] = (g / (1.0f + eaas_expf(-g))) * up[i];                                         \
     }
 
 #define BODY_AXPY                                                                              \
@@ -59,8 +59,9 @@ static inline uint32_t f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); ret
 // exp(x) for float: range reduction by ln 2 (Cody-Waite, two constants) and a degree-7 (Taylor) polynomial
 // on [-ln2/2, ln2/2]; 2^k is built in the exponent bits. Saturates to 0 and inf outside (-104, 88.7).
 static inline float eaas_expf(float x) {
-    x = x < -104.0f ? -104.0f : x;
-    x = x > 88.72f ? 88.72f : x;
+    // Written so that NaN becomes a bound too: converting NaN to int below would be undefined.
+    x = x > -104.0f ? x : -104.0f;
+    x = x < 88.72f ? x : 88.72f;
     float k = __builtin_rintf(x * 1.44269504088896341f);
     float r = x - k * 0.693145751953125f;
     r = r - k * 1.428606765330187e-06f;
@@ -178,7 +179,7 @@ static int pick_variant(void) {
 #if EAAS_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         v = VARIANT_AVX512;
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
         v = VARIANT_AVX2;

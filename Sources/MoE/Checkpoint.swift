@@ -14,6 +14,8 @@ public final class Checkpoint: Sendable {
     public let files: [String: SafeTensorsFile]
     private let fileOfTensor: [String: String]
 
+    /// Opens the checkpoint in `directory`: the index and every shard it names (headers checked),
+    /// or the single `model.safetensors`.
     public init(directory: String) throws {
         self.directory = directory
         let manager = FileManager.default
@@ -56,6 +58,12 @@ public final class Checkpoint: Sendable {
             throw SafeTensorsError(file: directory, tensor: name, "not in this checkpoint")
         }
         return try file.tensor(name)
+    }
+
+    /// The weight files of a checkpoint directory (`model*.safetensors` and the index), by name.
+    public static func weightFiles(in directory: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0 == indexFileName || ($0.hasPrefix("model") && $0.hasSuffix(".safetensors")) }.sorted()
     }
 
     /// Total bytes of tensor data.

@@ -18,6 +18,7 @@ public struct ExpertLoader: Sendable {
     public let checkpoint: Checkpoint
     public let config: ModelConfig
 
+    /// A loader for `checkpoint`, whose shapes are checked against `config`.
     public init(checkpoint: Checkpoint, config: ModelConfig) {
         self.checkpoint = checkpoint
         self.config = config

@@ -45,6 +45,7 @@ public struct RouterSpec: Sendable, Equatable {
     /// Whether a per-expert score correction bias is added for the choice (DeepSeek-V3).
     public var usesCorrectionBias: Bool
 
+    /// A spec; check `problem` before routing with it (configs do so when they are read).
     public init(
         experts: Int, topK: Int, scoring: Scoring = .softmax, renormalize: Bool,
         renormalizeEpsilon: Float = 0, scalingFactor: Float = 1, groupRanking: GroupRanking = .none,
@@ -84,9 +85,10 @@ public struct RouterSpec: Sendable, Equatable {
 public struct Routing: Sendable, Equatable {
     public let tokens: Int
     public let topK: Int
-    public var ids: [Int32]
-    public var weights: [Float]
+    public private(set) var ids: [Int32]
+    public private(set) var weights: [Float]
 
+    /// `ids` and `weights` must both hold `tokens * topK` values (checked).
     public init(tokens: Int, topK: Int, ids: [Int32], weights: [Float]) {
         precondition(ids.count == tokens * topK && weights.count == tokens * topK)
         self.tokens = tokens
@@ -104,7 +106,9 @@ public enum Gate {
         logits: UnsafeBufferPointer<Float>, tokens: Int, spec: RouterSpec, correctionBias: [Float]? = nil
     ) -> Routing {
         let e = spec.experts, k = spec.topK
+        precondition(spec.problem == nil, "router spec cannot route: \(spec.problem ?? "")")
         precondition(logits.count == tokens * e, "logits are not [tokens, experts]")
+        precondition(!spec.usesCorrectionBias || correctionBias == nil || correctionBias!.count == e, "correction bias is not [experts]")
         var ids = [Int32](repeating: 0, count: tokens * k)
         var weights = [Float](repeating: 0, count: tokens * k)
         var scores = [Float](repeating: 0, count: e)

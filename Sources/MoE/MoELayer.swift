@@ -44,6 +44,7 @@ public final class MoELayer: Sendable {
     public func route(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch) -> (logits: [Float], routing: Routing) {
         precondition(input.count == tokens * hidden, "input is not [tokens, hidden]")
         let e = router.experts
+        guard tokens > 0 else { return ([], Routing(tokens: 0, topK: router.topK, ids: [], weights: [])) }
         var logits = [Float](repeating: 0, count: tokens * e)
         routerWeight.withUnsafeBufferPointer { w in
             logits.withUnsafeMutableBufferPointer { out in
@@ -58,6 +59,7 @@ public final class MoELayer: Sendable {
     /// The block's output `[tokens, hidden]` for `input` `[tokens, hidden]`, with the routing used.
     public func forward(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch = ExpertScratch()) throws -> (output: [Float], routing: Routing) {
         let (_, routing) = route(input, tokens: tokens, scratch: scratch)
+        guard tokens > 0 else { return ([], routing) }
         var output = [Float](repeating: 0, count: tokens * hidden)
         try output.withUnsafeMutableBufferPointer { out in
             try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: router.experts,

@@ -33,6 +33,7 @@ public enum Architecture: String, Sendable, CaseIterable, Codable {
         }
     }
 
+    /// The architecture of a command-line name (`qwen3-moe`), or nil.
     public init?(cliName: String) {
         guard let match = Self.allCases.first(where: { $0.cliName == cliName.lowercased() }) else { return nil }
         self = match
@@ -66,9 +67,13 @@ public enum Activation: String, Sendable, Codable {
 public struct LatentAttentionShape: Sendable, Equatable {
     /// Rank of the query compression (`q_lora_rank`); nil when queries are projected directly.
     public var queryRank: Int?
+    /// Rank of the joint key/value compression (`kv_lora_rank`).
     public var keyValueRank: Int
+    /// Per-head q/k size without rotary embedding (`qk_nope_head_dim`).
     public var qkNopeHeadDim: Int
+    /// Per-head q/k size with rotary embedding (`qk_rope_head_dim`).
     public var qkRopeHeadDim: Int
+    /// Per-head value size (`v_head_dim`).
     public var valueHeadDim: Int
 }
 
@@ -83,13 +88,18 @@ public struct AttentionShape: Sendable, Equatable {
         case whole
     }
 
+    /// Query heads.
     public var heads: Int
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
     public var keyValueHeads: Int
+    /// Size of one head (q/k size for latent attention: nope + rope parts).
     public var headDim: Int
+    /// Whether q/k/v projections have biases (Qwen2-MoE).
     public var qkvBias: Bool
     public var qkNorm: QKNorm
     /// Set for DeepSeek's latent attention, where heads/headDim describe the output side.
     public var latent: LatentAttentionShape?
+    /// Rotary embedding base.
     public var ropeTheta: Double
 }
 
@@ -108,7 +118,9 @@ public struct ModelConfigError: Error, CustomStringConvertible, Sendable, Equata
 /// take that same default.
 public struct ModelConfig: Sendable, Equatable {
     public var architecture: Architecture
+    /// Model width (`hidden_size`).
     public var hiddenSize: Int
+    /// Decoder layers (`num_hidden_layers`).
     public var layerCount: Int
     public var vocabSize: Int
     /// FFN size of the dense (non-MoE) layers.
@@ -119,15 +131,31 @@ public struct ModelConfig: Sendable, Equatable {
     public var sharedFFNSize: Int
     /// Whether the shared expert's output is scaled by `sigmoid(x · shared_expert_gate)` (Qwen2-MoE).
     public var sharedExpertGated: Bool
+    /// How tokens are routed to experts.
     public var router: RouterSpec
     public var activation: Activation
     /// Indices of the decoder layers whose MLP is an MoE block, ascending.
     public var moeLayers: [Int]
     public var attention: AttentionShape
+    /// Epsilon of the RMS norms.
     public var rmsNormEps: Double
+    /// Whether the LM head shares the embedding matrix (then there is no `lm_head.weight`).
     public var tieWordEmbeddings: Bool
     /// The dtype the checkpoint says its weights are in, if it says.
     public var dtype: DType?
+
+    /// Upper bounds on config values: far above any released model, low enough that no product of
+    /// them can overflow or ask for an absurd allocation before a checkpoint is even opened.
+    public enum Limits {
+        /// Hidden, FFN and latent-rank sizes.
+        public static let size = 1 << 20
+        public static let layers = 4096
+        public static let vocab = 1 << 24
+        /// Routed experts per layer: ids travel as u16 on the wire, 0xFFFF reserved.
+        public static let experts = 65_535
+        public static let heads = 4096
+        public static let headDim = 4096
+    }
 
     /// Whether decoder layer `layer` has an MoE block.
     public func isMoE(layer: Int) -> Bool { moeLayers.contains(layer) }
@@ -162,10 +190,11 @@ public struct ModelConfig: Sendable, Equatable {
             throw f.error("unknown architecture '\(name)'; supported: \(Architecture.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         self.architecture = architecture
-        hiddenSize = try f.positive("hidden_size")
-        layerCount = try f.positive("num_hidden_layers")
-        vocabSize = try f.positive("vocab_size")
-        rmsNormEps = try f.optional("rms_norm_eps", as: Double.self) ?? 1e-6
+        hiddenSize = try f.positive("hidden_size", max: Limits.size)
+        layerCount = try f.positive("num_hidden_layers", max: Limits.layers)
+        vocabSize = try f.positive("vocab_size", max: Limits.vocab)
+        // transformers' defaults: 1e-5 for Mixtral and OLMoE, 1e-6 for the others.
+        rmsNormEps = try f.optional("rms_norm_eps", as: Double.self) ?? ([.mixtral, .olmoe].contains(architecture) ? 1e-5 : 1e-6)
         tieWordEmbeddings = try f.optional("tie_word_embeddings", as: Bool.self) ?? false
         dtype = (try f.optional("torch_dtype", as: String.self) ?? f.optional("dtype", as: String.self)).flatMap(DType.init(userSpelling:))
         let actName = try f.optional("hidden_act", as: String.self) ?? "silu"
@@ -174,22 +203,29 @@ public struct ModelConfig: Sendable, Equatable {
         }
         self.activation = activation
 
-        let topK = try f.positive("num_experts_per_tok")
+        let topK = try f.positive("num_experts_per_tok", max: Limits.experts)
+        if try f.optional("mlp_bias", as: Bool.self) == true {
+            throw f.error("field 'mlp_bias': biased expert projections are not supported")
+        }
         let layers = 0..<layerCount
         switch architecture {
         case .mixtral:
-            expertFFNSize = try f.positive("intermediate_size")
+            expertFFNSize = try f.positive("intermediate_size", max: Limits.size)
             denseFFNSize = expertFFNSize
             sharedFFNSize = 0
             sharedExpertGated = false
-            router = RouterSpec(experts: try f.positive("num_local_experts"), topK: topK, renormalize: true)
+            router = RouterSpec(experts: try f.positive("num_local_experts", max: Limits.experts), topK: topK, renormalize: true)
             moeLayers = Array(layers)
         case .qwen2Moe, .qwen3Moe:
-            expertFFNSize = try f.positive("moe_intermediate_size")
-            denseFFNSize = try f.optional("intermediate_size", as: Int.self) ?? expertFFNSize
-            let experts = try f.positive(oneOf: "num_experts", "num_local_experts")
+            expertFFNSize = try f.positive("moe_intermediate_size", max: Limits.size)
+            denseFFNSize = try f.optional("intermediate_size", as: Int.self).map { _ in try f.positive("intermediate_size", max: Limits.size) } ?? expertFFNSize
+            let experts = try f.positive(oneOf: "num_experts", "num_local_experts", max: Limits.experts)
             if architecture == .qwen2Moe {
-                sharedFFNSize = try f.optional("shared_expert_intermediate_size", as: Int.self) ?? 0
+                // transformers' default when the field is absent: 5632 (Qwen1.5-MoE-A2.7B's).
+                sharedFFNSize = try f.optional("shared_expert_intermediate_size", as: Int.self) ?? 5632
+                guard sharedFFNSize >= 0, sharedFFNSize <= Limits.size else {
+                    throw f.error("field 'shared_expert_intermediate_size' must be between 0 and \(Limits.size) (got \(sharedFFNSize))")
+                }
                 sharedExpertGated = sharedFFNSize > 0
             } else {
                 sharedFFNSize = 0
@@ -201,22 +237,25 @@ public struct ModelConfig: Sendable, Equatable {
             let mlpOnly = Set(try f.optional("mlp_only_layers", as: [Int].self) ?? [])
             moeLayers = layers.filter { !mlpOnly.contains($0) && ($0 + 1) % step == 0 }
         case .olmoe:
-            expertFFNSize = try f.positive("intermediate_size")
+            expertFFNSize = try f.positive("intermediate_size", max: Limits.size)
             denseFFNSize = expertFFNSize
             sharedFFNSize = 0
             sharedExpertGated = false
-            router = RouterSpec(experts: try f.positive("num_experts"), topK: topK,
+            router = RouterSpec(experts: try f.positive("num_experts", max: Limits.experts), topK: topK,
                                 renormalize: try f.optional("norm_topk_prob", as: Bool.self) ?? false)
             moeLayers = Array(layers)
         case .deepseekV2, .deepseekV3:
-            expertFFNSize = try f.positive("moe_intermediate_size")
-            denseFFNSize = try f.positive("intermediate_size")
-            let experts = try f.positive(oneOf: "n_routed_experts", "num_local_experts")
+            expertFFNSize = try f.positive("moe_intermediate_size", max: Limits.size)
+            denseFFNSize = try f.positive("intermediate_size", max: Limits.size)
+            let experts = try f.positive(oneOf: "n_routed_experts", "num_local_experts", max: Limits.experts)
             let shared = try f.optional("n_shared_experts", as: Int.self) ?? (architecture == .deepseekV2 ? 2 : 1)
+            guard shared >= 0, shared <= 1024 else { throw f.error("field 'n_shared_experts' must be between 0 and 1024 (got \(shared))") }
             sharedFFNSize = shared * expertFFNSize
             sharedExpertGated = false
             let scaling = Float(try f.optional("routed_scaling_factor", as: Double.self) ?? (architecture == .deepseekV2 ? 1.0 : 2.5))
             let firstDense = try f.optional("first_k_dense_replace", as: Int.self) ?? (architecture == .deepseekV2 ? 0 : 3)
+            // DeepSeek's own code puts MoE blocks where layer % moe_layer_freq == 0; transformers 5
+            // ignores the field. Released configs set it to 1, where both agree.
             let frequency = try f.optional("moe_layer_freq", as: Int.self) ?? 1
             guard frequency >= 1 else { throw f.error("field 'moe_layer_freq' must be at least 1 (got \(frequency))") }
             moeLayers = layers.filter { $0 >= firstDense && $0 % frequency == 0 }
@@ -248,23 +287,23 @@ public struct ModelConfig: Sendable, Equatable {
     }
 
     private static func attentionShape(_ f: ConfigFields, architecture: Architecture, hidden: Int) throws -> AttentionShape {
-        let heads = try f.positive("num_attention_heads")
+        let heads = try f.positive("num_attention_heads", max: Limits.heads)
         let kvHeads = try f.optional("num_key_value_heads", as: Int.self) ?? heads
         guard kvHeads >= 1, heads % kvHeads == 0 else {
             throw f.error("field 'num_key_value_heads' (\(kvHeads)) must divide num_attention_heads (\(heads))")
         }
         let ropeParameters = try f.optional("rope_parameters", as: [String: JSONValue].self)
         let legacyTheta = try f.optional("rope_theta", as: Double.self)
-        let ropeTheta = ropeParameters?["rope_theta"]?.double ?? legacyTheta ?? 10_000
+        let ropeTheta = ropeParameters?["rope_theta"]?.double ?? legacyTheta ?? (architecture == .mixtral ? 1_000_000 : 10_000)
         var shape = AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hidden / heads, qkvBias: false,
                                    qkNorm: .none, latent: nil, ropeTheta: ropeTheta)
         switch architecture {
         case .mixtral:
-            shape.headDim = try f.optional("head_dim", as: Int.self) ?? hidden / heads
+            shape.headDim = try f.optional("head_dim", as: Int.self).map { _ in try f.positive("head_dim", max: Limits.headDim) } ?? hidden / heads
         case .qwen2Moe:
             shape.qkvBias = try f.optional("qkv_bias", as: Bool.self) ?? true
         case .qwen3Moe:
-            shape.headDim = try f.optional("head_dim", as: Int.self) ?? hidden / heads
+            shape.headDim = try f.optional("head_dim", as: Int.self).map { _ in try f.positive("head_dim", max: Limits.headDim) } ?? hidden / heads
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
             shape.qkNorm = .perHead
         case .olmoe:
@@ -272,11 +311,12 @@ public struct ModelConfig: Sendable, Equatable {
             shape.qkNorm = .whole
         case .deepseekV2, .deepseekV3:
             let latent = LatentAttentionShape(
-                queryRank: try f.optional("q_lora_rank", as: Int.self),
-                keyValueRank: try f.positive("kv_lora_rank"),
-                qkNopeHeadDim: try f.positive("qk_nope_head_dim"),
-                qkRopeHeadDim: try f.positive("qk_rope_head_dim"),
-                valueHeadDim: try f.positive("v_head_dim"))
+                // Absent means transformers' default 1536; an explicit null means no query compression.
+                queryRank: f.object["q_lora_rank"] == nil ? 1536 : try f.optional("q_lora_rank", as: Int.self).map { _ in try f.positive("q_lora_rank", max: Limits.size) },
+                keyValueRank: try f.positive("kv_lora_rank", max: Limits.size),
+                qkNopeHeadDim: try f.positive("qk_nope_head_dim", max: Limits.headDim),
+                qkRopeHeadDim: try f.positive("qk_rope_head_dim", max: Limits.headDim),
+                valueHeadDim: try f.positive("v_head_dim", max: Limits.headDim))
             shape.latent = latent
             shape.headDim = latent.qkNopeHeadDim + latent.qkRopeHeadDim
             shape.keyValueHeads = heads
@@ -331,18 +371,19 @@ struct ConfigFields {
         }
     }
 
-    /// A required integer ≥ 1.
-    func positive(_ key: String) throws -> Int {
+    /// A required integer in `1...max`.
+    func positive(_ key: String, max: Int = ModelConfig.Limits.size) throws -> Int {
         guard let value = try optional(key, as: Int.self) else {
             throw error("missing field '\(key)'")
         }
         guard value >= 1 else { throw error("field '\(key)' must be at least 1 (got \(value))") }
+        guard value <= max else { throw error("field '\(key)' is \(value), above the supported \(max)") }
         return value
     }
 
-    /// A required integer ≥ 1 that configs spell in more than one way.
-    func positive(oneOf keys: String...) throws -> Int {
-        for key in keys where object[key] != nil && object[key] != .null { return try positive(key) }
+    /// A required integer in `1...max` that configs spell in more than one way.
+    func positive(oneOf keys: String..., max: Int) throws -> Int {
+        for key in keys where object[key] != nil && object[key] != .null { return try positive(key, max: max) }
         throw error("missing field '\(keys[0])'")
     }
 }

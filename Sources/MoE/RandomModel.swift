@@ -5,9 +5,13 @@ import Foundation
 /// each architecture.
 public struct RandomModelSpec: Sendable {
     public var architecture: Architecture
+    /// Decoder layers.
     public var layers: Int
+    /// Routed experts per MoE layer.
     public var experts: Int
+    /// Experts per token.
     public var topK: Int
+    /// Hidden size.
     public var hidden: Int
     /// Routed expert FFN size; default `hidden / 2` rounded to a multiple of 8.
     public var expertFFN: Int?
@@ -16,6 +20,7 @@ public struct RandomModelSpec: Sendable {
     public var sharedExperts: Int?
     /// Leading dense layers (DeepSeek `first_k_dense_replace`, Qwen `mlp_only_layers`); default 0.
     public var denseLayers: Int = 0
+    /// Vocabulary size.
     public var vocab: Int = 1024
     /// Attention heads; default `hidden / 64`, at least 1.
     public var heads: Int?
@@ -23,11 +28,14 @@ public struct RandomModelSpec: Sendable {
     public var keyValueHeads: Int?
     /// Expert groups for group-limited routing (DeepSeek); default 1 for V2, up to 8 for V3.
     public var groups: Int?
+    /// Weight dtype on disk.
     public var dtype: DType = .bf16
+    /// Seed of every tensor's generator.
     public var seed: UInt64 = 0
     /// Standard deviation of the weights (uniformly distributed, like transformers' `initializer_range`).
     public var weightStd: Double = 0.02
 
+    /// A spec with the four required sizes; the rest take their defaults.
     public init(architecture: Architecture, layers: Int, experts: Int, topK: Int, hidden: Int) {
         self.architecture = architecture
         self.layers = layers
@@ -49,6 +57,9 @@ public struct RandomModelSpec: Sendable {
         }
         let ffn = expertFFN ?? max(8, (hidden / 2 + 7) / 8 * 8)
         let heads = self.heads ?? max(1, hidden / 64)
+        guard heads >= 1, (keyValueHeads ?? 1) >= 1, ffn >= 1, vocab >= 1, (sharedExperts ?? 0) >= 0, (groups ?? 1) >= 1 else {
+            throw ModelConfigError(source: "model init", reason: "--heads, --kv-heads, --ffn, --vocab and --groups must be at least 1, --shared-experts at least 0")
+        }
         guard hidden % heads == 0 else {
             throw ModelConfigError(source: "model init", reason: "--hidden \(hidden) must be a multiple of --heads \(heads)")
         }
@@ -148,7 +159,7 @@ public enum RandomModel {
         let data = Data((JSONValue.object(json).serialized() + "\n").utf8)
         let config = try ModelConfig(json: data, source: "model init")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try data.write(to: URL(fileURLWithPath: directory + "/config.json"))
+        try data.write(to: URL(fileURLWithPath: directory + "/config.json"), options: .atomic)
         let entries = CheckpointLayout.entries(for: config, dtype: spec.dtype, experts: storage)
         let writer = try CheckpointWriter(directory: directory, entries: entries, maxShardBytes: maxShardBytes,
                                           metadata: ["format": "pt", "generator": "eaas model init", "seed": String(spec.seed)])

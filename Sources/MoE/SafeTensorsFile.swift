@@ -48,6 +48,7 @@ public final class SafeTensorsFile: Sendable {
     private let file: MappedFile
     private let dataStart: Int
 
+    /// Maps `path` and validates its whole header; the error names what is wrong.
     public init(path: String) throws {
         self.path = path
         let file = try MappedFile(path: path)
@@ -208,7 +209,7 @@ public struct Tensor: @unchecked Sendable {
         case .u32: return (0..<count).map { Int64(bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self)) }
         case .u16: return (0..<count).map { Int64(bytes.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self)) }
         case .u8, .bool: return (0..<count).map { Int64(bytes[$0]) }
-        default: throw error("dtype \(dtype.rawValue) is not an integer type")
+        default: throw error("dtype \(dtype.rawValue) cannot be read as integers here (I8…I64, U8…U32, BOOL)")
         }
     }
 }

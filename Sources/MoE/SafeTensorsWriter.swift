@@ -1,6 +1,10 @@
 import Foundation
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A tensor to be written: its name, element type and shape.
 public struct TensorEntry: Sendable, Equatable {
     public let name: String
@@ -20,14 +24,21 @@ public struct TensorEntry: Sendable, Equatable {
 /// Writes one safetensors file as a stream: the header for all `entries` first, then each tensor's
 /// bytes in the same order, so that a model larger than memory can be written tensor by tensor.
 /// The header is padded with spaces to a multiple of 8 bytes (the reference writer's alignment).
+///
+/// The bytes go to `PATH.partial` and are renamed to `PATH` by `finish()`: a reader never sees a
+/// half-written file, and a process that has the old file mapped keeps its pages (the old file is
+/// replaced, not truncated under it). A writer dropped before `finish()` removes its partial file.
 public final class SafeTensorsWriter {
     public let path: String
+    private let partialPath: String
     private let entries: [TensorEntry]
     private var next = 0
     private var fd: FileDescriptor?
 
+    /// Starts the file: checks the entries and writes the header.
     public init(path: String, entries: [TensorEntry], metadata: [String: String] = [:]) throws {
         self.path = path
+        partialPath = path + ".partial"
         self.entries = entries
         var seen = Set<String>()
         for entry in entries {
@@ -41,8 +52,8 @@ public final class SafeTensorsWriter {
         var header = Self.headerJSON(entries: entries, metadata: metadata)
         while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
         var length = UInt64(header.count).littleEndian
-        let fd = try SystemError.wrap("open", path) {
-            try FileDescriptor.open(FilePath(path), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        let fd = try SystemError.wrap("open", partialPath) {
+            try FileDescriptor.open(FilePath(partialPath), .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
         }
         self.fd = fd
         try withUnsafeBytes(of: &length) { try write($0) }
@@ -68,13 +79,19 @@ public final class SafeTensorsWriter {
         try encoded.withUnsafeBytes { try append(name, bytes: $0) }
     }
 
-    /// Checks every declared tensor was written and closes the file.
+    /// Checks every declared tensor was written, closes the file and moves it into place.
     public func finish() throws {
         guard let fd else { return }
         self.fd = nil
-        try SystemError.wrap("close", path) { try fd.close() }
+        try SystemError.wrap("close", partialPath) { try fd.close() }
         guard next == entries.count else {
+            unlink(partialPath)
             throw SafeTensorsError(file: path, tensor: entries[next].name, "declared but never written")
+        }
+        guard rename(partialPath, path) == 0 else {
+            let code = Errno(rawValue: errno)
+            unlink(partialPath)
+            throw SystemError(operation: "rename", path: path, errno: code)
         }
     }
 
@@ -87,12 +104,15 @@ public final class SafeTensorsWriter {
 
     private func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard let fd else { throw SafeTensorsError(file: path, "already finished") }
-        _ = try SystemError.wrap("write", path) { try fd.writeAll(bytes) }
+        _ = try SystemError.wrap("write", partialPath) { try fd.writeAll(bytes) }
     }
 
     deinit {
-        // A writer dropped without finish() leaves a truncated file behind; close the descriptor at least.
-        if let fd { try? fd.close() }
+        // Dropped before finish(): nothing complete was written, so nothing is left behind.
+        if let fd {
+            try? fd.close()
+            unlink(partialPath)
+        }
     }
 
     static func headerJSON(entries: [TensorEntry], metadata: [String: String]) -> [UInt8] {
@@ -140,6 +160,8 @@ public final class CheckpointWriter {
     private var inShard = 0
     private var writer: SafeTensorsWriter?
 
+    /// Plans the shards (in `entries` order, each at most `maxShardBytes` unless one tensor is larger)
+    /// and creates `directory` if needed.
     public init(directory: String, entries: [TensorEntry], maxShardBytes: Int = .max, metadata: [String: String] = ["format": "pt"]) throws {
         self.directory = directory
         self.metadata = metadata
@@ -158,7 +180,6 @@ public final class CheckpointWriter {
         shardNames = n == 1 ? [Checkpoint.singleFileName]
             : (1...n).map { "model-\(Self.pad5($0))-of-\(Self.pad5(n)).safetensors" }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        if n > 1 { try writeIndex() }
     }
 
     /// Appends the next tensor's bytes.
@@ -173,12 +194,16 @@ public final class CheckpointWriter {
         try advance()
     }
 
-    /// Checks everything was written.
+    /// Checks everything was written, moves the last shard into place and, for several shards,
+    /// writes the index last, so that a checkpoint is never announced before its shards exist.
     public func finish() throws {
+        if writer == nil, shards.count == 1 { _ = try currentWriter() }  // an empty checkpoint still gets its file
         if let writer { try writer.finish() }
+        writer = nil
         guard shard >= shards.count || (shard == shards.count - 1 && inShard == shards[shard].count) else {
             throw SafeTensorsError(file: directory, "checkpoint finished before all tensors were written")
         }
+        if shards.count > 1 { try writeIndex() }
     }
 
     private func currentWriter() throws -> SafeTensorsWriter {
@@ -206,7 +231,7 @@ public final class CheckpointWriter {
             for entry in entries { lines.append("    \(SafeTensorsWriter.jsonString(entry.name)): \(SafeTensorsWriter.jsonString(shardNames[i]))") }
         }
         let text = "{\n  \"metadata\": {\n    \"total_size\": \(total)\n  },\n  \"weight_map\": {\n\(lines.joined(separator: ",\n"))\n  }\n}\n"
-        try Data(text.utf8).write(to: URL(fileURLWithPath: directory + "/" + Checkpoint.indexFileName))
+        try Data(text.utf8).write(to: URL(fileURLWithPath: directory + "/" + Checkpoint.indexFileName), options: .atomic)
     }
 
     private static func pad5(_ n: Int) -> String {

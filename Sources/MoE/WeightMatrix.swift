@@ -86,12 +86,14 @@ public struct ExpertWeights: Sendable {
 public final class WeightStorage: @unchecked Sendable {
     public let bytes: UnsafeMutableRawBufferPointer
 
+    /// Allocates `byteCount` bytes, 64-byte aligned, uninitialised.
     public init(byteCount: Int) {
         bytes = .allocate(byteCount: max(byteCount, 1), alignment: 64)
     }
 
     /// Matrix `[rows, cols]` of `dtype` starting `offset` bytes in.
     public func matrix(name: String, dtype: DType, rows: Int, cols: Int, offset: Int = 0) -> WeightMatrix {
+        precondition(dtype.isComputeType, "weights must be F32, F16 or BF16, not \(dtype.rawValue)")
         precondition(offset >= 0 && offset + rows * cols * dtype.byteSize <= bytes.count, "matrix outside its storage")
         return WeightMatrix(name: name, dtype: dtype, rows: rows, cols: cols, base: UnsafeRawPointer(bytes.baseAddress!) + offset, owner: self)
     }

@@ -33,7 +33,7 @@ struct ExpertsBenchCommand: ParsableCommand {
 
     func parsedShapes() throws -> [Shape] {
         try shapes.split(separator: ",").map { text in
-            let parts = text.split(separator: "x").compactMap { Int($0) }
+            let parts = text.split(separator: "x", omittingEmptySubsequences: false).map { Int($0) ?? -1 }
             guard parts.count == 4, parts.allSatisfy({ $0 > 0 }), parts[3] <= parts[2] else {
                 throw ValidationError("--shapes: '\(text)' is not HIDDENxFFNxEXPERTSxTOPK with top-k ≤ experts")
             }

@@ -42,8 +42,9 @@ struct ModelInitCommand: ParsableCommand {
             throw ValidationError("--expert-layout '\(expertLayout)' is not per-expert or fused")
         }
         guard (try? ByteSize.parse(maxShardSize)) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size like 4GB or 500MB") }
-        if !force, FileManager.default.fileExists(atPath: out + "/config.json") {
-            throw ValidationError("\(out) already holds a checkpoint (config.json); pass --force to overwrite it")
+        let existing = Checkpoint.weightFiles(in: out) + (FileManager.default.fileExists(atPath: out + "/config.json") ? ["config.json"] : [])
+        if !force, !existing.isEmpty {
+            throw ValidationError("\(out) already holds a checkpoint (\(existing.joined(separator: ", "))); pass --force to replace it")
         }
     }
 
@@ -58,6 +59,9 @@ struct ModelInitCommand: ParsableCommand {
         spec.groups = groups
         spec.dtype = DType(userSpelling: dtype)!
         spec.seed = seed
+        // --force: the old weight files go first, so that no stale shard or index outlives the new
+        // checkpoint. They are unlinked, never truncated: a process that has them mapped keeps them.
+        for name in Checkpoint.weightFiles(in: out) { try FileManager.default.removeItem(atPath: out + "/" + name) }
         let config = try RandomModel.write(spec, to: out, experts: CheckpointLayout.ExpertStorage(rawValue: expertLayout)!,
                                            maxShardBytes: try ByteSize.parse(maxShardSize))
         let checkpoint = try Checkpoint(directory: out)
@@ -154,7 +158,7 @@ enum ByteSize {
     static func parse(_ text: String) throws -> Int {
         let upper = text.uppercased().trimmingCharacters(in: .whitespaces)
         for (suffix, factor) in [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)] where upper.hasSuffix(suffix) {
-            guard let value = Double(upper.dropLast(suffix.count)), value > 0 else { throw Invalid() }
+            guard let value = Double(upper.dropLast(suffix.count)), value > 0, value * Double(factor) < 0x1p62 else { throw Invalid() }
             return Int(value * Double(factor))
         }
         guard let value = Int(upper), value > 0 else { throw Invalid() }

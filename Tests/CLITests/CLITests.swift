@@ -62,6 +62,25 @@ struct CLITests {
         // Nothing already written is lost: a second init into the same place is refused without --force.
         let again = try Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir + "/m"])
         #expect(again.status != 0 && again.stderr.contains("already holds a checkpoint") && again.stderr.contains("--force"))
+        #expect(again.stderr.contains("model.safetensors.index.json"))
+        // --force replaces the sharded checkpoint with a single file and leaves no stale shard or index.
+        let forced = try Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32",
+                                   "--out", dir + "/m", "--force"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/m").sorted()
+        #expect(files == ["config.json", "model.safetensors"])
+        let inspectedAgain = try Self.run(["model", "inspect", dir + "/m"])
+        #expect(inspectedAgain.stdout.contains("MixtralForCausalLM") && inspectedAgain.stdout.contains("shapes"))
+    }
+
+    @Test("Weights without a config.json are not overwritten either")
+    func bareWeightsAreKept() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir + "/model.safetensors"))
+        let result = try Self.run(["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir])
+        #expect(result.status != 0 && result.stderr.contains("model.safetensors"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/model.safetensors")) == Data([1, 2, 3]))
     }
 
     @Test("Bad arguments are refused with the option named", arguments: [
@@ -70,6 +89,9 @@ struct CLITests {
         (["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--dtype", "f8", "--out", "/tmp/x"], "--dtype 'f8'"),
         (["model", "inspect", "/nonexistent/eaas-model"], "/nonexistent/eaas-model/config.json: cannot read"),
         (["bench", "experts", "--shapes", "64x32"], "--shapes: '64x32'"),
+        (["bench", "experts", "--shapes", "1x2xfoox3x4"], "--shapes: '1x2xfoox3x4'"),
+        (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--heads", "0", "--out", "/tmp/eaas-never"], "--heads, --kv-heads"),
+        (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--max-shard-size", "1e300GB", "--out", "/tmp/eaas-never"], "--max-shard-size '1e300GB'"),
     ])
     func refusesBadArguments(arguments: [String], fragment: String) throws {
         let result = try Self.run(arguments)

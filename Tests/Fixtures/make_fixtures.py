@@ -92,6 +92,31 @@ def moe_blocks(model):
             yield i, mlp
 
 
+def top_margin(values, k):
+    """Smallest gap, over tokens, between the k-th and (k+1)-th largest value."""
+    top = values.sort(dim=-1, descending=True).values
+    return (top[:, k - 1] - top[:, k]).min().item()
+
+
+def choice_margin(gate, logits, model_type, k):
+    """The margin of the values the gate actually ranks: groups first (DeepSeek), then experts."""
+    if model_type == "deepseek_v3":
+        values = logits.sigmoid() + gate.e_score_correction_bias
+        groups = values.view(values.shape[0], gate.num_group, -1).topk(2, dim=-1).values.sum(-1)
+    else:
+        values = logits.softmax(-1)
+        groups = None
+        if getattr(gate, "topk_method", None) == "group_limited_greedy":
+            groups = values.view(values.shape[0], gate.num_group, -1).max(dim=-1).values
+    margin = float("inf")
+    if groups is not None and gate.topk_group < gate.num_group:
+        margin = top_margin(groups, gate.topk_group)
+        chosen = groups.topk(gate.topk_group, dim=-1).indices
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, chosen, True)
+        values = values.masked_fill(~mask.repeat_interleave(values.shape[1] // gate.num_group, dim=1), float("-inf"))
+    return min(margin, top_margin(values, k))
+
+
 def record(name, model, dtype):
     tensors = {}
     g = torch.Generator().manual_seed(1234)
@@ -101,10 +126,8 @@ def record(name, model, dtype):
             logits, weights, ids = block.gate(x)
             out = block(x.unsqueeze(0)).squeeze(0)
         # Refuse inputs whose choice hangs on a near tie: rounding would decide it, not the model.
-        scores = logits.float().softmax(-1) if model.config.model_type != "deepseek_v3" else logits.float().sigmoid()
-        top = scores.sort(dim=-1, descending=True).values
-        k = ids.shape[-1]
-        assert (top[:, k - 1] - top[:, k]).min() > 1e-4, f"{name} layer {i}: near tie in routing"
+        margin = choice_margin(block.gate, logits.float(), model.config.model_type, ids.shape[-1])
+        assert margin > 1e-4, f"{name} layer {i}: near tie in routing (margin {margin})"
         order = ids.argsort(dim=-1)
         tensors[f"layers.{i}.input"] = x.contiguous()
         tensors[f"layers.{i}.router_logits"] = logits.float().contiguous()

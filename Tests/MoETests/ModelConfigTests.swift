@@ -91,6 +91,12 @@ struct ModelConfigTests {
         ("unknown topk method", .deepseekV2, "topk_method", "sinkhorn", "field 'topk_method': 'sinkhorn' is not supported"),
         ("zero sparse step", .qwen2Moe, "decoder_sparse_step", 0, "field 'decoder_sparse_step' must be at least 1"),
         ("kv heads not dividing heads", .mixtral, "num_key_value_heads", 3, "num_key_value_heads' (3) must divide num_attention_heads"),
+        ("absurd layer count", .olmoe, "num_hidden_layers", 1_000_000_000_000, "field 'num_hidden_layers' is 1000000000000, above the supported 4096"),
+        ("absurd hidden size", .qwen3Moe, "hidden_size", 1_099_511_627_776, "field 'hidden_size' is 1099511627776, above the supported"),
+        ("more experts than ids", .olmoe, "num_experts", 70_000, "field 'num_experts' is 70000, above the supported 65535"),
+        ("negative shared size", .qwen2Moe, "shared_expert_intermediate_size", -5, "field 'shared_expert_intermediate_size' must be between 0"),
+        ("negative shared experts", .deepseekV2, "n_shared_experts", -1, "field 'n_shared_experts' must be between 0 and 1024"),
+        ("biased expert projections", .deepseekV3, "mlp_bias", true, "field 'mlp_bias': biased expert projections are not supported"),
     ]
 
     @Test("Invalid values are errors that say which field and why", arguments: invalid.map { $0.0 })
@@ -126,6 +132,22 @@ struct ModelConfigTests {
         var object = Self.minimal(architecture)
         for (key, value) in changes { object[key] = value }
         #expect(try Self.parse(object).moeLayers == expected)
+    }
+
+    @Test("Absent fields take transformers' per-architecture defaults")
+    func perArchitectureDefaults() throws {
+        var mixtral = Self.minimal(.mixtral)
+        for key in ["rms_norm_eps", "rope_theta"] { mixtral[key] = nil }
+        let m = try Self.parse(mixtral)
+        #expect(m.rmsNormEps == 1e-5 && m.attention.ropeTheta == 1_000_000)
+        var qwen = Self.minimal(.qwen2Moe)
+        qwen["shared_expert_intermediate_size"] = nil
+        #expect(try Self.parse(qwen).sharedFFNSize == 5632)
+        var v2 = Self.minimal(.deepseekV2)
+        v2["q_lora_rank"] = nil
+        #expect(try Self.parse(v2).attention.latent?.queryRank == 1536)
+        v2["q_lora_rank"] = .null
+        #expect(try Self.parse(v2).attention.latent?.queryRank == nil)
     }
 
     @Test("rope_theta is read from rope_parameters (transformers 5) or the top level (earlier)")

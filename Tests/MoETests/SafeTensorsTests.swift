@@ -151,6 +151,31 @@ struct SafeTensorsTests {
         #expect { try writer.finish() } throws: { "\($0)".contains("tensor 'b': declared but never written") }
     }
 
+    @Test("A file appears only when finished: a dropped writer leaves nothing, a finished one replaces the old file")
+    func atomicWrites() throws {
+        let dir = try temporaryDirectory()
+        defer { removeDirectory(dir) }
+        let path = dir + "/m.safetensors"
+        let entries = [TensorEntry(name: "a", dtype: .f32, shape: [2])]
+        do {
+            let writer = try SafeTensorsWriter(path: path, entries: entries)
+            try writer.append("a", floats: [1, 2])
+            #expect(!FileManager.default.fileExists(atPath: path), "visible before finish()")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "a dropped writer leaves a partial file")
+        let writer = try SafeTensorsWriter(path: path, entries: entries)
+        try writer.append("a", floats: [1, 2])
+        try writer.finish()
+        let old = try SafeTensorsFile(path: path)
+        let again = try SafeTensorsWriter(path: path, entries: entries)
+        try again.append("a", floats: [3, 4])
+        try again.finish()
+        // The first mapping still reads its own (replaced, not truncated) file.
+        #expect(try old.tensor("a").floats() == [1, 2])
+        #expect(try SafeTensorsFile(path: path).tensor("a").floats() == [3, 4])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["m.safetensors"])
+    }
+
     @Test("Random corruption of a valid file never crashes the reader: it opens or says what is wrong")
     func corruptionNeverCrashes() throws {
         let dir = try temporaryDirectory()
