@@ -1,0 +1,53 @@
+/// Frames over one TCP connection: each frame is self-delimiting (its 16-byte header carries the
+/// payload length), so frames are written back to back and requests can be pipelined. Reads reuse
+/// one growing buffer: a returned frame is valid until the next `readFrame()`.
+public final class FrameConnection: @unchecked Sendable {
+    public let socket: Socket
+    public let limits: WireLimits
+    private var buffer: UnsafeMutableRawBufferPointer
+
+    public init(socket: Socket, limits: WireLimits = WireLimits()) {
+        self.socket = socket
+        self.limits = limits
+        buffer = .allocate(byteCount: 64 << 10, alignment: 64)
+    }
+
+    /// Connects to a server.
+    public static func connect(host: String, port: Int, limits: WireLimits = WireLimits()) throws -> FrameConnection {
+        FrameConnection(socket: try Socket.connect(host: host, port: port), limits: limits)
+    }
+
+    /// The next whole frame's bytes (header included), or nil when the peer closed cleanly between
+    /// frames. A header that fails validation (bad magic, version, kind or length) throws: the stream
+    /// cannot be trusted past it. A payload is read whole even when it later fails to decode, so
+    /// the stream stays in step and the caller can answer with an error frame and go on.
+    public func readFrame() throws -> UnsafeRawBufferPointer? {
+        let head = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<FrameHeader.size])
+        guard try socket.readExactly(head) else { return nil }
+        let header = try FrameHeader.decode(UnsafeRawBufferPointer(head), maxPayload: limits.maxPayload)
+        let total = FrameHeader.size + header.payloadLength
+        if total > buffer.count {
+            let larger = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, buffer.count * 2), alignment: 64)
+            larger.copyMemory(from: UnsafeRawBufferPointer(head))
+            buffer.deallocate()
+            buffer = larger
+        }
+        if header.payloadLength > 0 {
+            guard try socket.readExactly(UnsafeMutableRawBufferPointer(rebasing: buffer[FrameHeader.size..<total])) else {
+                throw TransportError.system(operation: "recv (peer closed mid-frame)", path: socket.label, errno: .connectionReset)
+            }
+        }
+        return UnsafeRawBufferPointer(rebasing: buffer[0..<total])
+    }
+
+    /// Sends one or more whole frames.
+    public func write(_ frame: UnsafeRawBufferPointer) throws { try socket.writeAll(frame) }
+
+    /// Sends a frame held in an array.
+    public func write(_ frame: [UInt8]) throws { try frame.withUnsafeBytes { try socket.writeAll($0) } }
+
+    /// Closes the connection.
+    public func close() { socket.close() }
+
+    deinit { buffer.deallocate() }
+}

@@ -1,0 +1,138 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A TCP socket descriptor, the only place the TCP backend makes socket calls. Every failing call
+/// becomes `TransportError.system` naming the call and the peer. `close()` must be called; `deinit`
+/// asserts it.
+public final class Socket: @unchecked Sendable {
+    public let descriptor: Int32
+    /// The peer or local address, for messages.
+    public let label: String
+    private var closed = false
+
+    init(descriptor: Int32, label: String) {
+        self.descriptor = descriptor
+        self.label = label
+    }
+
+    /// Listens on `host:port` (port 0 picks a free one; see `localPort`).
+    public static func listen(host: String, port: Int, backlog: Int32 = 128) throws -> Socket {
+        let address = try resolve(host: host, port: port, passive: true)
+        defer { freeaddrinfo(address) }
+        let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw failure("socket", "\(host):\(port)") }
+        let s = Socket(descriptor: fd, label: "\(host):\(port)")
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard bind(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 else { let e = failure("bind", s.label); s.close(); throw e }
+        guard Glibc.listen(fd, backlog) == 0 else { let e = failure("listen", s.label); s.close(); throw e }
+        return s
+    }
+
+    /// Connects to `host:port` with `TCP_NODELAY` set.
+    public static func connect(host: String, port: Int) throws -> Socket {
+        let address = try resolve(host: host, port: port, passive: false)
+        defer { freeaddrinfo(address) }
+        let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw failure("socket", "\(host):\(port)") }
+        let s = Socket(descriptor: fd, label: "\(host):\(port)")
+        guard Glibc.connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 else { let e = failure("connect", s.label); s.close(); throw e }
+        s.setNoDelay()
+        return s
+    }
+
+    /// Waits for the next connection; it has `TCP_NODELAY` set.
+    public func accept() throws -> Socket {
+        while true {
+            let fd = Glibc.accept(descriptor, nil, nil)
+            if fd >= 0 {
+                let s = Socket(descriptor: fd, label: "client of \(label)")
+                s.setNoDelay()
+                return s
+            }
+            if errno == EINTR { continue }
+            throw Self.failure("accept", label)
+        }
+    }
+
+    /// The port this socket is bound to.
+    public var localPort: Int {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
+        let family = storage.ss_family
+        return withUnsafePointer(to: &storage) { pointer in
+            if family == sa_family_t(AF_INET6) {
+                return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+            }
+            return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+        }
+    }
+
+    /// Reads exactly `buffer.count` bytes; false if the peer closed the connection before the first byte.
+    public func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        var done = 0
+        while done < buffer.count {
+            let n = recv(descriptor, buffer.baseAddress! + done, buffer.count - done, 0)
+            if n > 0 { done += n; continue }
+            if n == 0 {
+                if done == 0 { return false }
+                throw TransportError.system(operation: "recv (peer closed mid-frame)", path: label, errno: .connectionReset)
+            }
+            if errno == EINTR { continue }
+            throw Self.failure("recv", label)
+        }
+        return true
+    }
+
+    /// Writes all of `bytes`.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = send(descriptor, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            if n > 0 { done += n; continue }
+            if n < 0, errno == EINTR { continue }
+            throw Self.failure("send", label)
+        }
+    }
+
+    /// Stops further reads and writes; a thread blocked in `recv` or `accept` returns.
+    public func shutdown() { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+
+    /// Closes the descriptor. Safe to call twice.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        _ = Glibc.close(descriptor)
+    }
+
+    deinit {
+        assert(closed, "Socket \(label) was not closed")
+        if !closed { close() }
+    }
+
+    private func setNoDelay() {
+        var one: Int32 = 1
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    private static func failure(_ operation: String, _ label: String) -> TransportError {
+        .system(operation: operation, path: label, errno: Errno(rawValue: errno))
+    }
+
+    private static func resolve(host: String, port: Int, passive: Bool) throws -> UnsafeMutablePointer<addrinfo> {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_family = AF_UNSPEC
+        if passive { hints.ai_flags = AI_PASSIVE }
+        var result: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &result)
+        guard status == 0, let result else {
+            throw TransportError.badRegion(path: "\(host):\(port)", reason: "cannot resolve: \(String(cString: gai_strerror(status)))")
+        }
+        return result
+    }
+}
