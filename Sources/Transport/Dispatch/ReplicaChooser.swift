@@ -1,0 +1,103 @@
+/// No ready server hosts an expert a step needs.
+public struct NoReplica: Error, CustomStringConvertible, Sendable, Equatable {
+    public let expert: HostedExpert
+    public var description: String { "no ready replica hosts expert \(expert.expert) of layer \(expert.layer)" }
+}
+
+/// Chooses the server for each expert of one MoE-layer step.
+///
+/// Load-aware with the power of two choices: of two random replicas, the one with fewer
+/// outstanding tokens (counting what this step already gave it). Few servers per step: a replica
+/// the step already contacts competes too, with a bonus of `contactCost` tokens, since one more
+/// server costs one more round trip. Experts with the most tokens choose first.
+public struct ReplicaChooser: Sendable {
+    /// Tokens of load a server already in the step may carry beyond another before a new server is
+    /// contacted instead (default 64).
+    public var contactCost: Int
+    private var rng: UInt64
+
+    public init(contactCost: Int = 64, seed: UInt64 = 0x9e37_79b9_7f4a_7c15) {
+        self.contactCost = contactCost
+        rng = seed
+    }
+
+    /// For each `(expert, tokens)` of the step, the index into `view.servers` that serves it.
+    /// `outstanding[i]` is the tokens in flight at server `i` (same indexing; missing = 0).
+    public mutating func choose(
+        _ demand: [(expert: HostedExpert, tokens: Int)], view: MembershipView, outstanding: [Int]
+    ) throws -> [HostedExpert: Int] {
+        var load = outstanding + [Int](repeating: 0, count: max(0, view.servers.count - outstanding.count))
+        var contacted: [Int] = []
+        var choice: [HostedExpert: Int] = [:]
+        choice.reserveCapacity(demand.count)
+        for (expert, tokens) in demand.sorted(by: { ($0.tokens, $1.expert) > ($1.tokens, $0.expert) }) {
+            let replicas = view.replicas(of: expert)
+            guard !replicas.isEmpty else { throw NoReplica(expert: expert) }
+            var best = replicas[0]
+            if replicas.count > 1 {
+                let a = replicas[Int(next() % UInt64(replicas.count))]
+                var b = replicas[Int(next() % UInt64(replicas.count - 1))]
+                if b == a { b = replicas[replicas.count - 1] }
+                best = score(a, load, contacted) <= score(b, load, contacted) ? a : b
+                for server in contacted where replicas.contains(server) && score(server, load, contacted) < score(best, load, contacted) {
+                    best = server
+                }
+            }
+            choice[expert] = best
+            load[best] += tokens
+            if !contacted.contains(best) { contacted.append(best) }
+        }
+        return choice
+    }
+
+    private func score(_ server: Int, _ load: [Int], _ contacted: [Int]) -> Int {
+        load[server] + (contacted.contains(server) ? 0 : contactCost)
+    }
+
+    private mutating func next() -> UInt64 {
+        rng &+= 0x9e37_79b9_7f4a_7c15
+        var z = rng
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
+
+/// A per-server timeout that follows the measured round trips (RFC 6298's estimator): the
+/// smoothed RTT plus four deviations, within `[minimum, maximum]`, doubled after each timeout
+/// until a response arrives again.
+public struct AdaptiveTimeout: Sendable, Equatable {
+    public let minimum: Duration
+    public let maximum: Duration
+    private var smoothed: Double?
+    private var deviation: Double = 0
+    private var backoff: Double = 1
+
+    public init(minimum: Duration = .milliseconds(20), maximum: Duration = .seconds(5)) {
+        self.minimum = minimum
+        self.maximum = maximum
+    }
+
+    /// The timeout for the next request.
+    public var current: Duration {
+        guard let smoothed else { return maximum }
+        let seconds = (smoothed + 4 * deviation) * backoff
+        return Swift.max(minimum, Swift.min(maximum, .nanoseconds(Int64(Swift.min(seconds, 1e6) * 1e9))))
+    }
+
+    /// Records a round trip that completed.
+    public mutating func record(_ rtt: Duration) {
+        let r = Double(rtt.components.seconds) + Double(rtt.components.attoseconds) * 1e-18
+        if let s = smoothed {
+            deviation = 0.75 * deviation + 0.25 * abs(s - r)
+            smoothed = 0.875 * s + 0.125 * r
+        } else {
+            smoothed = r
+            deviation = r / 2
+        }
+        backoff = 1
+    }
+
+    /// Records a timeout: the next one waits twice as long (up to `maximum`).
+    public mutating func recordTimeout() { backoff = Swift.min(backoff * 2, 64) }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+@testable import Transport
+
+func expert(_ e: UInt16, layer: UInt16 = 0) -> HostedExpert { HostedExpert(layer: layer, expert: e) }
+
+func server(_ id: String, _ experts: [UInt16], ready: Bool = true) -> ServerInfo {
+    ServerInfo(id: id, address: "127.0.0.1:\(7000 + Int(id.unicodeScalars.first!.value))", experts: experts.map { expert($0) }, ready: ready)
+}
+
+@Suite("Dispatcher: membership, replica choice, step plans, timeouts")
+struct DispatchTests {
+    @Test("A view lists the ready replicas of each expert and skips draining servers")
+    func membershipView() {
+        let view = MembershipView(servers: [server("b", [0, 1]), server("a", [1]), server("c", [1, 2], ready: false)])
+        #expect(view.servers.map(\.id) == ["a", "b", "c"])
+        #expect(view.replicas(of: expert(1)) == [0, 1])
+        #expect(view.replicas(of: expert(2)) == [])
+        #expect(view.hostedExperts == [expert(0), expert(1)])
+    }
+
+    @Test("Replica choice: the only replica, an error naming a missing expert, and the less loaded of two")
+    func chooserBasics() throws {
+        let view = MembershipView(servers: [server("a", [0, 1]), server("b", [1])])
+        var chooser = ReplicaChooser()
+        #expect(try chooser.choose([(expert(0), 5)], view: view, outstanding: [0, 0]) == [expert(0): 0])
+        #expect(throws: NoReplica(expert: expert(9))) { try chooser.choose([(expert(9), 1)], view: view, outstanding: [0, 0]) }
+        for _ in 0..<20 {
+            #expect(try chooser.choose([(expert(1), 5)], view: view, outstanding: [500, 0]) == [expert(1): 1])
+            #expect(try chooser.choose([(expert(1), 5)], view: view, outstanding: [0, 500]) == [expert(1): 0])
+        }
+    }
+
+    @Test("A step keeps to the servers it already contacts unless they are loaded beyond the contact cost")
+    func fewServersPerStep() throws {
+        let view = MembershipView(servers: (0..<4).map { server(String(UnicodeScalar(UInt8(97 + $0))), [0, 1, 2, 3]) })
+        var chooser = ReplicaChooser(contactCost: 64)
+        for _ in 0..<50 {
+            let choice = try chooser.choose([(expert(0), 4), (expert(1), 3), (expert(2), 2), (expert(3), 1)], view: view, outstanding: [0, 0, 0, 0])
+            #expect(Set(choice.values).count == 1, "10 tokens fit one server: \(choice)")
+        }
+        let heavy = try chooser.choose([(expert(0), 100), (expert(1), 100)], view: view, outstanding: [0, 0, 0, 0])
+        #expect(Set(heavy.values).count == 2, "100 tokens each exceed the 64-token contact cost")
+    }
+
+    @Test("Over many steps, load spreads evenly over equal replicas")
+    func balance() throws {
+        let view = MembershipView(servers: (0..<4).map { server(String(UnicodeScalar(UInt8(97 + $0))), [0]) })
+        var counts = [0, 0, 0, 0]
+        var chooser = ReplicaChooser(contactCost: 0, seed: 7)
+        var load = [0, 0, 0, 0]
+        for _ in 0..<4000 {
+            let s = try chooser.choose([(expert(0), 1)], view: view, outstanding: load)[expert(0)]!
+            counts[s] += 1
+            load[s] += 1
+        }
+        #expect(counts.max()! - counts.min()! <= 4, "power of two choices keeps cumulative load level: \(counts)")
+    }
+
+    @Test("A step plan gives each server its tokens with their experts in ascending order and padded slots")
+    func stepPlan() {
+        // Token 0 → experts 3, 1; token 1 → 2, 0; token 2 → 1, 2. Servers: 0 hosts {1, 2}, 1 hosts {0, 3}.
+        let ids: [Int32] = [3, 1, 2, 0, 1, 2]
+        let weights: [Float] = [0.6, 0.4, 0.7, 0.3, 0.5, 0.5]
+        let choice = [expert(1): 0, expert(2): 0, expert(0): 1, expert(3): 1]
+        #expect(StepPlanner.demand(layer: 0, ids: ids).map { "\($0.expert.expert):\($0.tokens)" } == ["0:1", "1:2", "2:2", "3:1"])
+        let plan = StepPlanner.plan(layer: 0, tokens: 3, topK: 2, ids: ids, weights: weights, choice: choice)
+        #expect(plan.count == 2)
+        #expect(plan[0].server == 0 && plan[0].tokens == [0, 1, 2] && plan[0].slotsPerToken == 2)
+        #expect(plan[0].ids == [1, RequestHeader.emptySlot, 2, RequestHeader.emptySlot, 1, 2])
+        #expect(plan[0].weights == [0.4, 0, 0.7, 0, 0.5, 0.5])
+        #expect(plan[1].server == 1 && plan[1].tokens == [0, 1] && plan[1].ids == [3, 0] && plan[1].weights == [0.6, 0.3])
+    }
+
+    @Test("The adaptive timeout follows measured round trips, stays within bounds and backs off")
+    func adaptiveTimeout() {
+        var t = AdaptiveTimeout(minimum: .milliseconds(20), maximum: .seconds(5))
+        #expect(t.current == .seconds(5), "no sample yet: the maximum")
+        for _ in 0..<50 { t.record(.microseconds(300)) }
+        #expect(t.current == .milliseconds(20), "fast round trips: the minimum")
+        for _ in 0..<100 { t.record(.milliseconds(100)) }
+        #expect(t.current > .milliseconds(100) && t.current < .milliseconds(130))
+        let base = t.current
+        t.recordTimeout()
+        #expect(t.current >= base * 2 - .microseconds(1) && t.current <= base * 2 + .microseconds(1))
+        for _ in 0..<10 { t.recordTimeout() }
+        #expect(t.current == .seconds(5))
+        t.record(.milliseconds(100))
+        #expect(t.current < .milliseconds(200), "a response ends the back-off")
+    }
+
+    @Test("A membership file is re-read when it changes; a broken edit keeps the last good view and says why")
+    func fileMembership() throws {
+        let path = NSTemporaryDirectory() + "eaas-members-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func write(_ text: String) throws { try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic) }
+        try write(#"{"servers": [{"id": "a", "address": "127.0.0.1:7001", "experts": [{"layer": 0, "expert": 1}], "ready": true}]}"#)
+        let source = try FileMembership(path: path)
+        #expect(source.current().replicas(of: expert(1)) == [0])
+        #expect(source.refresh() == nil, "unchanged file")
+        try write(#"{"servers": [{"id": "a", "address": "127.0.0.1:7001", "experts": [{"layer": 0, "expert": 1}], "ready": true},"#
+                  + #" {"id": "b", "address": "127.0.0.1:7002", "experts": [{"layer": 0, "expert": 1}, {"layer": 0, "expert": 2}], "ready": true}]}"#)
+        #expect(source.refresh()?.replicas(of: expert(1)) == [0, 1])
+        try write(#"{"servers": [{"id": "a", "experts": []}]}"#)
+        #expect(source.refresh() == nil)
+        #expect(source.current().servers.count == 2, "the last good view stays")
+        #expect(source.lastError?.description.contains("missing 'address'") == true, "\(String(describing: source.lastError))")
+        try write(#"{"servers": [{"id": "a", "address": "nohost", "experts": [], "ready": true}]}"#)
+        source.refresh()
+        #expect(source.lastError?.description.contains("'nohost' is not host:port") == true)
+        #expect { try FileMembership(path: path + ".missing") } throws: { "\($0)".contains("cannot read") }
+    }
+}
