@@ -90,6 +90,7 @@ struct CLITests {
         (["model", "inspect", "/nonexistent/eaas-model"], "/nonexistent/eaas-model/config.json: cannot read"),
         (["bench", "experts", "--shapes", "64x32"], "--shapes: '64x32'"),
         (["bench", "experts", "--shapes", "1x2xfoox3x4"], "--shapes: '1x2xfoox3x4'"),
+        (["bench", "transport", "--backend", "verbs"], "--backend 'verbs' is not shm or tcp"),
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--heads", "0", "--out", "/tmp/eaas-never"], "--heads, --kv-heads"),
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--max-shard-size", "1e300GB", "--out", "/tmp/eaas-never"], "--max-shard-size '1e300GB'"),
     ])
@@ -97,6 +98,22 @@ struct CLITests {
         let result = try Self.run(arguments)
         #expect(result.status != 0)
         #expect(result.stderr.contains(fragment), "stderr: \(result.stderr)")
+    }
+
+    @Test("bench transport --json prints one document with the fields the issue names, for shm and tcp", arguments: ["shm", "tcp"])
+    func transportBenchJSON(backend: String) throws {
+        let result = try Self.run(["bench", "transport", "--backend", backend, "--tokens", "1,4", "--hidden", "64", "--seconds", "0.01", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        #expect(document?["bench"] as? String == "transport")
+        #expect((document?["dispatcher_ns_per_token_expert"] as? Double ?? 0) > 0)
+        let rows = document?["results"] as? [[String: Any]] ?? []
+        #expect(rows.count == 2)
+        for row in rows {
+            for key in ["tokens", "bytes", "rtt_us", "gbps", "limit_gbps", "ratio_to_limit"] { #expect(row[key] != nil, "row lacks \(key)") }
+            #expect((row["rtt_us"] as? Double ?? 0) > 0)
+        }
+        #expect(rows.first?["bytes"] as? Int == (16 + 24 + 4 + 4 + 64 * 2) + (16 + 16 + 64 * 4))
     }
 
     @Test("bench experts --json prints one document with the fields the issue names")
