@@ -72,6 +72,44 @@ struct DispatchTests {
         #expect(plan[1].server == 1 && plan[1].tokens == [0, 1] && plan[1].ids == [3, 0] && plan[1].weights == [0.6, 0.3])
     }
 
+    @Test("Random steps: every (token, expert, weight) lands exactly once, at its chosen server, in ascending order")
+    func stepPlanProperty() {
+        var state: UInt64 = 99
+        func next(_ n: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((state >> 33) % UInt64(n))
+        }
+        for _ in 0..<200 {
+            let experts = 1 + next(40), k = 1 + next(min(8, experts)), tokens = 1 + next(30), servers = 1 + next(6)
+            var ids: [Int32] = [], weights: [Float] = []
+            for _ in 0..<tokens {
+                var picked = Set<Int>()
+                while picked.count < k { picked.insert(next(experts)) }
+                ids += picked.map { Int32($0) }
+                weights += (0..<k).map { _ in Float(next(1000)) / 1000 }
+            }
+            var choice: [HostedExpert: Int] = [:]
+            for e in 0..<experts { choice[expert(UInt16(e))] = next(servers) }
+            let plan = StepPlanner.plan(layer: 0, tokens: tokens, topK: k, ids: ids, weights: weights, choice: choice)
+            var seen: [String] = []
+            for batch in plan {
+                #expect(batch.tokens == batch.tokens.sorted() && Set(batch.tokens).count == batch.tokens.count)
+                for (row, t) in batch.tokens.enumerated() {
+                    let slotIDs = Array(batch.ids[(row * batch.slotsPerToken)..<((row + 1) * batch.slotsPerToken)])
+                    let used = slotIDs.filter { $0 != RequestHeader.emptySlot }
+                    #expect(used == used.sorted() && !used.isEmpty)
+                    #expect(slotIDs.drop(while: { $0 != RequestHeader.emptySlot }).allSatisfy { $0 == RequestHeader.emptySlot })
+                    for (s, id) in slotIDs.enumerated() where id != RequestHeader.emptySlot {
+                        #expect(choice[expert(id)] == batch.server)
+                        seen.append("\(t):\(id):\(batch.weights[row * batch.slotsPerToken + s])")
+                    }
+                }
+            }
+            let expected = (0..<(tokens * k)).map { "\($0 / k):\(ids[$0]):\(weights[$0])" }
+            #expect(seen.sorted() == expected.sorted())
+        }
+    }
+
     @Test("The adaptive timeout follows measured round trips, stays within bounds and backs off")
     func adaptiveTimeout() {
         var t = AdaptiveTimeout(minimum: .milliseconds(20), maximum: .seconds(5))

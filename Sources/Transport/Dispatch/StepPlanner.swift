@@ -23,36 +23,81 @@ public enum StepPlanner {
 
     /// One batch per server that has work, in ascending server index. Within a token, a server's
     /// slots list its experts in ascending id, so that a server's partial sum adds its terms in the
-    /// same order as the monolithic layer does.
+    /// same order as the monolithic layer does. Two passes over the routing with flat arrays: no
+    /// per-token allocation.
     public static func plan(
         layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float], choice: [HostedExpert: Int]
     ) -> [ServerBatch] {
         precondition(ids.count == tokens * topK && weights.count == tokens * topK, "routing is not [tokens, topK]")
-        // Per server, per token: the (expert, weight) pairs it serves.
-        var perServer: [Int: [(token: Int, pairs: [(UInt16, Float)])]] = [:]
-        for t in 0..<tokens {
-            var byServer: [Int: [(UInt16, Float)]] = [:]
-            for j in 0..<topK {
-                let expert = UInt16(truncatingIfNeeded: ids[t * topK + j])
-                guard let server = choice[HostedExpert(layer: layer, expert: expert)] else {
-                    preconditionFailure("no server chosen for expert \(expert) of layer \(layer)")
-                }
-                byServer[server, default: []].append((expert, weights[t * topK + j]))
-            }
-            for (server, pairs) in byServer { perServer[server, default: []].append((t, pairs.sorted { $0.0 < $1.0 })) }
+        // Expert id → server index, flat.
+        var serverOf = [Int](repeating: -1, count: (choice.keys.lazy.map { Int($0.expert) }.max() ?? 0) + 1)
+        var servers = 0
+        for (expert, server) in choice where expert.layer == layer {
+            serverOf[Int(expert.expert)] = server
+            servers = max(servers, server + 1)
         }
-        return perServer.keys.sorted().map { server in
-            let rows = perServer[server]!.sorted { $0.token < $1.token }
-            var batch = ServerBatch(server: server)
-            batch.slotsPerToken = rows.map(\.pairs.count).max() ?? 0
-            for row in rows {
-                batch.tokens.append(row.token)
-                for s in 0..<batch.slotsPerToken {
-                    batch.ids.append(s < row.pairs.count ? row.pairs[s].0 : RequestHeader.emptySlot)
-                    batch.weights.append(s < row.pairs.count ? row.pairs[s].1 : 0)
+        for id in ids {
+            precondition(id >= 0 && Int(id) < serverOf.count && serverOf[Int(id)] >= 0, "no server chosen for expert \(id) of layer \(layer)")
+        }
+        // Pass 1: per server, how many tokens it gets and its most slots in one token.
+        var tokenCount = [Int](repeating: 0, count: servers)
+        var slots = [Int](repeating: 0, count: servers)
+        var order = [Int](repeating: 0, count: topK)
+        func sortToken(_ t: Int) {
+            // Slots of token t ordered by (server, expert id): insertion sort, k is small.
+            for j in 0..<topK {
+                let key = (serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + j]))], ids[t * topK + j])
+                var i = j
+                while i > 0 {
+                    let other = order[i - 1]
+                    let otherKey = (serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + other]))], ids[t * topK + other])
+                    if otherKey <= key { break }
+                    order[i] = other
+                    i -= 1
                 }
+                order[i] = j
             }
+        }
+        for t in 0..<tokens {
+            sortToken(t)
+            var j = 0
+            while j < topK {
+                let server = serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + order[j]]))]
+                var run = 1
+                while j + run < topK, serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + order[j + run]]))] == server { run += 1 }
+                tokenCount[server] += 1
+                slots[server] = max(slots[server], run)
+                j += run
+            }
+        }
+        // Pass 2: fill.
+        var batches = (0..<servers).map { server -> ServerBatch in
+            var batch = ServerBatch(server: server)
+            batch.slotsPerToken = slots[server]
+            batch.tokens.reserveCapacity(tokenCount[server])
+            batch.ids.reserveCapacity(tokenCount[server] * slots[server])
+            batch.weights.reserveCapacity(tokenCount[server] * slots[server])
             return batch
         }
+        for t in 0..<tokens {
+            sortToken(t)
+            var j = 0
+            while j < topK {
+                let server = serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + order[j]]))]
+                var run = 0
+                batches[server].tokens.append(t)
+                while j + run < topK, serverOf[Int(UInt16(truncatingIfNeeded: ids[t * topK + order[j + run]]))] == server {
+                    batches[server].ids.append(UInt16(truncatingIfNeeded: ids[t * topK + order[j + run]]))
+                    batches[server].weights.append(weights[t * topK + order[j + run]])
+                    run += 1
+                }
+                for _ in run..<slots[server] {
+                    batches[server].ids.append(RequestHeader.emptySlot)
+                    batches[server].weights.append(0)
+                }
+                j += run
+            }
+        }
+        return batches.filter { !$0.tokens.isEmpty }
     }
 }
