@@ -18,7 +18,7 @@ func serve(_ server: ShmServerSlots, until stop: ManagedAtomicFlag) -> Int {
     var served = 0
     var sums = [Float](repeating: 0, count: 4096)
     while !stop.isSet {
-        guard let (slot, sequence, bytes) = server.nextRequest() else { continue }
+        guard let (slot, sequence, bytes) = server.waitForRequest(timeout: .milliseconds(20)) else { continue }
         guard case .request(let view) = try? Frame.decode(bytes) else { continue }
         let h = view.header
         var ids: [UInt16] = [], weights: [Float] = []

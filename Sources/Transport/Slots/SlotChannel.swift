@@ -122,6 +122,19 @@ public final class ShmServerSlots: @unchecked Sendable {
         return nil
     }
 
+    /// Waits up to `timeout` for the next published request, spinning briefly and then backing off
+    /// (yield, then sleeps growing to 50 µs) so that an idle server leaves its core to others.
+    public func waitForRequest(timeout: Duration) -> (slot: Int, sequence: UInt64, bytes: UnsafeRawBufferPointer)? {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        var backoff = Backoff()
+        while true {
+            if let request = nextRequest() { return request }
+            if clock.now >= deadline { return nil }
+            backoff.pause()
+        }
+    }
+
     /// Whether request `sequence` is still the one in `slot`: false when the client began another
     /// request meanwhile (it gave up on this one), so the bytes read may be torn and the answer
     /// must be dropped.
