@@ -9,6 +9,12 @@ final class TestTCPServer: @unchecked Sendable {
     let listener: Socket
     let token: [UInt8]
     private let lock = NSLock()
+    private var servedCount = 0
+    private var draining = false
+    /// Requests answered so far.
+    var served: Int { lock.lock(); defer { lock.unlock() }; return servedCount }
+    /// From now on, announce GOAWAY before each answer (and keep answering).
+    func drain() { lock.lock(); draining = true; lock.unlock() }
     private var connections: [Socket] = []
     private let done = DispatchGroup()
 
@@ -73,6 +79,11 @@ final class TestTCPServer: @unchecked Sendable {
                     let header = ResponseHeader(sequence: h.sequence, tokens: h.tokens, hidden: h.hidden)
                     var out = [UInt8](repeating: 0, count: header.frameSize)
                     _ = sums.withUnsafeBufferPointer { s in out.withUnsafeMutableBytes { FrameEncoder.encodeResponse(header, sums: s, into: $0) } }
+                    lock.lock()
+                    servedCount += 1
+                    let goAway = draining
+                    lock.unlock()
+                    if goAway { try connection.write(FrameEncoder.encode(GoAway(deadlineMilliseconds: 1000, reason: "draining"))) }
                     try connection.write(out)
                 default:
                     try connection.write(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "unexpected frame")))

@@ -1,0 +1,270 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs MoE-layer steps against expert servers over TCP, bypassing any controller: chooses a
+/// replica per expert (`ReplicaChooser`), sends one request per server (`StepPlanner`), gathers
+/// the partial sums and adds them per token in ascending expert order.
+///
+/// Failure handling: a connection error, an error frame saying the server is draining, or a
+/// response later than the server's adaptive timeout marks that server down and re-plans its
+/// tokens onto other replicas at once. A GOAWAY frame stops new work going to the server while
+/// its in-flight answer is still taken. Requests are pure functions of their inputs, so a resend is
+/// safe; a timed-out connection is closed, so a late answer can never be counted twice. When no
+/// ready replica of an expert is left, the step waits up to `noReplicaWait` for the membership
+/// to offer one, then fails with an error naming the expert.
+///
+/// One dispatcher per thread (the data-plane hot path stays on one thread).
+public final class Dispatcher {
+    /// Settings, with defaults for a loopback or datacenter network.
+    public struct Configuration: Sendable {
+        /// The pool's shared secret, sent in every handshake.
+        public var poolToken: [UInt8]
+        /// This client's id in handshakes.
+        public var clientID: UInt64
+        /// The largest batch this client sends, announced in handshakes.
+        public var maxBatchTokens: UInt32 = 4096
+        /// How long a step waits for a replica of an expert that none hosts right now.
+        public var noReplicaWait: Duration = .seconds(5)
+        /// How long a server stays marked down before it is tried again.
+        public var downFor: Duration = .seconds(2)
+        /// Bounds of the per-server adaptive timeout.
+        public var minimumTimeout: Duration = .milliseconds(50)
+        public var maximumTimeout: Duration = .seconds(10)
+        public var limits = WireLimits()
+
+        public init(poolToken: [UInt8], clientID: UInt64) {
+            self.poolToken = poolToken
+            self.clientID = clientID
+        }
+    }
+
+    /// Why a step failed.
+    public enum StepError: Error, CustomStringConvertible, Equatable {
+        /// No ready replica of `expert` appeared within `noReplicaWait`.
+        case noReplica(HostedExpert, waited: Duration)
+        /// A server refused the request itself (a client-side bug or a version skew), with its message.
+        case refused(server: String, code: WireErrorCode, message: String)
+
+        public var description: String {
+            switch self {
+            case let .noReplica(expert, waited): "no ready replica hosts expert \(expert.expert) of layer \(expert.layer) (waited \(waited))"
+            case let .refused(server, code, message): "server \(server) refused the request (\(code)): \(message)"
+            }
+        }
+    }
+
+    private final class Link {
+        let connection: FrameConnection
+        var timeout: AdaptiveTimeout
+        init(connection: FrameConnection, timeout: AdaptiveTimeout) {
+            self.connection = connection
+            self.timeout = timeout
+        }
+    }
+
+    public let configuration: Configuration
+    private let membership: MembershipSource
+    private var links: [String: Link] = [:]
+    private var downUntil: [String: ContinuousClock.Instant] = [:]
+    private var chooser = ReplicaChooser()
+    private var sequence: UInt64 = 0
+    private let clock = ContinuousClock()
+    /// Servers marked down since the dispatcher started, for observability and tests.
+    public private(set) var failovers = 0
+
+    public init(membership: MembershipSource, configuration: Configuration) {
+        self.membership = membership
+        self.configuration = configuration
+    }
+
+    /// Closes every connection.
+    public func close() {
+        for link in links.values { link.connection.close() }
+        links.removeAll()
+    }
+
+    deinit { for link in links.values { link.connection.close() } }
+
+    /// Runs one step.
+    /// - Parameters:
+    ///   - ids, weights: `[tokens, topK]` routing.
+    ///   - states: `[tokens, hidden]` hidden states in `dtype`.
+    /// - Returns: `[tokens, hidden]` combined gate-weighted sums.
+    public func step(
+        layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float],
+        states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType
+    ) throws -> [Float] {
+        precondition(states.count == tokens * hidden * dtype.byteSize, "states are not [tokens, hidden]")
+        var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
+        // Partial sums with, per token row, the smallest expert it covers (the combine order).
+        var partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])] = []
+        let started = clock.now
+        while let remaining = Optional(pending.indices.filter { pending[$0] }), !remaining.isEmpty {
+            let view = currentView()
+            let subIDs = remaining.map { ids[$0] }
+            let demand = StepPlanner.demand(layer: layer, ids: subIDs)
+            let choice: [HostedExpert: Int]
+            do {
+                choice = try chooser.choose(demand, view: view, outstanding: [])
+            } catch let missing as NoReplica {
+                let waited = clock.now - started
+                guard waited < configuration.noReplicaWait else { throw StepError.noReplica(missing.expert, waited: waited) }
+                try? sleep(.milliseconds(10))
+                continue
+            }
+            // Plan the remaining pairs as one-slot-per-pair rows, grouped per token by the planner.
+            let pairTokens = remaining.map { $0 / topK }
+            let batches = StepPlanner.planPairs(layer: layer, pairTokens: pairTokens, ids: subIDs,
+                                                weights: remaining.map { weights[$0] }, choice: choice)
+            var inFlight: [(server: ServerInfo, batch: ServerBatch, sequence: UInt64, sent: ContinuousClock.Instant, pairs: [Int])] = []
+            for batch in batches {
+                let server = view.servers[batch.server]
+                let pairs = batch.pairIndices.map { remaining[$0] }
+                do {
+                    let link = try self.link(to: server)
+                    sequence += 1
+                    try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link.connection)
+                    inFlight.append((server, batch, sequence, clock.now, pairs))
+                } catch let refusal as StepError {
+                    throw refusal
+                } catch {
+                    markDown(server.id)
+                }
+            }
+            for flight in inFlight {
+                guard let link = links[flight.server.id] else { continue }
+                do {
+                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server)
+                    link.timeout.record(clock.now - flight.sent)
+                    partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
+                    for pair in flight.pairs { pending[pair] = false }
+                } catch let error as StepError {
+                    throw error
+                } catch {
+                    link.timeout.recordTimeout()
+                    markDown(flight.server.id)
+                }
+            }
+        }
+        return combine(partials, tokens: tokens, hidden: hidden)
+    }
+
+    /// Adds the partial sums into each token's row in ascending order of their first expert.
+    private func combine(_ partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])], tokens: Int, hidden: Int) -> [Float] {
+        var rows = [[(UInt16, Int, Int)]](repeating: [], count: tokens)  // (first expert, partial, row)
+        for (p, partial) in partials.enumerated() {
+            for (row, token) in partial.tokens.enumerated() { rows[token].append((partial.firstExpert[row], p, row)) }
+        }
+        var out = [Float](repeating: 0, count: tokens * hidden)
+        for t in 0..<tokens {
+            for (_, p, row) in rows[t].sorted(by: { $0.0 < $1.0 }) {
+                let sums = partials[p].sums
+                for h in 0..<hidden { out[t * hidden + h] = out[t * hidden + h] + sums[row * hidden + h] }
+            }
+        }
+        return out
+    }
+
+    private func currentView() -> MembershipView {
+        let now = clock.now
+        downUntil = downUntil.filter { $0.value > now }
+        let servers = membership.current().servers.map { server -> ServerInfo in
+            var s = server
+            if downUntil[server.id] != nil { s.ready = false }
+            return s
+        }
+        return MembershipView(servers: servers)
+    }
+
+    private func markDown(_ id: String) {
+        failovers += 1
+        downUntil[id] = clock.now + configuration.downFor
+        links.removeValue(forKey: id)?.connection.close()
+    }
+
+    private func link(to server: ServerInfo) throws -> Link {
+        if let link = links[server.id] { return link }
+        guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
+            throw TransportError.badRegion(path: server.address, reason: "is not host:port")
+        }
+        let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits)
+        do {
+            try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
+                                                               poolToken: configuration.poolToken)))
+            guard try wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
+                throw TransportError.timedOut(sequence: 0, after: configuration.maximumTimeout)
+            }
+            switch try Frame.decode(bytes, limits: configuration.limits) {
+            case .handshakeReply: break
+            case .error(let error): throw StepError.refused(server: server.id, code: error.code, message: error.message)
+            default: throw WireError.invalid(frame: "handshake reply", field: "kind", reason: "is not a handshake reply")
+            }
+        } catch {
+            connection.close()
+            throw error
+        }
+        let link = Link(connection: connection, timeout: AdaptiveTimeout(minimum: configuration.minimumTimeout, maximum: configuration.maximumTimeout))
+        links[server.id] = link
+        return link
+    }
+
+    private func send(_ batch: ServerBatch, sequence: UInt64, layer: UInt16, states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, over connection: FrameConnection) throws {
+        let header = RequestHeader(sequence: sequence, layer: layer, dtype: dtype, slotsPerToken: batch.slotsPerToken, tokens: batch.tokens.count, hidden: hidden)
+        let rowBytes = hidden * dtype.byteSize
+        var gathered = [UInt8](repeating: 0, count: batch.tokens.count * rowBytes)
+        gathered.withUnsafeMutableBytes { out in
+            for (row, token) in batch.tokens.enumerated() {
+                (out.baseAddress! + row * rowBytes).copyMemory(from: states.baseAddress! + token * rowBytes, byteCount: rowBytes)
+            }
+        }
+        var frame = [UInt8](repeating: 0, count: header.frameSize)
+        _ = batch.ids.withUnsafeBufferPointer { i in batch.weights.withUnsafeBufferPointer { w in gathered.withUnsafeBytes { s in
+            frame.withUnsafeMutableBytes { FrameEncoder.encodeRequest(header, ids: i, weights: w, states: s, into: $0) } } } }
+        try connection.write(frame)
+    }
+
+    /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
+    /// timeout, connection loss, a wrong answer, or an error frame.
+    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: Link, server: ServerInfo) throws -> [Float] {
+        let deadline = clock.now + link.timeout.current
+        while true {
+            let left = deadline - clock.now
+            guard left > .zero, try wait(link.connection, for: left), let bytes = try link.connection.readFrame() else {
+                throw TransportError.timedOut(sequence: sequence, after: link.timeout.current)
+            }
+            switch try Frame.decode(bytes, limits: configuration.limits) {
+            case .response(let response):
+                guard response.header.sequence == sequence, response.header.tokens == tokens, response.header.hidden == hidden else {
+                    throw WireError.invalid(frame: "response", field: "sequence", reason: "answers \(response.header.sequence) with \(response.header.tokens) tokens; expected \(sequence) with \(tokens)")
+                }
+                return (0..<(tokens * hidden)).map(response.sum)
+            case .goAway:
+                // Draining: no new work goes there, but this answer is still coming.
+                downUntil[server.id] = clock.now + configuration.downFor
+            case .error(let error) where error.code == .draining || error.code == .overloaded:
+                throw TransportError.timedOut(sequence: sequence, after: .zero)
+            case .error(let error):
+                throw StepError.refused(server: server.id, code: error.code, message: error.message)
+            default:
+                throw WireError.invalid(frame: "response", field: "kind", reason: "unexpected frame while waiting for a response")
+            }
+        }
+    }
+
+    /// Waits until `connection` has bytes to read or `timeout` passes.
+    private func wait(_ connection: FrameConnection, for timeout: Duration) throws -> Bool {
+        var descriptor = pollfd(fd: connection.socket.descriptor, events: Int16(POLLIN), revents: 0)
+        let milliseconds = Int32(clamping: max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        while true {
+            let n = poll(&descriptor, 1, milliseconds)
+            if n >= 0 { return n > 0 }
+            if errno != EINTR { return false }
+        }
+    }
+
+    private func sleep(_ duration: Duration) throws {
+        var request = timespec(tv_sec: Int(duration.components.seconds), tv_nsec: Int(duration.components.attoseconds / 1_000_000_000))
+        nanosleep(&request, nil)
+    }
+}
