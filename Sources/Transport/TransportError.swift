@@ -8,12 +8,15 @@ public enum TransportError: Error, CustomStringConvertible, Sendable, Equatable 
     case badRegion(path: String, reason: String)
     /// No response came for `sequence` within the timeout.
     case timedOut(sequence: UInt64, after: Duration)
+    /// A server address that cannot be resolved or reached in time.
+    case unreachable(address: String, reason: String)
 
     public var description: String {
         switch self {
         case let .system(operation, path, errno): "\(operation) \(path): \(errno.description) (errno \(errno.rawValue))"
         case let .badRegion(path, reason): "shared region \(path): \(reason)"
         case let .timedOut(sequence, after): "no response to request \(sequence) within \(after)"
+        case let .unreachable(address, reason): "\(address): \(reason)"
         }
     }
 

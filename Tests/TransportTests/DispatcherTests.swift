@@ -88,6 +88,60 @@ struct DispatcherTests {
         #expect(running[0].served == before, "no work after GOAWAY")
     }
 
+    @Test("A replica that accepts but never answers is abandoned after its timeout; the step completes elsewhere")
+    func hungReplica() throws {
+        let good = try TestTCPServer(token: "pool")
+        defer { good.stop() }
+        // A server that accepts connections and reads, but never writes a byte.
+        let silent = try Socket.listen(host: "127.0.0.1", port: 0)
+        final class Held: @unchecked Sendable {
+            let lock = NSLock()
+            var sockets: [Socket] = []
+        }
+        let held = Held()
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            while let socket = try? silent.accept() { held.lock.lock(); held.sockets.append(socket); held.lock.unlock() }
+            done.signal()
+        }.start()
+        defer {
+            silent.shutdown()
+            done.wait()
+            silent.close()
+            held.lock.lock(); held.sockets.forEach { $0.close() }; held.lock.unlock()
+        }
+        let experts = (0..<4).map { HostedExpert(layer: 2, expert: UInt16($0)) }
+        let membership = StaticMembership(servers: [
+            ServerInfo(id: "a-silent", address: "127.0.0.1:\(silent.localPort)", experts: experts),
+            ServerInfo(id: "b-good", address: "127.0.0.1:\(good.port)", experts: experts),
+        ])
+        var configuration = Dispatcher.Configuration(poolToken: Array("pool".utf8), clientID: 6)
+        configuration.maximumTimeout = .milliseconds(300)
+        let dispatcher = Dispatcher(membership: membership, configuration: configuration)
+        defer { dispatcher.close() }
+        let start = ContinuousClock.now
+        try run(dispatcher, steps: 6, experts: 4)
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(good.served >= 6)
+    }
+
+    @Test("A step that cannot finish by its deadline says what failed at each server")
+    func stepDeadline() throws {
+        let membership = StaticMembership(servers: [ServerInfo(id: "gone", address: "127.0.0.1:1", experts: [HostedExpert(layer: 2, expert: 0)])])
+        var configuration = Dispatcher.Configuration(poolToken: [], clientID: 7)
+        configuration.stepDeadline = .milliseconds(200)
+        configuration.downFor = .milliseconds(20)
+        configuration.noReplicaWait = .seconds(10)
+        let dispatcher = Dispatcher(membership: membership, configuration: configuration)
+        defer { dispatcher.close() }
+        let states = [Float](repeating: 1, count: Self.hidden)
+        #expect {
+            try states.withUnsafeBytes { try dispatcher.step(layer: 2, tokens: 1, topK: 1, ids: [0], weights: [1], states: $0, hidden: Self.hidden, dtype: .f32) }
+        } throws: { error in
+            "\(error)".contains("step not finished within") && "\(error)".contains("gone: connect 127.0.0.1:1")
+        }
+    }
+
     @Test("With no replica of an expert left, a step waits its bounded time and names the expert")
     func noReplica() throws {
         let (running, membership) = try servers(1, experts: 4, replicas: 1)

@@ -163,6 +163,23 @@ struct SharedMemorySlotTests {
         }
     }
 
+    @Test("A reset slot forgets its old requests and answers, so a new client starts again at sequence 1")
+    func resetSlot() throws {
+        try withSlots(1, client: 0) { server, client in
+            for sequence in UInt64(1)...5 {
+                client.beginRequest(sequence: sequence)
+                client.publishRequest(sequence: sequence, length: 0)
+                _ = server.nextRequest()
+            }
+            server.respond(slot: 0, sequence: 5) { _ in 0 }
+            server.reset(slot: 0)
+            #expect(client.pollResponse(sequence: 5) == nil, "the old answer is gone")
+            client.beginRequest(sequence: 1)
+            client.publishRequest(sequence: 1, length: 0)
+            #expect(server.nextRequest()?.sequence == 1, "a new client's first request is taken")
+        }
+    }
+
     @Test("Waiting for an answer that never comes times out")
     func timeout() throws {
         try withSlots(1, client: 0) { server, client in

@@ -94,6 +94,14 @@ struct WireFormatTests {
             #expect(throws: WireError.self, "\(kind) cut to \(length) bytes") { try decode(Array(bytes.prefix(length))) }
         }
         #expect(throws: WireError.self, "\(kind) with a trailing byte") { try decode(bytes + [0]) }
+        // The same truncations with the header's length made to agree, so that the payload's own
+        // field checks are what refuses them.
+        for length in FrameHeader.size..<bytes.count {
+            var cut = Array(bytes.prefix(length))
+            let payload = UInt32(length - FrameHeader.size)
+            cut.replaceSubrange(8..<12, with: withUnsafeBytes(of: payload.littleEndian) { Array($0) })
+            #expect(throws: WireError.self, "\(kind) payload cut to \(payload) bytes") { try decode(cut) }
+        }
     }
 
     @Test("Random bytes and random corruptions of valid frames give an error or a valid frame, never a crash")

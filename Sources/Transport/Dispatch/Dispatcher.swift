@@ -26,6 +26,10 @@ public final class Dispatcher {
         public var maxBatchTokens: UInt32 = 4096
         /// How long a step waits for a replica of an expert that none hosts right now.
         public var noReplicaWait: Duration = .seconds(5)
+        /// The most one step may take, failovers included.
+        public var stepDeadline: Duration = .seconds(30)
+        /// How long a connection attempt may take.
+        public var connectTimeout: Duration = .seconds(2)
         /// How long a server stays marked down before it is tried again.
         public var downFor: Duration = .seconds(2)
         /// Bounds of the per-server adaptive timeout.
@@ -45,28 +49,35 @@ public final class Dispatcher {
         case noReplica(HostedExpert, waited: Duration)
         /// A server refused the request itself (a client-side bug or a version skew), with its message.
         case refused(server: String, code: WireErrorCode, message: String)
+        /// The step ran past `stepDeadline`; `lastFailures` says what went wrong with each server.
+        case deadline(Duration, lastFailures: [String: String])
+        /// The step's own input is not a routing the wire can carry.
+        case invalidStep(String)
 
         public var description: String {
             switch self {
             case let .noReplica(expert, waited): "no ready replica hosts expert \(expert.expert) of layer \(expert.layer) (waited \(waited))"
             case let .refused(server, code, message): "server \(server) refused the request (\(code)): \(message)"
+            case let .deadline(limit, failures):
+                "step not finished within \(limit); " + failures.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+            case let .invalidStep(reason): "invalid step: \(reason)"
             }
         }
     }
 
     private final class Link {
         let connection: FrameConnection
-        var timeout: AdaptiveTimeout
-        init(connection: FrameConnection, timeout: AdaptiveTimeout) {
-            self.connection = connection
-            self.timeout = timeout
-        }
+        init(connection: FrameConnection) { self.connection = connection }
     }
 
     public let configuration: Configuration
     private let membership: MembershipSource
     private var links: [String: Link] = [:]
     private var downUntil: [String: ContinuousClock.Instant] = [:]
+    /// Per server id, kept across reconnects so that back-off after timeouts persists.
+    private var timeouts: [String: AdaptiveTimeout] = [:]
+    /// The last failure seen per server id, for error messages.
+    private var lastFailure: [String: String] = [:]
     private var chooser = ReplicaChooser()
     private var sequence: UInt64 = 0
     private let clock = ContinuousClock()
@@ -96,11 +107,20 @@ public final class Dispatcher {
         states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType
     ) throws -> [Float] {
         precondition(states.count == tokens * hidden * dtype.byteSize, "states are not [tokens, hidden]")
+        guard ids.count == tokens * topK, weights.count == tokens * topK else {
+            throw StepError.invalidStep("ids and weights must be [\(tokens), \(topK)] (got \(ids.count) and \(weights.count))")
+        }
+        if let bad = ids.first(where: { $0 < 0 || $0 >= Int32(RequestHeader.emptySlot) }) {
+            throw StepError.invalidStep("expert id \(bad) is outside 0..<\(RequestHeader.emptySlot)")
+        }
         var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
         // Partial sums with, per token row, the smallest expert it covers (the combine order).
         var partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])] = []
         let started = clock.now
         while let remaining = Optional(pending.indices.filter { pending[$0] }), !remaining.isEmpty {
+            guard clock.now - started < configuration.stepDeadline else {
+                throw StepError.deadline(configuration.stepDeadline, lastFailures: lastFailure)
+            }
             let view = currentView()
             let subIDs = remaining.map { ids[$0] }
             let demand = StepPlanner.demand(layer: layer, ids: subIDs)
@@ -127,23 +147,26 @@ public final class Dispatcher {
                     try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link.connection)
                     inFlight.append((server, batch, sequence, clock.now, pairs))
                 } catch let refusal as StepError {
+                    abandon(inFlight.map(\.server.id))
                     throw refusal
                 } catch {
-                    markDown(server.id)
+                    markDown(server.id, because: error)
                 }
             }
-            for flight in inFlight {
+            for (index, flight) in inFlight.enumerated() {
                 guard let link = links[flight.server.id] else { continue }
                 do {
                     let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server)
-                    link.timeout.record(clock.now - flight.sent)
+                    timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent)
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
                 } catch let error as StepError {
+                    // Answers still due on the other connections would confuse the next step.
+                    abandon(inFlight[(index + 1)...].map(\.server.id))
                     throw error
                 } catch {
-                    link.timeout.recordTimeout()
-                    markDown(flight.server.id)
+                    timeouts[flight.server.id, default: newTimeout()].recordTimeout()
+                    markDown(flight.server.id, because: error)
                 }
             }
         }
@@ -177,23 +200,36 @@ public final class Dispatcher {
         return MembershipView(servers: servers)
     }
 
-    private func markDown(_ id: String) {
+    private func markDown(_ id: String, because error: Error) {
         failovers += 1
+        lastFailure[id] = "\(error)"
         downUntil[id] = clock.now + configuration.downFor
         links.removeValue(forKey: id)?.connection.close()
+    }
+
+    /// Closes connections whose answers will not be read, so they cannot reach a later step.
+    private func abandon(_ ids: [String]) {
+        for id in ids { links.removeValue(forKey: id)?.connection.close() }
+    }
+
+    private func newTimeout() -> AdaptiveTimeout {
+        AdaptiveTimeout(minimum: configuration.minimumTimeout, maximum: configuration.maximumTimeout)
     }
 
     private func link(to server: ServerInfo) throws -> Link {
         if let link = links[server.id] { return link }
         guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
-            throw TransportError.badRegion(path: server.address, reason: "is not host:port")
+            throw TransportError.unreachable(address: server.address, reason: "is not host:port")
         }
-        let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits)
+        let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits,
+                                                     timeout: configuration.connectTimeout)
+        // Sends and receives never block past the longest timeout, even mid-frame.
+        connection.socket.setIOTimeout(configuration.maximumTimeout)
         do {
             try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
                                                                poolToken: configuration.poolToken)))
             guard try wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
-                throw TransportError.timedOut(sequence: 0, after: configuration.maximumTimeout)
+                throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
             }
             switch try Frame.decode(bytes, limits: configuration.limits) {
             case .handshakeReply: break
@@ -204,7 +240,7 @@ public final class Dispatcher {
             connection.close()
             throw error
         }
-        let link = Link(connection: connection, timeout: AdaptiveTimeout(minimum: configuration.minimumTimeout, maximum: configuration.maximumTimeout))
+        let link = Link(connection: connection)
         links[server.id] = link
         return link
     }
@@ -227,23 +263,31 @@ public final class Dispatcher {
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
     private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: Link, server: ServerInfo) throws -> [Float] {
-        let deadline = clock.now + link.timeout.current
+        let timeout = timeouts[server.id, default: newTimeout()].current
+        let deadline = clock.now + timeout
         while true {
             let left = deadline - clock.now
             guard left > .zero, try wait(link.connection, for: left), let bytes = try link.connection.readFrame() else {
-                throw TransportError.timedOut(sequence: sequence, after: link.timeout.current)
+                throw TransportError.timedOut(sequence: sequence, after: timeout)
             }
             switch try Frame.decode(bytes, limits: configuration.limits) {
+            case .response(let response) where response.header.sequence < sequence:
+                continue  // a late answer to an earlier request on this connection: already settled
             case .response(let response):
-                guard response.header.sequence == sequence, response.header.tokens == tokens, response.header.hidden == hidden else {
-                    throw WireError.invalid(frame: "response", field: "sequence", reason: "answers \(response.header.sequence) with \(response.header.tokens) tokens; expected \(sequence) with \(tokens)")
+                guard response.header.sequence == sequence else {
+                    throw WireError.invalid(frame: "response", field: "sequence", reason: "is \(response.header.sequence), ahead of the awaited \(sequence)")
+                }
+                guard response.header.tokens == tokens, response.header.hidden == hidden else {
+                    throw WireError.invalid(frame: "response", field: "tokens", reason: "answers \(response.header.tokens) tokens × hidden \(response.header.hidden); expected \(tokens) × \(hidden)")
                 }
                 return (0..<(tokens * hidden)).map(response.sum)
             case .goAway:
                 // Draining: no new work goes there, but this answer is still coming.
                 downUntil[server.id] = clock.now + configuration.downFor
-            case .error(let error) where error.code == .draining || error.code == .overloaded:
-                throw TransportError.timedOut(sequence: sequence, after: .zero)
+            case .error(let error) where [.draining, .overloaded, .unknownExpert].contains(error.code):
+                // Not this request's fault: the server is leaving, full, or no longer hosts the
+                // expert (membership is stale). Fail over.
+                throw TransportError.unreachable(address: server.address, reason: "\(error.code): \(error.message)")
             case .error(let error):
                 throw StepError.refused(server: server.id, code: error.code, message: error.message)
             default:
@@ -255,7 +299,7 @@ public final class Dispatcher {
     /// Waits until `connection` has bytes to read or `timeout` passes.
     private func wait(_ connection: FrameConnection, for timeout: Duration) throws -> Bool {
         var descriptor = pollfd(fd: connection.socket.descriptor, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(clamping: max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let milliseconds = Socket.milliseconds(timeout)
         while true {
             let n = poll(&descriptor, 1, milliseconds)
             if n >= 0 { return n > 0 }

@@ -21,8 +21,30 @@ public final class SharedRegion: @unchecked Sendable {
         self.removesFile = removesFile
     }
 
-    /// Creates a new zero-filled region of `size` bytes at `path` (which must not exist).
-    public static func create(path: String, size: Int) throws -> SharedRegion {
+    /// Creates a new zero-filled region of `size` bytes at `path` (which must not exist), lets
+    /// `prepare` write its header, and only then makes it visible under `path`, so that no client
+    /// can map a region whose header is not written yet.
+    public static func create(path: String, size: Int, prepare: (UnsafeMutableRawPointer) -> Void = { _ in }) throws -> SharedRegion {
+        let staging = path + ".creating-\(getpid())"
+        let region = try createFile(path: staging, size: size)
+        prepare(region.base)
+        // link(2), unlike rename(2), refuses an existing name: two servers never share a region.
+        guard link(staging, path) == 0 else {
+            let code = Errno(rawValue: errno)
+            region.close()
+            throw TransportError.system(operation: "create", path: path, errno: code)
+        }
+        unlink(staging)
+        return SharedRegion(path: path, base: region.takeMapping(), count: size, removesFile: true)
+    }
+
+    /// Hands the mapping to another owner: this object will neither unmap it nor remove its file.
+    private func takeMapping() -> UnsafeMutableRawPointer {
+        closed = true
+        return base
+    }
+
+    private static func createFile(path: String, size: Int) throws -> SharedRegion {
         precondition(size > 0, "a shared region needs a size")
         let fd = try TransportError.wrap("create", path) {
             try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .exclusiveCreate], permissions: [.ownerReadWrite])

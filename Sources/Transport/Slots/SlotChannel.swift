@@ -32,6 +32,8 @@ public struct ShmClientSlot: @unchecked Sendable {
     public let slot: Int
     let layout: SlotLayout
     let base: UnsafeMutableRawPointer
+    /// Held so that the mapping outlives every slot that points into it.
+    let region: SharedRegion
 
     /// Opens slot `slot` of the region at `region` (mapped by the caller).
     public init(region: SharedRegion, slot: Int) throws {
@@ -41,6 +43,7 @@ public struct ShmClientSlot: @unchecked Sendable {
         }
         self.slot = slot
         self.layout = layout
+        self.region = region
         base = region.base
     }
 
@@ -54,6 +57,8 @@ public struct ShmClientSlot: @unchecked Sendable {
     public func beginRequest(sequence: UInt64) {
         precondition(sequence >= 1 && sequence < 1 << 63, "slot sequences run from 1 to 2^63 - 1")
         flag(layout.requestFlag(slot)).store(SlotFlag.writing(sequence), ordering: .sequentiallyConsistent)
+        // Seqlock write side: the marker must be visible before any byte of the new request.
+        atomicMemoryFence(ordering: .releasing)
     }
 
     /// Publishes the `length` bytes written into `requestBuffer` as request `sequence`: length
@@ -100,14 +105,17 @@ public final class ShmServerSlots: @unchecked Sendable {
 
     /// Creates the region at `path` with `layout` and writes its header.
     public init(path: String, layout: SlotLayout) throws {
-        region = try SharedRegion.create(path: path, size: layout.totalSize)
+        region = try SharedRegion.create(path: path, size: layout.totalSize) { layout.writeHeader($0) }
         self.layout = layout
-        layout.writeHeader(region.base)
         lastTaken = [UInt64](repeating: 0, count: layout.slots)
     }
 
     /// A published request newer than the last taken from its slot, scanning slots round-robin
     /// from where the previous call stopped so that no client starves the others.
+    ///
+    /// The bytes stay in the client's slot. A client that gave up on a request may overwrite them
+    /// while they are read, so a server copies out and validates the routing (ids, weights) before
+    /// it relies on it, and drops its answer unless `isCurrent` still holds afterwards.
     public func nextRequest() -> (slot: Int, sequence: UInt64, bytes: UnsafeRawBufferPointer)? {
         for step in 0..<layout.slots {
             let slot = (cursor + step) % layout.slots
@@ -139,7 +147,17 @@ public final class ShmServerSlots: @unchecked Sendable {
     /// request meanwhile (it gave up on this one), so the bytes read may be torn and the answer
     /// must be dropped.
     public func isCurrent(slot: Int, sequence: UInt64) -> Bool {
-        flag(layout.requestFlag(slot)).load(ordering: .acquiring) == SlotFlag.ready(sequence)
+        // Seqlock read side: the reads of the slot's bytes must not move past this check.
+        atomicMemoryFence(ordering: .acquiring)
+        return flag(layout.requestFlag(slot)).load(ordering: .sequentiallyConsistent) == SlotFlag.ready(sequence)
+    }
+
+    /// Clears slot `slot` for a new client: its flags go back to "never written" and its sequence
+    /// history is forgotten, so neither an old request nor an old answer can be mistaken for new.
+    public func reset(slot: Int) {
+        flag(layout.requestFlag(slot)).store(0, ordering: .sequentiallyConsistent)
+        flag(layout.responseFlag(slot)).store(0, ordering: .sequentiallyConsistent)
+        lastTaken[slot] = 0
     }
 
     /// Writes the response to request `sequence` of `slot` with `write` (which returns the bytes

@@ -60,7 +60,7 @@ public struct SlotLayout: Sendable, Equatable {
         let slots = Int(UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
         let request = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
         let response = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
-        guard slots >= 1, request >= 1, response >= 1, request < 1 << 40, response < 1 << 40 else {
+        guard slots >= 1, slots <= 1 << 16, request >= 1, response >= 1, request < 1 << 40, response < 1 << 40 else {
             throw TransportError.badRegion(path: path, reason: "declares \(slots) slots of \(request)/\(response) bytes")
         }
         let layout = SlotLayout(slots: slots, requestCapacity: Int(request), responseCapacity: Int(response))

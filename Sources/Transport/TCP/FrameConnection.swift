@@ -3,7 +3,9 @@
 /// one growing buffer: a returned frame is valid until the next `readFrame()`.
 public final class FrameConnection: @unchecked Sendable {
     public let socket: Socket
-    public let limits: WireLimits
+    /// What the next frames may be. A server keeps these small until the peer's handshake is
+    /// accepted, so an unauthenticated peer cannot make it allocate much.
+    public var limits: WireLimits
     private var buffer: UnsafeMutableRawBufferPointer
 
     public init(socket: Socket, limits: WireLimits = WireLimits()) {
@@ -13,8 +15,8 @@ public final class FrameConnection: @unchecked Sendable {
     }
 
     /// Connects to a server.
-    public static func connect(host: String, port: Int, limits: WireLimits = WireLimits()) throws -> FrameConnection {
-        FrameConnection(socket: try Socket.connect(host: host, port: port), limits: limits)
+    public static func connect(host: String, port: Int, limits: WireLimits = WireLimits(), timeout: Duration = .seconds(5)) throws -> FrameConnection {
+        FrameConnection(socket: try Socket.connect(host: host, port: port, timeout: timeout), limits: limits)
     }
 
     /// The next whole frame's bytes (header included), or nil when the peer closed cleanly between

@@ -32,16 +32,53 @@ public final class Socket: @unchecked Sendable {
         return s
     }
 
-    /// Connects to `host:port` with `TCP_NODELAY` set.
-    public static func connect(host: String, port: Int) throws -> Socket {
-        let address = try resolve(host: host, port: port, passive: false)
-        defer { freeaddrinfo(address) }
-        let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw failure("socket", "\(host):\(port)") }
-        let s = Socket(descriptor: fd, label: "\(host):\(port)")
-        guard Glibc.connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 else { let e = failure("connect", s.label); s.close(); throw e }
-        s.setNoDelay()
-        return s
+    /// Connects to `host:port` with `TCP_NODELAY` set, trying each resolved address in turn and
+    /// giving each at most `timeout` (a dead host that never answers cannot stall the caller).
+    public static func connect(host: String, port: Int, timeout: Duration = .seconds(5)) throws -> Socket {
+        let addresses = try resolve(host: host, port: port, passive: false)
+        defer { freeaddrinfo(addresses) }
+        var lastError: TransportError = .unreachable(address: "\(host):\(port)", reason: "no address")
+        var cursor: UnsafeMutablePointer<addrinfo>? = addresses
+        while let address = cursor {
+            cursor = address.pointee.ai_next
+            let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { lastError = failure("socket", "\(host):\(port)"); continue }
+            let s = Socket(descriptor: fd, label: "\(host):\(port)")
+            // Non-blocking connect, bounded by poll; then back to blocking mode.
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            var status = Glibc.connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen)
+            if status != 0, errno == EINPROGRESS {
+                var descriptor = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&descriptor, 1, milliseconds(timeout)) == 1 {
+                    var code: Int32 = 0
+                    var length = socklen_t(MemoryLayout<Int32>.size)
+                    getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length)
+                    status = code == 0 ? 0 : -1
+                    errno = code
+                } else {
+                    errno = ETIMEDOUT
+                }
+            }
+            guard status == 0 else { lastError = failure("connect", s.label); s.close(); continue }
+            _ = fcntl(fd, F_SETFL, flags)
+            s.setNoDelay()
+            return s
+        }
+        throw lastError
+    }
+
+    /// Bounds every later blocking send and receive on this socket: a peer that stops reading or
+    /// stops mid-frame makes the call fail with a timeout instead of hanging.
+    public func setIOTimeout(_ timeout: Duration) {
+        let ms = Self.milliseconds(timeout)
+        var value = timeval(tv_sec: Int(ms / 1000), tv_usec: Int(ms % 1000) * 1000)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int32 {
+        Int32(clamping: max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))
     }
 
     /// Waits for the next connection; it has `TCP_NODELAY` set.
@@ -131,7 +168,7 @@ public final class Socket: @unchecked Sendable {
         var result: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &result)
         guard status == 0, let result else {
-            throw TransportError.badRegion(path: "\(host):\(port)", reason: "cannot resolve: \(String(cString: gai_strerror(status)))")
+            throw TransportError.unreachable(address: "\(host):\(port)", reason: "cannot resolve: \(String(cString: gai_strerror(status)))")
         }
         return result
     }
