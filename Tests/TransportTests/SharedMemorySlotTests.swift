@@ -13,6 +13,21 @@ func expectedSums(ids: [UInt16], weights: [Float], states: [Float], tokens: Int,
     return out
 }
 
+/// What the test servers answer to a request (f32 states): its response header and `expectedSums`.
+func testAnswer(_ view: RequestView) -> (ResponseHeader, [Float]) {
+    let h = view.header
+    var ids: [UInt16] = [], weights: [Float] = []
+    for t in 0..<h.tokens {
+        for s in 0..<h.slotsPerToken {
+            ids.append(view.expert(token: t, slot: s) ?? RequestHeader.emptySlot)
+            weights.append(view.weight(token: t, slot: s))
+        }
+    }
+    let states = (0..<(h.tokens * h.hidden)).map { view.states.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) }
+    let sums = expectedSums(ids: ids, weights: weights, states: states, tokens: h.tokens, slots: h.slotsPerToken, hidden: h.hidden)
+    return (ResponseHeader(sequence: h.sequence, tokens: h.tokens, hidden: h.hidden), sums)
+}
+
 /// Serves every request in `server` until `stop` is set: decode in place, compute, answer in place.
 func serve(_ server: ShmServerSlots, until stop: ManagedAtomicFlag) -> Int {
     var served = 0
@@ -20,22 +35,12 @@ func serve(_ server: ShmServerSlots, until stop: ManagedAtomicFlag) -> Int {
     while !stop.isSet {
         guard let (slot, sequence, bytes) = server.waitForRequest(timeout: .milliseconds(20)) else { continue }
         guard case .request(let view) = try? Frame.decode(bytes) else { continue }
-        let h = view.header
-        var ids: [UInt16] = [], weights: [Float] = []
-        for t in 0..<h.tokens {
-            for s in 0..<h.slotsPerToken {
-                ids.append(view.expert(token: t, slot: s) ?? RequestHeader.emptySlot)
-                weights.append(view.weight(token: t, slot: s))
-            }
-        }
-        let states = (0..<(h.tokens * h.hidden)).map { view.states.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) }
-        let result = expectedSums(ids: ids, weights: weights, states: states, tokens: h.tokens, slots: h.slotsPerToken, hidden: h.hidden)
+        let (h, result) = testAnswer(view)
         for i in result.indices { sums[i] = result[i] }
         guard server.isCurrent(slot: slot, sequence: sequence) else { continue }
         server.respond(slot: slot, sequence: sequence) { buffer in
             sums.withUnsafeBufferPointer {
-                FrameEncoder.encodeResponse(ResponseHeader(sequence: h.sequence, tokens: h.tokens, hidden: h.hidden),
-                                            sums: UnsafeBufferPointer(rebasing: $0[0..<(h.tokens * h.hidden)]), into: buffer)
+                FrameEncoder.encodeResponse(h, sums: UnsafeBufferPointer(rebasing: $0[0..<(h.tokens * h.hidden)]), into: buffer)
             }
         }
         served += 1

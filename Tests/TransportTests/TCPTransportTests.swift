@@ -39,7 +39,6 @@ final class TestTCPServer: @unchecked Sendable {
 
     func serve(_ connection: FrameConnection) {
         var handshaken = false
-        var sums = [Float]()
         while true {
             let bytes: UnsafeRawBufferPointer
             do {
@@ -66,17 +65,7 @@ final class TestTCPServer: @unchecked Sendable {
                     try connection.write(FrameEncoder.encode(HandshakeReply(serverID: 1, hidden: 4, dtype: .f32, backend: .tcp,
                                                                             experts: [HostedExpert(layer: 0, expert: 0)], slot: 0, backendInfo: [])))
                 case .request(let view) where handshaken:
-                    let h = view.header
-                    var ids: [UInt16] = [], weights: [Float] = []
-                    for t in 0..<h.tokens {
-                        for s in 0..<h.slotsPerToken {
-                            ids.append(view.expert(token: t, slot: s) ?? RequestHeader.emptySlot)
-                            weights.append(view.weight(token: t, slot: s))
-                        }
-                    }
-                    let states = (0..<(h.tokens * h.hidden)).map { view.states.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) }
-                    sums = expectedSums(ids: ids, weights: weights, states: states, tokens: h.tokens, slots: h.slotsPerToken, hidden: h.hidden)
-                    let header = ResponseHeader(sequence: h.sequence, tokens: h.tokens, hidden: h.hidden)
+                    let (header, sums) = testAnswer(view)
                     var out = [UInt8](repeating: 0, count: header.frameSize)
                     _ = sums.withUnsafeBufferPointer { s in out.withUnsafeMutableBytes { FrameEncoder.encodeResponse(header, sums: s, into: $0) } }
                     lock.lock()
