@@ -122,9 +122,9 @@ struct Payload {
 /// shm: the client encodes into its slot, the server (another thread) decodes in place and encodes
 /// the response into the response area. Limit: memcpy of the request and the response bytes.
 final class ShmHarness: RoundTripHarness, @unchecked Sendable {
-    let server: ShmServerSlots
+    let server: SlotServer
     let region: SharedRegion
-    let client: ShmClientSlot
+    let client: ClientSlot
     let payload: Payload
     let hidden: Int
     var sequence: UInt64 = 0
@@ -139,9 +139,9 @@ final class ShmHarness: RoundTripHarness, @unchecked Sendable {
         let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: maxTokens, hidden: hidden)
         let response = ResponseHeader(sequence: 0, tokens: maxTokens, hidden: hidden)
         let path = "/dev/shm/eaas-bench-\(getpid())"
-        server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 1, requestCapacity: request.frameSize, responseCapacity: response.frameSize))
+        server = try SlotServer(path: path, layout: SlotLayout(slots: 1, requestCapacity: request.frameSize, responseCapacity: response.frameSize))
         region = try SharedRegion.open(path: path)
-        client = try ShmClientSlot(region: region, slot: 0)
+        client = try ClientSlot(region: region, slot: 0)
         scratch = .allocate(byteCount: request.frameSize + response.frameSize + 16384, alignment: 4096)
         Thread { [self] in serve() }.start()
     }
@@ -156,7 +156,7 @@ final class ShmHarness: RoundTripHarness, @unchecked Sendable {
             }
             guard case .request(let view) = try? Frame.decode(bytes) else { continue }
             let header = ResponseHeader(sequence: view.header.sequence, tokens: view.header.tokens, hidden: view.header.hidden)
-            server.respond(slot: slot, sequence: sequence) { buffer in
+            try? server.respond(slot: slot, sequence: sequence) { buffer in
                 payload.sums.withUnsafeBufferPointer {
                     FrameEncoder.encodeResponse(header, sums: UnsafeBufferPointer(rebasing: $0[0..<(header.tokens * header.hidden)]), into: buffer)
                 }
@@ -168,11 +168,11 @@ final class ShmHarness: RoundTripHarness, @unchecked Sendable {
     func roundTrip(tokens: Int) throws -> Int {
         sequence += 1
         let header = RequestHeader(sequence: sequence, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: tokens, hidden: hidden)
-        client.beginRequest(sequence: sequence)
+        try client.beginRequest(sequence: sequence)
         let length = payload.ids.withUnsafeBufferPointer { i in payload.weights.withUnsafeBufferPointer { w in payload.states.withUnsafeBytes { s in
             FrameEncoder.encodeRequest(header, ids: UnsafeBufferPointer(rebasing: i[0..<tokens]), weights: UnsafeBufferPointer(rebasing: w[0..<tokens]),
                                        states: UnsafeRawBufferPointer(rebasing: s[0..<(tokens * hidden * 2)]), into: client.requestBuffer) } } }
-        client.publishRequest(sequence: sequence, length: length)
+        try client.publishRequest(sequence: sequence, length: length)
         let bytes = try client.waitResponse(sequence: sequence, timeout: .seconds(10))
         guard case .response(let response) = try Frame.decode(bytes) else { throw TransportError.timedOut(sequence: sequence, after: .zero) }
         return response.header.tokens

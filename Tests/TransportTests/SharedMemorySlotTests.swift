@@ -29,7 +29,7 @@ func testAnswer(_ view: RequestView) -> (ResponseHeader, [Float]) {
 }
 
 /// Serves every request in `server` until `stop` is set: decode in place, compute, answer in place.
-func serve(_ server: ShmServerSlots, until stop: ManagedAtomicFlag) -> Int {
+func serve(_ server: SlotServer, until stop: ManagedAtomicFlag) -> Int {
     var served = 0
     var sums = [Float](repeating: 0, count: 4096)
     while !stop.isSet {
@@ -38,7 +38,7 @@ func serve(_ server: ShmServerSlots, until stop: ManagedAtomicFlag) -> Int {
         let (h, result) = testAnswer(view)
         for i in result.indices { sums[i] = result[i] }
         guard server.isCurrent(slot: slot, sequence: sequence) else { continue }
-        server.respond(slot: slot, sequence: sequence) { buffer in
+        try? server.respond(slot: slot, sequence: sequence) { buffer in
             sums.withUnsafeBufferPointer {
                 FrameEncoder.encodeResponse(h, sums: UnsafeBufferPointer(rebasing: $0[0..<(h.tokens * h.hidden)]), into: buffer)
             }
@@ -59,13 +59,13 @@ final class ManagedAtomicFlag: @unchecked Sendable {
 func regionPath() -> String { "/dev/shm/eaas-test-\(UUID().uuidString)" }
 
 /// A server region with `slots` slots of 64 bytes, and a client on slot `slot` through its own mapping.
-func withSlots(_ slots: Int, client slot: Int, _ body: (ShmServerSlots, ShmClientSlot) throws -> Void) throws {
+func withSlots(_ slots: Int, client slot: Int, _ body: (SlotServer, ClientSlot) throws -> Void) throws {
     let path = regionPath()
-    let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: slots, requestCapacity: 64, responseCapacity: 64))
+    let server = try SlotServer(path: path, layout: SlotLayout(slots: slots, requestCapacity: 64, responseCapacity: 64))
     defer { server.close() }
     let region = try SharedRegion.open(path: path)
     defer { region.close() }
-    try body(server, try ShmClientSlot(region: region, slot: slot))
+    try body(server, try ClientSlot(region: region, slot: slot))
 }
 
 @Suite("Shared-memory slots")
@@ -89,7 +89,7 @@ struct SharedMemorySlotTests {
     func manyClientsRoundTrip() async throws {
         let path = regionPath()
         let layout = SlotLayout(slots: 4, requestCapacity: 4096, responseCapacity: 4096)
-        let server = try ShmServerSlots(path: path, layout: layout)
+        let server = try SlotServer(path: path, layout: layout)
         let stop = ManagedAtomicFlag()
         let finished = DispatchSemaphore(value: 0)
         let serving = Thread {
@@ -108,7 +108,7 @@ struct SharedMemorySlotTests {
                 group.addTask {
                     let region = try SharedRegion.open(path: path)
                     defer { region.close() }
-                    let client = try ShmClientSlot(region: region, slot: slot)
+                    let client = try ClientSlot(region: region, slot: slot)
                     var answered = 0
                     for sequence in UInt64(1)...200 {
                         let tokens = 1 + Int(sequence % 5), hidden = 8, slots = 2
@@ -116,10 +116,10 @@ struct SharedMemorySlotTests {
                         let weights = ids.enumerated().map { $0.element == RequestHeader.emptySlot ? Float(0) : Float($0.offset + 1) / 8 }
                         let states = (0..<(tokens * hidden)).map { Float($0 % 11) - Float(slot) }
                         let header = RequestHeader(sequence: sequence, layer: 1, dtype: .f32, slotsPerToken: slots, tokens: tokens, hidden: hidden)
-                        client.beginRequest(sequence: sequence)
+                        try client.beginRequest(sequence: sequence)
                         let length = ids.withUnsafeBufferPointer { i in weights.withUnsafeBufferPointer { w in states.withUnsafeBytes { s in
                             FrameEncoder.encodeRequest(header, ids: i, weights: w, states: s, into: client.requestBuffer) } } }
-                        client.publishRequest(sequence: sequence, length: length)
+                        try client.publishRequest(sequence: sequence, length: length)
                         let bytes = try client.waitResponse(sequence: sequence, timeout: .seconds(10))
                         guard case .response(let response) = try Frame.decode(bytes) else { throw TransportError.timedOut(sequence: sequence, after: .zero) }
                         let expected = expectedSums(ids: ids, weights: weights, states: states, tokens: tokens, slots: slots, hidden: hidden)
@@ -141,9 +141,9 @@ struct SharedMemorySlotTests {
         try withSlots(2, client: 1) { server, client in
             #expect(server.nextRequest() == nil)
             for (sequence, taken) in [(UInt64(5), true), (5, false), (4, false), (6, true), (6, false)] {
-                client.beginRequest(sequence: sequence)
+                try client.beginRequest(sequence: sequence)
                 client.requestBuffer[0] = UInt8(sequence)
-                client.publishRequest(sequence: sequence, length: 1)
+                try client.publishRequest(sequence: sequence, length: 1)
                 let next = server.nextRequest()
                 #expect((next != nil) == taken, "sequence \(sequence)")
                 if let next { #expect(next.slot == 1 && next.sequence == sequence && next.bytes.first == UInt8(sequence)) }
@@ -154,15 +154,15 @@ struct SharedMemorySlotTests {
     @Test("A request the client has moved past is no longer current, so its answer is dropped")
     func supersededRequest() throws {
         try withSlots(1, client: 0) { server, client in
-            client.beginRequest(sequence: 1)
-            client.publishRequest(sequence: 1, length: 8)
+            try client.beginRequest(sequence: 1)
+            try client.publishRequest(sequence: 1, length: 8)
             let taken = try #require(server.nextRequest())
             #expect(server.isCurrent(slot: 0, sequence: taken.sequence))
-            client.beginRequest(sequence: 2)  // the client gave up on 1 and is writing 2 over it
+            try client.beginRequest(sequence: 2)  // the client gave up on 1 and is writing 2 over it
             #expect(!server.isCurrent(slot: 0, sequence: 1))
             #expect(server.nextRequest() == nil, "2 is not published yet")
             // A response to an older sequence never satisfies a newer wait.
-            server.respond(slot: 0, sequence: 1) { _ in 0 }
+            try server.respond(slot: 0, sequence: 1) { _ in 0 }
             #expect(client.pollResponse(sequence: 2) == nil)
             #expect(client.pollResponse(sequence: 1) != nil)
         }
@@ -172,15 +172,15 @@ struct SharedMemorySlotTests {
     func resetSlot() throws {
         try withSlots(1, client: 0) { server, client in
             for sequence in UInt64(1)...5 {
-                client.beginRequest(sequence: sequence)
-                client.publishRequest(sequence: sequence, length: 0)
+                try client.beginRequest(sequence: sequence)
+                try client.publishRequest(sequence: sequence, length: 0)
                 _ = server.nextRequest()
             }
-            server.respond(slot: 0, sequence: 5) { _ in 0 }
+            try server.respond(slot: 0, sequence: 5) { _ in 0 }
             server.reset(slot: 0)
             #expect(client.pollResponse(sequence: 5) == nil, "the old answer is gone")
-            client.beginRequest(sequence: 1)
-            client.publishRequest(sequence: 1, length: 0)
+            try client.beginRequest(sequence: 1)
+            try client.publishRequest(sequence: 1, length: 0)
             #expect(server.nextRequest()?.sequence == 1, "a new client's first request is taken")
         }
     }
@@ -197,27 +197,27 @@ struct SharedMemorySlotTests {
     @Test("Regions that are not slot regions, missing slots, and taken paths are refused by name")
     func badRegions() throws {
         let path = regionPath()
-        let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 2, requestCapacity: 64, responseCapacity: 64))
+        let server = try SlotServer(path: path, layout: SlotLayout(slots: 2, requestCapacity: 64, responseCapacity: 64))
         defer { server.close() }
-        #expect { try ShmServerSlots(path: path, layout: SlotLayout(slots: 1, requestCapacity: 8, responseCapacity: 8)) } throws: {
+        #expect { try SlotServer(path: path, layout: SlotLayout(slots: 1, requestCapacity: 8, responseCapacity: 8)) } throws: {
             "\($0)".contains("create \(path)") && "\($0)".contains("exists")
         }
         let region = try SharedRegion.open(path: path)
         defer { region.close() }
-        #expect { try ShmClientSlot(region: region, slot: 2) } throws: { "\($0)".contains("has no slot 2 (it has 2)") }
+        #expect { try ClientSlot(region: region, slot: 2) } throws: { "\($0)".contains("has no slot 2 (it has 2)") }
         let garbage = regionPath()
         try Data(repeating: 7, count: 4096).write(to: URL(fileURLWithPath: garbage))
         defer { unlink(garbage) }
         let other = try SharedRegion.open(path: garbage)
         defer { other.close() }
-        #expect { try ShmClientSlot(region: other, slot: 0) } throws: { "\($0)".contains("not an EaaS slot region") }
+        #expect { try ClientSlot(region: other, slot: 0) } throws: { "\($0)".contains("not an EaaS slot region") }
         #expect { try SharedRegion.open(path: regionPath()) } throws: { "\($0)".contains("No such file") }
     }
 
     @Test("Closing the server removes its region file")
     func closeRemovesFile() throws {
         let path = regionPath()
-        let server = try ShmServerSlots(path: path, layout: SlotLayout(slots: 1, requestCapacity: 8, responseCapacity: 8))
+        let server = try SlotServer(path: path, layout: SlotLayout(slots: 1, requestCapacity: 8, responseCapacity: 8))
         #expect(FileManager.default.fileExists(atPath: path))
         server.close()
         #expect(!FileManager.default.fileExists(atPath: path))

@@ -12,7 +12,8 @@
 public struct SlotLayout: Sendable, Equatable {
     public static let magic: UInt64 = 0x544f_4c53_5341_4145  // "EAASSLOT" as little-endian bytes
     public static let version: UInt32 = 1
-    static let line = 64
+    /// Flags and data areas start on lines of this many bytes.
+    public static let line = 64
 
     public let slots: Int
     /// Largest request frame a slot holds, in bytes.
@@ -30,7 +31,10 @@ public struct SlotLayout: Sendable, Equatable {
     static func roundUp(_ n: Int) -> Int { (n + line - 1) / line * line }
 
     var requestStride: Int { Self.line + Self.roundUp(requestCapacity) }
-    var slotStride: Int { requestStride + Self.line + Self.roundUp(responseCapacity) }
+    /// Bytes of one slot: request flag line and bytes, response flag line and bytes.
+    public var slotStride: Int { requestStride + Self.line + Self.roundUp(responseCapacity) }
+    /// Where the response flag line starts, counted from the slot's start.
+    var slotResponseFlag: Int { requestStride }
 
     /// Bytes the whole region needs.
     public var totalSize: Int { Self.line + slots * slotStride }
