@@ -19,17 +19,17 @@ func wholeStep(ids: [Int32], weights: [Float], states: [Float], tokens: Int, top
     expectedSums(ids: ids.map { UInt16($0) }, weights: weights, states: states, tokens: tokens, slots: topK, hidden: hidden)
 }
 
-@Suite("Dispatcher over TCP")
+@Suite("Dispatcher against data-plane servers, over tcp and shm")
 struct DispatcherTests {
     static let hidden = 4
 
-    func servers(_ count: Int, experts: Int, replicas: Int) throws -> ([TestTCPServer], StaticMembership) {
-        let running = try (0..<count).map { _ in try TestTCPServer(token: "pool") }
-        let infos = running.enumerated().map { i, server in
+    func servers(_ count: Int, experts: Int, replicas: Int) throws -> ([DataPlaneServer], StaticMembership) {
+        let hosted = (0..<count).map { i in
             // Expert e lives on servers e, e+1, … (mod count): `replicas` copies each.
-            ServerInfo(id: "pod-\(i)", address: "127.0.0.1:\(server.port)",
-                       experts: (0..<experts).filter { e in (0..<replicas).contains { (e + $0) % count == i } }.map { HostedExpert(layer: 2, expert: UInt16($0)) })
+            (0..<experts).filter { e in (0..<replicas).contains { (e + $0) % count == i } }.map { HostedExpert(layer: 2, expert: UInt16($0)) }
         }
+        let running = try (0..<count).map { try startServer(token: "pool", experts: hosted[$0], hidden: Self.hidden, id: UInt64($0)) }
+        let infos = running.enumerated().map { i, server in ServerInfo(id: "pod-\(i)", address: "127.0.0.1:\(server.port)", experts: hosted[i]) }
         return (running, StaticMembership(servers: infos))
     }
 
@@ -49,22 +49,29 @@ struct DispatcherTests {
 
     func maxDifference(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
 
-    @Test("Steps spread over several servers come back combined and right")
-    func steps() throws {
+    func configuration(_ backend: BackendKind, client: UInt64) -> Dispatcher.Configuration {
+        var configuration = Dispatcher.Configuration(poolToken: Array("pool".utf8), clientID: client)
+        configuration.backend = backend
+        return configuration
+    }
+
+    @Test("Steps spread over several servers come back combined and right", arguments: [BackendKind.tcp, .shm])
+    func steps(backend: BackendKind) throws {
         let (running, membership) = try servers(3, experts: 12, replicas: 1)
         defer { running.forEach { $0.stop() } }
-        let dispatcher = Dispatcher(membership: membership, configuration: .init(poolToken: Array("pool".utf8), clientID: 1))
+        let dispatcher = Dispatcher(membership: membership, configuration: configuration(backend, client: 1))
         defer { dispatcher.close() }
         try run(dispatcher, steps: 40, experts: 12)
         #expect(running.allSatisfy { $0.served > 0 })
+        #expect((0..<3).allSatisfy { dispatcher.backend(of: "pod-\($0)") == backend })
         #expect(dispatcher.failovers == 0)
     }
 
-    @Test("A server that dies mid-run loses nothing: its tokens go to the other replica at once")
-    func failover() throws {
+    @Test("A server that dies mid-run loses nothing: its tokens go to the other replica at once", arguments: [BackendKind.tcp, .shm])
+    func failover(backend: BackendKind) throws {
         let (running, membership) = try servers(3, experts: 12, replicas: 2)
         defer { running.forEach { $0.stop() } }
-        let dispatcher = Dispatcher(membership: membership, configuration: .init(poolToken: Array("pool".utf8), clientID: 2))
+        let dispatcher = Dispatcher(membership: membership, configuration: configuration(backend, client: 2))
         defer { dispatcher.close() }
         try run(dispatcher, steps: 60, experts: 12) { step in
             if step == 20 { running[1].stop() }
@@ -72,17 +79,28 @@ struct DispatcherTests {
         #expect(dispatcher.failovers >= 1)
     }
 
-    @Test("A draining server (GOAWAY) gets no new work once it has said so")
-    func goAway() throws {
+    @Test("A draining server (GOAWAY) gets no new work once it has said so, and its clients leave it", arguments: [BackendKind.tcp, .shm])
+    func goAway(backend: BackendKind) throws {
         let (running, membership) = try servers(2, experts: 8, replicas: 2)
         defer { running.forEach { $0.stop() } }
-        var configuration = Dispatcher.Configuration(poolToken: Array("pool".utf8), clientID: 3)
+        var configuration = configuration(backend, client: 3)
         configuration.downFor = .seconds(60)
         let dispatcher = Dispatcher(membership: membership, configuration: configuration)
         defer { dispatcher.close() }
         try run(dispatcher, steps: 10, experts: 8)
-        running[0].drain()
-        try run(dispatcher, steps: 10, experts: 8)  // at most one more answer from pod-0, with its GOAWAY
+        #expect(running[0].clientCount == 1)
+        let drained = DispatchSemaphore(value: 0)
+        final class Outcome: @unchecked Sendable { var allLeft = false }
+        let outcome = Outcome()
+        Thread {
+            outcome.allLeft = running[0].drain(timeout: .seconds(10))
+            drained.signal()
+        }.start()
+        while running[0].clientCount > 0, drained.wait(timeout: .now()) == .timedOut {
+            try run(dispatcher, steps: 1, experts: 8)  // at most one more answer from pod-0, with its GOAWAY
+        }
+        drained.wait()
+        #expect(outcome.allLeft, "the client closed its link after the GOAWAY")
         let before = running[0].served
         try run(dispatcher, steps: 20, experts: 8)
         #expect(running[0].served == before, "no work after GOAWAY")
@@ -90,7 +108,7 @@ struct DispatcherTests {
 
     @Test("A replica that accepts but never answers is abandoned after its timeout; the step completes elsewhere")
     func hungReplica() throws {
-        let good = try TestTCPServer(token: "pool")
+        let good = try startServer(token: "pool", experts: (0..<4).map { HostedExpert(layer: 2, expert: UInt16($0)) }, hidden: Self.hidden)
         defer { good.stop() }
         // A server that accepts connections and reads, but never writes a byte.
         let silent = try Socket.listen(host: "127.0.0.1", port: 0)

@@ -2,101 +2,17 @@ import Foundation
 import Testing
 @testable import Transport
 
-/// A loopback server speaking the wire protocol the way an expert pod will: a handshake checked
-/// against the pool token, then requests answered with `expectedSums`, bad frames answered with an
-/// error frame, and a desynchronised stream closed.
-final class TestTCPServer: @unchecked Sendable {
-    let listener: Socket
-    let token: [UInt8]
-    private let lock = NSLock()
-    private var servedCount = 0
-    private var draining = false
-    /// Requests answered so far.
-    var served: Int { lock.lock(); defer { lock.unlock() }; return servedCount }
-    /// From now on, announce GOAWAY before each answer (and keep answering).
-    func drain() { lock.lock(); draining = true; lock.unlock() }
-    private var connections: [Socket] = []
-    private let done = DispatchGroup()
-
-    init(token: String) throws {
-        listener = try Socket.listen(host: "127.0.0.1", port: 0)
-        self.token = Array(token.utf8)
-        done.enter()
-        Thread { [self] in
-            defer { done.leave() }
-            while let socket = try? listener.accept() {
-                lock.lock(); connections.append(socket); lock.unlock()
-                done.enter()
-                Thread { [self] in
-                    serve(FrameConnection(socket: socket))
-                    done.leave()
-                }.start()
-            }
-        }.start()
-    }
-
-    var port: Int { listener.localPort }
-
-    func serve(_ connection: FrameConnection) {
-        var handshaken = false
-        while true {
-            let bytes: UnsafeRawBufferPointer
-            do {
-                guard let frame = try connection.readFrame() else { return }
-                bytes = frame
-            } catch let error as WireError {
-                // The header itself is bad: say why, then drop the connection (the stream is lost).
-                let code: WireErrorCode = "\(error)".contains("'version'") ? .versionMismatch : .malformedFrame
-                try? connection.write(FrameEncoder.encode(ErrorFrame(sequence: 0, code: code, message: "\(error)")))
-                connection.socket.shutdown()
-                return
-            } catch {
-                return
-            }
-            do {
-                switch try Frame.decode(bytes) {
-                case .handshake(let hello) where !handshaken:
-                    guard PoolToken.matches(hello.poolToken, token) else {
-                        try connection.write(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .unauthorized, message: "wrong pool token")))
-                        connection.socket.shutdown()
-                        return
-                    }
-                    handshaken = true
-                    try connection.write(FrameEncoder.encode(HandshakeReply(serverID: 1, hidden: 4, dtype: .f32, backend: .tcp,
-                                                                            experts: [HostedExpert(layer: 0, expert: 0)], slot: 0, backendInfo: [])))
-                case .request(let view) where handshaken:
-                    let (header, sums) = testAnswer(view)
-                    var out = [UInt8](repeating: 0, count: header.frameSize)
-                    _ = sums.withUnsafeBufferPointer { s in out.withUnsafeMutableBytes { FrameEncoder.encodeResponse(header, sums: s, into: $0) } }
-                    lock.lock()
-                    servedCount += 1
-                    let goAway = draining
-                    lock.unlock()
-                    if goAway { try connection.write(FrameEncoder.encode(GoAway(deadlineMilliseconds: 1000, reason: "draining"))) }
-                    try connection.write(out)
-                default:
-                    try connection.write(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "unexpected frame")))
-                }
-            } catch let error as WireError {
-                // A well-framed but invalid message: answer it and keep serving this client.
-                try? connection.write(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "\(error)")))
-            } catch {
-                return
-            }
-        }
-    }
-
-    func stop() {
-        listener.shutdown()
-        lock.lock()
-        for c in connections { c.shutdown() }
-        lock.unlock()
-        done.wait()
-        listener.close()
-        lock.lock()
-        for c in connections { c.close() }
-        lock.unlock()
-    }
+/// A real data-plane server with synthetic experts (expert e adds e to each state, so answers are
+/// `expectedSums`), started on loopback. Stop it with `stop()`.
+func startServer(token: String, experts: [HostedExpert] = (0..<9).map { HostedExpert(layer: 0, expert: UInt16($0)) }, hidden: Int = 4,
+                 offerShm: Bool = true, id: UInt64 = 1) throws -> DataPlaneServer {
+    var configuration = DataPlaneServer.Configuration(poolToken: Array(token.utf8), serverID: id)
+    configuration.offerShm = offerShm
+    configuration.slots = 8
+    configuration.maxBatchTokens = 64
+    let server = try DataPlaneServer(computer: SyntheticExperts(experts: experts, hidden: hidden, dtype: .f32), configuration: configuration)
+    server.start()
+    return server
 }
 
 /// Encodes a request of `tokens` tokens (two slots, the second empty on odd tokens), f32 states.
@@ -122,7 +38,7 @@ struct TCPTransportTests {
 
     @Test("Pipelined requests from several clients are all answered, in order, with the right sums")
     func pipelinedClients() async throws {
-        let server = try TestTCPServer(token: "pool-secret")
+        let server = try startServer(token: "pool-secret")
         defer { server.stop() }
         let port = server.port
         try await withThrowingTaskGroup(of: Int.self) { group in
@@ -160,7 +76,7 @@ struct TCPTransportTests {
 
     @Test("A wrong pool token is refused with a clear error and the connection is closed")
     func wrongToken() throws {
-        let server = try TestTCPServer(token: "pool-secret")
+        let server = try startServer(token: "pool-secret")
         defer { server.stop() }
         let connection = try FrameConnection.connect(host: "127.0.0.1", port: server.port)
         defer { connection.close() }
@@ -171,7 +87,7 @@ struct TCPTransportTests {
 
     @Test("A malformed request gets an error naming the field, and the same connection keeps being served")
     func malformedRequestThenValid() throws {
-        let server = try TestTCPServer(token: "t")
+        let server = try startServer(token: "t")
         defer { server.stop() }
         let connection = try FrameConnection.connect(host: "127.0.0.1", port: server.port)
         defer { connection.close() }
@@ -189,7 +105,7 @@ struct TCPTransportTests {
 
     @Test("A stream that is not EaaS frames is told why and closed")
     func garbageStream() throws {
-        let server = try TestTCPServer(token: "t")
+        let server = try startServer(token: "t")
         defer { server.stop() }
         let connection = try FrameConnection.connect(host: "127.0.0.1", port: server.port)
         defer { connection.close() }
@@ -201,7 +117,7 @@ struct TCPTransportTests {
 
     @Test("A peer speaking another protocol version is refused as such")
     func versionMismatch() throws {
-        let server = try TestTCPServer(token: "t")
+        let server = try startServer(token: "t")
         defer { server.stop() }
         let connection = try FrameConnection.connect(host: "127.0.0.1", port: server.port)
         defer { connection.close() }

@@ -29,7 +29,8 @@ func sampleResponse() -> [UInt8] {
     return frame
 }
 
-let sampleHandshake = Handshake(clientID: 0x0123_4567_89ab_cdef, maxBatchTokens: 512, poolToken: Array("s3cret-pool".utf8))
+let sampleHandshake = Handshake(clientID: 0x0123_4567_89ab_cdef, maxBatchTokens: 512, poolToken: Array("s3cret-pool".utf8),
+                                backend: .verbs, backendInfo: [1, 2, 3, 4, 5])
 let sampleReply = HandshakeReply(serverID: 77, hidden: 4096, dtype: .bf16, backend: .shm,
                                  experts: [HostedExpert(layer: 0, expert: 3), HostedExpert(layer: 1, expert: 3)], slot: 5,
                                  backendInfo: Array("/dev/shm/eaas-pod-3".utf8))

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Runs MoE-layer steps against expert servers over TCP, bypassing any controller: chooses a
+/// Runs MoE-layer steps against expert servers over `tcp` or `shm` links, bypassing any controller: chooses a
 /// replica per expert (`ReplicaChooser`), sends one request per server (`StepPlanner`), gathers
 /// the partial sums and adds them per token in ascending expert order.
 ///
@@ -24,6 +24,8 @@ public final class Dispatcher {
         public var clientID: UInt64
         /// The largest batch this client sends, announced in handshakes.
         public var maxBatchTokens: UInt32 = 4096
+        /// The backend to ask servers for; a server that cannot offer it answers with `tcp`.
+        public var backend: BackendKind = .tcp
         /// How long a step waits for a replica of an expert that none hosts right now.
         public var noReplicaWait: Duration = .seconds(5)
         /// The most one step may take, failovers included.
@@ -65,14 +67,11 @@ public final class Dispatcher {
         }
     }
 
-    private final class Link {
-        let connection: FrameConnection
-        init(connection: FrameConnection) { self.connection = connection }
-    }
-
     public let configuration: Configuration
     private let membership: MembershipSource
-    private var links: [String: Link] = [:]
+    private var links: [String: ServerLink] = [:]
+    /// Servers that sent GOAWAY: their link closes once the answer in flight is in.
+    private var draining: Set<String> = []
     private var downUntil: [String: ContinuousClock.Instant] = [:]
     /// Per server id, kept across reconnects so that back-off after timeouts persists.
     private var timeouts: [String: AdaptiveTimeout] = [:]
@@ -89,13 +88,16 @@ public final class Dispatcher {
         self.configuration = configuration
     }
 
+    /// The backend the link to server `id` runs over, while one is open.
+    public func backend(of id: String) -> BackendKind? { links[id]?.backend }
+
     /// Closes every connection.
     public func close() {
-        for link in links.values { link.connection.close() }
+        for link in links.values { link.close() }
         links.removeAll()
     }
 
-    deinit { for link in links.values { link.connection.close() } }
+    deinit { for link in links.values { link.close() } }
 
     /// Runs one step.
     /// - Parameters:
@@ -144,7 +146,7 @@ public final class Dispatcher {
                 do {
                     let link = try self.link(to: server)
                     sequence += 1
-                    try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link.connection)
+                    try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link)
                     inFlight.append((server, batch, sequence, clock.now, pairs))
                 } catch let refusal as StepError {
                     abandon(inFlight.map(\.server.id))
@@ -160,6 +162,7 @@ public final class Dispatcher {
                     timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent)
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
+                    if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
                 } catch let error as StepError {
                     // Answers still due on the other connections would confuse the next step.
                     abandon(inFlight[(index + 1)...].map(\.server.id))
@@ -204,73 +207,49 @@ public final class Dispatcher {
         failovers += 1
         lastFailure[id] = "\(error)"
         downUntil[id] = clock.now + configuration.downFor
-        links.removeValue(forKey: id)?.connection.close()
+        links.removeValue(forKey: id)?.close()
     }
 
     /// Closes connections whose answers will not be read, so they cannot reach a later step.
     private func abandon(_ ids: [String]) {
-        for id in ids { links.removeValue(forKey: id)?.connection.close() }
+        for id in ids { links.removeValue(forKey: id)?.close() }
     }
 
     private func newTimeout() -> AdaptiveTimeout {
         AdaptiveTimeout(minimum: configuration.minimumTimeout, maximum: configuration.maximumTimeout)
     }
 
-    private func link(to server: ServerInfo) throws -> Link {
+    private func link(to server: ServerInfo) throws -> ServerLink {
         if let link = links[server.id] { return link }
-        guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
-            throw TransportError.unreachable(address: server.address, reason: "is not host:port")
-        }
-        let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits,
-                                                     timeout: configuration.connectTimeout)
-        // Sends and receives never block past the longest timeout, even mid-frame.
-        connection.socket.setIOTimeout(configuration.maximumTimeout)
-        do {
-            try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
-                                                               poolToken: configuration.poolToken)))
-            guard try wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
-                throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
-            }
-            switch try Frame.decode(bytes, limits: configuration.limits) {
-            case .handshakeReply: break
-            case .error(let error): throw StepError.refused(server: server.id, code: error.code, message: error.message)
-            default: throw WireError.invalid(frame: "handshake reply", field: "kind", reason: "is not a handshake reply")
-            }
-        } catch {
-            connection.close()
-            throw error
-        }
-        let link = Link(connection: connection)
+        let link = try ServerLinks.open(to: server, configuration: configuration)
         links[server.id] = link
         return link
     }
 
-    private func send(_ batch: ServerBatch, sequence: UInt64, layer: UInt16, states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, over connection: FrameConnection) throws {
+    /// Encodes the batch's request straight into the link's send buffer (the slot, for `shm`),
+    /// gathering each token's hidden-state row from `states`.
+    private func send(_ batch: ServerBatch, sequence: UInt64, layer: UInt16, states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, over link: ServerLink) throws {
         let header = RequestHeader(sequence: sequence, layer: layer, dtype: dtype, slotsPerToken: batch.slotsPerToken, tokens: batch.tokens.count, hidden: hidden)
         let rowBytes = hidden * dtype.byteSize
-        var gathered = [UInt8](repeating: 0, count: batch.tokens.count * rowBytes)
-        gathered.withUnsafeMutableBytes { out in
+        try link.send(sequence: sequence, size: header.frameSize) { buffer in
+            let offset = batch.ids.withUnsafeBufferPointer { i in batch.weights.withUnsafeBufferPointer { w in
+                FrameEncoder.encodeRequestRouting(header, ids: i, weights: w, into: buffer) } }
             for (row, token) in batch.tokens.enumerated() {
-                (out.baseAddress! + row * rowBytes).copyMemory(from: states.baseAddress! + token * rowBytes, byteCount: rowBytes)
+                (buffer.baseAddress! + offset + row * rowBytes).copyMemory(from: states.baseAddress! + token * rowBytes, byteCount: rowBytes)
             }
         }
-        var frame = [UInt8](repeating: 0, count: header.frameSize)
-        _ = batch.ids.withUnsafeBufferPointer { i in batch.weights.withUnsafeBufferPointer { w in gathered.withUnsafeBytes { s in
-            frame.withUnsafeMutableBytes { FrameEncoder.encodeRequest(header, ids: i, weights: w, states: s, into: $0) } } } }
-        try connection.write(frame)
     }
 
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
-    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: Link, server: ServerInfo) throws -> [Float] {
+    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: ServerLink, server: ServerInfo) throws -> [Float] {
         let timeout = timeouts[server.id, default: newTimeout()].current
         let deadline = clock.now + timeout
         while true {
-            let left = deadline - clock.now
-            guard left > .zero, try wait(link.connection, for: left), let bytes = try link.connection.readFrame() else {
+            guard let frame = try link.receive(sequence: sequence, until: deadline) else {
                 throw TransportError.timedOut(sequence: sequence, after: timeout)
             }
-            switch try Frame.decode(bytes, limits: configuration.limits) {
+            switch frame {
             case .response(let response) where response.header.sequence < sequence:
                 continue  // a late answer to an earlier request on this connection: already settled
             case .response(let response):
@@ -284,6 +263,7 @@ public final class Dispatcher {
             case .goAway:
                 // Draining: no new work goes there, but this answer is still coming.
                 downUntil[server.id] = clock.now + configuration.downFor
+                draining.insert(server.id)
             case .error(let error) where [.draining, .overloaded, .unknownExpert].contains(error.code):
                 // Not this request's fault: the server is leaving, full, or no longer hosts the
                 // expert (membership is stale). Fail over.
@@ -293,17 +273,6 @@ public final class Dispatcher {
             default:
                 throw WireError.invalid(frame: "response", field: "kind", reason: "unexpected frame while waiting for a response")
             }
-        }
-    }
-
-    /// Waits until `connection` has bytes to read or `timeout` passes.
-    private func wait(_ connection: FrameConnection, for timeout: Duration) throws -> Bool {
-        var descriptor = pollfd(fd: connection.socket.descriptor, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Socket.milliseconds(timeout)
-        while true {
-            let n = poll(&descriptor, 1, milliseconds)
-            if n >= 0 { return n > 0 }
-            if errno != EINTR { return false }
         }
     }
 

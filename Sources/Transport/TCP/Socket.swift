@@ -69,11 +69,18 @@ public final class Socket: @unchecked Sendable {
     }
 
     /// Bounds every later blocking send and receive on this socket: a peer that stops reading or
-    /// stops mid-frame makes the call fail with a timeout instead of hanging.
-    public func setIOTimeout(_ timeout: Duration) {
-        let ms = Self.milliseconds(timeout)
+    /// stops mid-frame makes the call fail with a timeout instead of hanging. `nil` waits forever.
+    public func setIOTimeout(_ timeout: Duration?) {
+        let ms = timeout.map(Self.milliseconds) ?? 0
         var value = timeval(tv_sec: Int(ms / 1000), tv_usec: Int(ms % 1000) * 1000)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Bounds later blocking sends only: receives keep waiting (an idle client is not an error).
+    public func setSendTimeout(_ timeout: Duration) {
+        let ms = Self.milliseconds(timeout)
+        var value = timeval(tv_sec: Int(ms / 1000), tv_usec: Int(ms % 1000) * 1000)
         setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
     }
 

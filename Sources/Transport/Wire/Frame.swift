@@ -67,8 +67,21 @@ public enum FrameEncoder {
         _ header: RequestHeader, ids: UnsafeBufferPointer<UInt16>, weights: UnsafeBufferPointer<Float>,
         states: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer
     ) -> Int {
+        precondition(states.count == header.stateBytes, "request states do not match the header")
+        let offset = encodeRequestRouting(header, ids: ids, weights: weights, into: buffer)
+        if let source = states.baseAddress { (buffer.baseAddress! + offset).copyMemory(from: source, byteCount: states.count) }
+        return offset + states.count
+    }
+
+    /// Writes everything of a request frame but its hidden states into `buffer` (at least
+    /// `header.frameSize` bytes) and returns where the `[tokens, hidden]` states go, so that a
+    /// sender can gather them straight into the frame (or the slot) without a staging copy.
+    public static func encodeRequestRouting(
+        _ header: RequestHeader, ids: UnsafeBufferPointer<UInt16>, weights: UnsafeBufferPointer<Float>,
+        into buffer: UnsafeMutableRawBufferPointer
+    ) -> Int {
         let pairs = header.tokens * header.slotsPerToken
-        precondition(ids.count == pairs && weights.count == pairs && states.count == header.stateBytes, "request arrays do not match the header")
+        precondition(ids.count == pairs && weights.count == pairs, "request arrays do not match the header")
         precondition(buffer.count >= header.frameSize, "request buffer too small")
         var w = ByteWriter(buffer)
         FrameHeader(kind: .request, payloadLength: header.payloadSize).encode(into: &w)
@@ -82,7 +95,6 @@ public enum FrameEncoder {
         for id in ids { w.u16(id) }
         for _ in (pairs * 2)..<header.idBytes { w.u8(0) }
         for weight in weights { w.u32(weight.bitPattern) }
-        w.raw(states)
         return w.offset
     }
 

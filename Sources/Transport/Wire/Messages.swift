@@ -2,26 +2,36 @@
 /// checks each field against `WireLimits` and the frame's exact length before returning, and a
 /// failure is a `WireError` naming the frame and the field.
 
-/// A client's opening frame: who it is, the pool's shared secret, and the largest batch it sends.
+/// A client's opening frame: who it is, the pool's shared secret, the largest batch it sends, and
+/// the backend it asks for with that backend's connection data (its queue pair and registered
+/// memory for `verbs`; nothing for `shm` and `tcp`).
 public struct Handshake: Sendable, Equatable {
     public var clientID: UInt64
     public var maxBatchTokens: UInt32
     /// The pool token (shared secret). Compare it with `PoolToken.matches`, never with `==`.
     public var poolToken: [UInt8]
+    /// The backend the client wants; a server that cannot offer it answers with `tcp`.
+    public var backend: BackendKind
+    public var backendInfo: [UInt8]
 
-    public init(clientID: UInt64, maxBatchTokens: UInt32, poolToken: [UInt8]) {
+    public init(clientID: UInt64, maxBatchTokens: UInt32, poolToken: [UInt8], backend: BackendKind = .tcp, backendInfo: [UInt8] = []) {
         self.clientID = clientID
         self.maxBatchTokens = maxBatchTokens
         self.poolToken = poolToken
+        self.backend = backend
+        self.backendInfo = backendInfo
     }
 
-    public var payloadSize: Int { 8 + 4 + 2 + poolToken.count }
+    public var payloadSize: Int { 8 + 4 + 2 + poolToken.count + 1 + 4 + backendInfo.count }
 
     func encodePayload(into w: inout ByteWriter) {
         w.u64(clientID)
         w.u32(maxBatchTokens)
         w.u16(UInt16(poolToken.count))
         w.raw(poolToken)
+        w.u8(backend.rawValue)
+        w.u32(UInt32(backendInfo.count))
+        w.raw(backendInfo)
     }
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> Handshake {
@@ -30,16 +40,33 @@ public struct Handshake: Sendable, Equatable {
         guard maxBatch >= 1 else { throw WireError.invalid(frame: r.frame, field: "max_batch_tokens", reason: "must be at least 1") }
         let length = try r.u16("pool_token_length", atMost: limits.maxText)
         let token = [UInt8](try r.slice(length, "pool_token"))
+        let backend = try BackendKind.decode(&r)
+        let infoLength = try r.u32("backend_info_length", in: 0...limits.maxText)
+        let info = [UInt8](try r.slice(infoLength, "backend_info"))
         try r.expectEnd()
-        return Handshake(clientID: client, maxBatchTokens: maxBatch, poolToken: token)
+        return Handshake(clientID: client, maxBatchTokens: maxBatch, poolToken: token, backend: backend, backendInfo: info)
     }
 }
 
 /// The transport a server offers a client in its handshake reply.
-public enum BackendKind: UInt8, Sendable, CaseIterable {
+public enum BackendKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case shm = 1
     case tcp = 2
     case verbs = 3
+
+    public var description: String {
+        switch self {
+        case .shm: "shm"
+        case .tcp: "tcp"
+        case .verbs: "verbs"
+        }
+    }
+
+    static func decode(_ r: inout ByteReader) throws -> BackendKind {
+        let raw = try r.u8("backend")
+        guard let backend = BackendKind(rawValue: raw) else { throw WireError.invalid(frame: r.frame, field: "backend", reason: "\(raw) is not shm (1), tcp (2) or verbs (3)") }
+        return backend
+    }
 }
 
 /// One expert a server hosts: `(MoE layer, expert id)`.
@@ -99,8 +126,7 @@ public struct HandshakeReply: Sendable, Equatable {
         let hidden = UInt32(try r.u32("hidden", in: 1...limits.maxHidden))
         let rawType = try r.u8("dtype")
         guard let dtype = WireDType(rawValue: rawType) else { throw WireError.invalid(frame: r.frame, field: "dtype", reason: "\(rawType) is not f32 (1), bf16 (2) or f16 (3)") }
-        let rawBackend = try r.u8("backend")
-        guard let backend = BackendKind(rawValue: rawBackend) else { throw WireError.invalid(frame: r.frame, field: "backend", reason: "\(rawBackend) is not shm (1), tcp (2) or verbs (3)") }
+        let backend = try BackendKind.decode(&r)
         let count = try r.u32("expert_count", in: 1...limits.maxHostedExperts)
         try r.need(4 * count, "experts")
         var experts: [HostedExpert] = []

@@ -68,6 +68,31 @@ public struct RequestView {
         Float(bitPattern: UInt32(littleEndian: weights.loadUnaligned(fromByteOffset: 4 * (token * header.slotsPerToken + slot), as: UInt32.self)))
     }
 
+    /// Element `index` of token `token`'s hidden state, widened to f32.
+    public func state(token: Int, index: Int) -> Float {
+        let i = token * header.hidden + index
+        switch header.dtype {
+        case .f32: return Float(bitPattern: UInt32(littleEndian: states.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+        case .bf16: return Float(bitPattern: UInt32(UInt16(littleEndian: states.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16)
+        case .f16: return Float(Float16(bitPattern: UInt16(littleEndian: states.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))))
+        }
+    }
+
+    /// A copy of this request's routing (ids and weights) in `scratch`, validated again there, with
+    /// the states still read in place. A server uses it for requests in shared or remotely written
+    /// memory: a client may overwrite those bytes at any moment, and the checks must hold for the
+    /// routing that the computation will actually read.
+    func withRoutingCopied(to scratch: UnsafeMutableRawBufferPointer, frame: String) throws -> RequestView {
+        let count = ids.count + weights.count
+        precondition(scratch.count >= count, "routing scratch too small")
+        scratch.baseAddress!.copyMemory(from: ids.baseAddress!, byteCount: ids.count)
+        (scratch.baseAddress! + ids.count).copyMemory(from: weights.baseAddress!, byteCount: weights.count)
+        let copy = RequestView(header: header, ids: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(scratch)[0..<ids.count]),
+                               weights: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(scratch)[ids.count..<count]), states: states)
+        try copy.validateSlots(frame: frame)
+        return copy
+    }
+
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> RequestView {
         let sequence = try r.u64("sequence")
         let layer = try r.u16("layer")
@@ -96,7 +121,7 @@ public struct RequestView {
 
     /// Every token names at least one expert, no expert twice, finite weights, zero weight in
     /// empty slots, zero padding.
-    private func validateSlots(frame: String) throws {
+    func validateSlots(frame: String) throws {
         let slots = header.slotsPerToken
         for t in 0..<header.tokens {
             var used = 0

@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A client's open connection to one server, over the backend the server granted in the
+/// handshake. The dispatcher sends a request, then receives frames until the answer to it.
+protocol ServerLink: AnyObject {
+    var backend: BackendKind { get }
+    /// Encodes request `sequence`, a frame of `size` bytes, with `encode` (into memory the server
+    /// will read, where the backend allows) and sends it.
+    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws
+    /// The next frame for the request `sequence` sent last (its response, or a GOAWAY or error on
+    /// the way), or nil when none came before `deadline`. Throws when the server is gone. The
+    /// frame points into the link's buffers: valid until the next call.
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant) throws -> Frame?
+    func close()
+}
+
+/// Opens links: the TCP connection and handshake every backend starts with, then the backend.
+enum ServerLinks {
+    static func open(to server: ServerInfo, configuration: Dispatcher.Configuration) throws -> ServerLink {
+        guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
+            throw TransportError.unreachable(address: server.address, reason: "is not host:port")
+        }
+        let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits,
+                                                     timeout: configuration.connectTimeout)
+        do {
+            // Sends and receives never block past the longest timeout, even mid-frame.
+            connection.socket.setIOTimeout(configuration.maximumTimeout)
+            try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
+                                                               poolToken: configuration.poolToken, backend: configuration.backend)))
+            guard try TCPLink.wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
+                throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
+            }
+            let reply: HandshakeReply
+            switch try Frame.decode(bytes, limits: configuration.limits) {
+            case .handshakeReply(let r): reply = r
+            case .error(let error) where error.code == .draining:
+                throw TransportError.unreachable(address: server.address, reason: "draining: \(error.message)")
+            case .error(let error): throw Dispatcher.StepError.refused(server: server.id, code: error.code, message: error.message)
+            default: throw WireError.invalid(frame: "handshake reply", field: "kind", reason: "is not a handshake reply")
+            }
+            switch reply.backend {
+            case .tcp:
+                return TCPLink(connection: connection)
+            case .shm:
+                guard let path = String(validating: reply.backendInfo, as: UTF8.self), path.hasPrefix("/") else {
+                    throw WireError.invalid(frame: "handshake reply", field: "backend_info", reason: "is not the absolute path of a slot region")
+                }
+                let region = try SharedRegion.open(path: path)
+                do {
+                    return SlotLink(connection: connection, region: region, slot: try ClientSlot(region: region, slot: Int(reply.slot)))
+                } catch {
+                    region.close()
+                    throw error
+                }
+            case .verbs:
+                throw WireError.invalid(frame: "handshake reply", field: "backend", reason: "is verbs, which this client did not ask for")
+            }
+        } catch {
+            connection.close()
+            throw error
+        }
+    }
+}
+
+/// Requests and answers as frames on the TCP connection.
+final class TCPLink: ServerLink {
+    let connection: FrameConnection
+    private var frame: [UInt8] = []
+    var backend: BackendKind { .tcp }
+
+    init(connection: FrameConnection) { self.connection = connection }
+
+    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws {
+        if frame.count < size { frame = [UInt8](repeating: 0, count: size) }
+        try frame.withUnsafeMutableBytes { buffer in
+            let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size])
+            encode(bytes)
+            try connection.write(UnsafeRawBufferPointer(bytes))
+        }
+    }
+
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant) throws -> Frame? {
+        let left = deadline - ContinuousClock.now
+        guard left > .zero, try Self.wait(connection, for: left) else { return nil }
+        guard let bytes = try connection.readFrame() else {
+            throw TransportError.unreachable(address: connection.socket.label, reason: "the server closed the connection")
+        }
+        return try Frame.decode(bytes, limits: connection.limits)
+    }
+
+    func close() { connection.close() }
+
+    /// Waits until `connection` has bytes to read or `timeout` passes.
+    static func wait(_ connection: FrameConnection, for timeout: Duration?) throws -> Bool {
+        var descriptor = pollfd(fd: connection.socket.descriptor, events: Int16(POLLIN), revents: 0)
+        let milliseconds = timeout.map(Socket.milliseconds) ?? 0
+        while true {
+            let n = poll(&descriptor, 1, milliseconds)
+            if n >= 0 { return n > 0 }
+            if errno != EINTR { return false }
+        }
+    }
+}
+
+/// Requests and answers through a slot in the server's shared region; the TCP connection stays
+/// open as the control channel (GOAWAY comes on it, and its end means the server is gone), and
+/// carries any request too large for the slot.
+final class SlotLink: ServerLink {
+    let connection: FrameConnection
+    let region: SharedRegion
+    let slot: ClientSlot
+    private let tcp: TCPLink
+    /// Whether the request in flight went over TCP because it did not fit the slot.
+    private var sentOverTCP = false
+    var backend: BackendKind { .shm }
+
+    init(connection: FrameConnection, region: SharedRegion, slot: ClientSlot) {
+        self.connection = connection
+        self.region = region
+        self.slot = slot
+        tcp = TCPLink(connection: connection)
+    }
+
+    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws {
+        guard size <= slot.layout.requestCapacity else {
+            sentOverTCP = true
+            return try tcp.send(sequence: sequence, size: size, encode: encode)
+        }
+        sentOverTCP = false
+        // The marker goes first: the server may still be reading an abandoned earlier request.
+        try slot.beginRequest(sequence: sequence)
+        encode(UnsafeMutableRawBufferPointer(rebasing: slot.requestBuffer[0..<size]))
+        try slot.publishRequest(sequence: sequence, length: size)
+    }
+
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant) throws -> Frame? {
+        if sentOverTCP { return try tcp.receive(sequence: sequence, until: deadline) }
+        var backoff = Backoff()
+        var round = 0
+        let clock = ContinuousClock()
+        while true {
+            if let bytes = slot.pollResponse(sequence: sequence) { return try Frame.decode(bytes, limits: connection.limits) }
+            // Look at the control channel now and then: a GOAWAY, an error, or the server's end.
+            if round % 256 == 0, try TCPLink.wait(connection, for: nil) {
+                guard let bytes = try connection.readFrame() else {
+                    throw TransportError.unreachable(address: connection.socket.label, reason: "the server closed its control connection")
+                }
+                return try Frame.decode(bytes, limits: connection.limits)
+            }
+            if clock.now >= deadline { return nil }
+            round += 1
+            backoff.pause()
+        }
+    }
+
+    func close() {
+        connection.close()
+        region.close()
+    }
+}

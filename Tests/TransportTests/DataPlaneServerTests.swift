@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+@testable import Transport
+
+@Suite("Data-plane server")
+struct DataPlaneServerTests {
+    /// Handshakes asking for `backend`; returns the connection and the reply.
+    func connect(_ server: DataPlaneServer, token: String = "t", backend: BackendKind) throws -> (FrameConnection, Frame) {
+        let connection = try FrameConnection.connect(host: "127.0.0.1", port: server.port)
+        try connection.write(FrameEncoder.encode(Handshake(clientID: 9, maxBatchTokens: 8, poolToken: Array(token.utf8), backend: backend)))
+        let bytes = try #require(try connection.readFrame())
+        return (connection, try Frame.decode(bytes))
+    }
+
+    @Test("A shm client gets a slot in the server's region, and its requests are answered there")
+    func shmSlot() throws {
+        let server = try startServer(token: "t")
+        defer { server.stop() }
+        let (connection, reply) = try connect(server, backend: .shm)
+        defer { connection.close() }
+        guard case .handshakeReply(let accepted) = reply else { Issue.record("expected a reply, got \(reply)"); return }
+        #expect(accepted.backend == .shm && String(decoding: accepted.backendInfo, as: UTF8.self) == server.regionPath)
+        let region = try SharedRegion.open(path: try #require(server.regionPath))
+        defer { region.close() }
+        let slot = try ClientSlot(region: region, slot: Int(accepted.slot))
+        let (frame, expected) = tcpRequest(sequence: 1, tokens: 3)
+        try slot.beginRequest(sequence: 1)
+        frame.withUnsafeBytes { slot.requestBuffer.copyMemory(from: $0) }
+        try slot.publishRequest(sequence: 1, length: frame.count)
+        guard case .response(let response) = try Frame.decode(try slot.waitResponse(sequence: 1, timeout: .seconds(5))) else {
+            Issue.record("expected a response"); return
+        }
+        #expect((0..<expected.count).map(response.sum) == expected)
+    }
+
+    @Test("Requests the server cannot take are answered with an error naming why, on both backends")
+    func refusedRequests() throws {
+        let server = try startServer(token: "t", experts: [HostedExpert(layer: 0, expert: 1)])
+        defer { server.stop() }
+        // Expert 0 is not hosted here; the request names experts 0 and 1.
+        let (frame, _) = tcpRequest(sequence: 4, tokens: 1)
+        let (tcp, _) = try connect(server, backend: .tcp)
+        defer { tcp.close() }
+        try tcp.write(frame)
+        guard case .error(let overTCP) = try Frame.decode(try #require(try tcp.readFrame())) else { Issue.record("expected an error"); return }
+        #expect(overTCP.sequence == 4 && overTCP.code == .unknownExpert && overTCP.message.contains("expert 0 of layer 0 is not hosted"))
+
+        let (control, reply) = try connect(server, backend: .shm)
+        defer { control.close() }
+        guard case .handshakeReply(let accepted) = reply else { Issue.record("expected a reply"); return }
+        let region = try SharedRegion.open(path: try #require(server.regionPath))
+        defer { region.close() }
+        let slot = try ClientSlot(region: region, slot: Int(accepted.slot))
+        let (wrongShape, _) = tcpRequest(sequence: 5, tokens: 1, hidden: 6)
+        try slot.beginRequest(sequence: 5)
+        wrongShape.withUnsafeBytes { slot.requestBuffer.copyMemory(from: $0) }
+        try slot.publishRequest(sequence: 5, length: wrongShape.count)
+        guard case .error(let overSlot) = try Frame.decode(try slot.waitResponse(sequence: 5, timeout: .seconds(5))) else { Issue.record("expected an error"); return }
+        #expect(overSlot.code == .shapeMismatch && overSlot.message.contains("hidden 6") && overSlot.message.contains("takes hidden 4"))
+        #expect(server.served == 0)
+    }
+
+    @Test("Slots of departed clients are handed out again; with none free a client gets tcp")
+    func slotsRecycled() throws {
+        var configuration = DataPlaneServer.Configuration(poolToken: Array("t".utf8), serverID: 3)
+        configuration.slots = 2
+        configuration.maxBatchTokens = 8
+        let server = try DataPlaneServer(computer: SyntheticExperts(experts: [HostedExpert(layer: 0, expert: 0)], hidden: 4, dtype: .f32),
+                                         configuration: configuration)
+        server.start()
+        defer { server.stop() }
+        var open: [FrameConnection] = []
+        for _ in 0..<3 {
+            let (connection, reply) = try connect(server, backend: .shm)
+            open.append(connection)
+            guard case .handshakeReply(let accepted) = reply else { Issue.record("expected a reply"); return }
+            #expect(accepted.backend == (open.count <= 2 ? .shm : .tcp))
+        }
+        open.forEach { $0.close() }
+        let clock = ContinuousClock(), deadline = clock.now + .seconds(5)
+        while server.clientCount > 0, clock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        for _ in 0..<2 {
+            let (connection, reply) = try connect(server, backend: .shm)
+            defer { connection.close() }
+            guard case .handshakeReply(let accepted) = reply else { Issue.record("expected a reply"); return }
+            #expect(accepted.backend == .shm, "freed slots come back")
+        }
+    }
+
+    @Test("A draining server tells its clients GOAWAY and refuses new ones by saying it is draining")
+    func drainingRefusesNewClients() throws {
+        let server = try startServer(token: "t")
+        defer { server.stop() }
+        let (connection, _) = try connect(server, backend: .tcp)
+        let drained = DispatchSemaphore(value: 0)
+        Thread {
+            server.drain(timeout: .seconds(5))
+            drained.signal()
+        }.start()
+        guard case .goAway(let goAway) = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("expected GOAWAY"); return }
+        #expect(goAway.reason == "draining")
+        let (late, reply) = try connect(server, backend: .tcp)
+        defer { late.close() }
+        guard case .error(let refusal) = reply else { Issue.record("expected a refusal"); return }
+        #expect(refusal.code == .draining)
+        connection.close()
+        #expect(drained.wait(timeout: .now() + 5) == .success, "the drain ends when the last client leaves")
+    }
+}
