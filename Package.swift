@@ -47,5 +47,7 @@ let package = Package(
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
+        // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.
+        .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport"]),
     ]
 )
