@@ -25,7 +25,14 @@ public final class Dispatcher {
         /// The largest batch this client sends, announced in handshakes.
         public var maxBatchTokens: UInt32 = 4096
         /// The backend to ask servers for; a server that cannot offer it answers with `tcp`.
+        /// `verbs` needs an RDMA device here: without one, steps fail with the reason.
         public var backend: BackendKind = .tcp
+        /// Which RDMA device a `verbs` client uses.
+        public var verbs = VerbsContext.Options()
+        /// The request a `verbs` client's slot holds (larger ones go over TCP); it must be at
+        /// least the server's slot size (the server's `maxBatchTokens`, `maxSlotsPerToken`).
+        public var verbsSlotTokens = 512
+        public var verbsSlotsPerToken = 8
         /// How long a step waits for a replica of an expert that none hosts right now.
         public var noReplicaWait: Duration = .seconds(5)
         /// The most one step may take, failovers included.
@@ -70,6 +77,8 @@ public final class Dispatcher {
     public let configuration: Configuration
     private let membership: MembershipSource
     private var links: [String: ServerLink] = [:]
+    /// The RDMA device, opened at the first step when `verbs` is asked for.
+    private var verbsContext: VerbsContext?
     /// Servers that sent GOAWAY: their link closes once the answer in flight is in.
     private var draining: Set<String> = []
     private var downUntil: [String: ContinuousClock.Instant] = [:]
@@ -95,9 +104,14 @@ public final class Dispatcher {
     public func close() {
         for link in links.values { link.close() }
         links.removeAll()
+        verbsContext?.close()
+        verbsContext = nil
     }
 
-    deinit { for link in links.values { link.close() } }
+    deinit {
+        for link in links.values { link.close() }
+        verbsContext?.close()
+    }
 
     /// Runs one step.
     /// - Parameters:
@@ -115,6 +129,7 @@ public final class Dispatcher {
         if let bad = ids.first(where: { $0 < 0 || $0 >= Int32(RequestHeader.emptySlot) }) {
             throw StepError.invalidStep("expert id \(bad) is outside 0..<\(RequestHeader.emptySlot)")
         }
+        if configuration.backend == .verbs, verbsContext == nil { verbsContext = try VerbsContext(options: configuration.verbs) }
         var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
         // Partial sums with, per token row, the smallest expert it covers (the combine order).
         var partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])] = []
@@ -144,7 +159,7 @@ public final class Dispatcher {
                 let server = view.servers[batch.server]
                 let pairs = batch.pairIndices.map { remaining[$0] }
                 do {
-                    let link = try self.link(to: server)
+                    let link = try self.link(to: server, hidden: hidden, dtype: dtype)
                     sequence += 1
                     try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link)
                     inFlight.append((server, batch, sequence, clock.now, pairs))
@@ -219,9 +234,9 @@ public final class Dispatcher {
         AdaptiveTimeout(minimum: configuration.minimumTimeout, maximum: configuration.maximumTimeout)
     }
 
-    private func link(to server: ServerInfo) throws -> ServerLink {
+    private func link(to server: ServerInfo, hidden: Int, dtype: WireDType) throws -> ServerLink {
         if let link = links[server.id] { return link }
-        let link = try ServerLinks.open(to: server, configuration: configuration)
+        let link = try ServerLinks.open(to: server, configuration: configuration, verbs: verbsContext, hidden: hidden, dtype: dtype)
         links[server.id] = link
         return link
     }

@@ -18,17 +18,31 @@ protocol ServerLink: AnyObject {
 
 /// Opens links: the TCP connection and handshake every backend starts with, then the backend.
 enum ServerLinks {
-    static func open(to server: ServerInfo, configuration: Dispatcher.Configuration) throws -> ServerLink {
+    /// - Parameters:
+    ///   - verbs: the dispatcher's opened device, when it asks for `verbs`.
+    ///   - hidden, dtype: the shape of the step's states, to size a `verbs` client's slot.
+    static func open(to server: ServerInfo, configuration: Dispatcher.Configuration, verbs: VerbsContext?, hidden: Int, dtype: WireDType) throws -> ServerLink {
         guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
             throw TransportError.unreachable(address: server.address, reason: "is not host:port")
         }
         let connection = try FrameConnection.connect(host: String(server.address[..<colon]), port: port, limits: configuration.limits,
                                                      timeout: configuration.connectTimeout)
+        var local: VerbsClientSide?
         do {
             // Sends and receives never block past the longest timeout, even mid-frame.
             connection.socket.setIOTimeout(configuration.maximumTimeout)
+            var info: [UInt8] = []
+            if configuration.backend == .verbs, let verbs {
+                let side = try VerbsClientSide(context: verbs, layout: SlotLayout(
+                    slots: 1,
+                    requestCapacity: RequestHeader(sequence: 0, layer: 0, dtype: dtype, slotsPerToken: configuration.verbsSlotsPerToken,
+                                                   tokens: configuration.verbsSlotTokens, hidden: hidden).frameSize,
+                    responseCapacity: max(ResponseHeader(sequence: 0, tokens: configuration.verbsSlotTokens, hidden: hidden).frameSize, 4096)))
+                local = side
+                info = side.endpoint.encoded()
+            }
             try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
-                                                               poolToken: configuration.poolToken, backend: configuration.backend)))
+                                                               poolToken: configuration.poolToken, backend: configuration.backend, backendInfo: info)))
             guard try TCPLink.wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
                 throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
             }
@@ -42,22 +56,30 @@ enum ServerLinks {
             }
             switch reply.backend {
             case .tcp:
+                local?.close()
                 return TCPLink(connection: connection)
             case .shm:
                 guard let path = String(validating: reply.backendInfo, as: UTF8.self), path.hasPrefix("/") else {
                     throw WireError.invalid(frame: "handshake reply", field: "backend_info", reason: "is not the absolute path of a slot region")
                 }
+                local?.close()
                 let region = try SharedRegion.open(path: path)
                 do {
-                    return SlotLink(connection: connection, region: region, slot: try ClientSlot(region: region, slot: Int(reply.slot)))
+                    return SlotLink(connection: connection, backend: .shm, slot: try ClientSlot(region: region, slot: Int(reply.slot))) { region.close() }
                 } catch {
                     region.close()
                     throw error
                 }
             case .verbs:
-                throw WireError.invalid(frame: "handshake reply", field: "backend", reason: "is verbs, which this client did not ask for")
+                guard let side = local else {
+                    throw WireError.invalid(frame: "handshake reply", field: "backend", reason: "is verbs, which this client did not ask for")
+                }
+                let remote = try VerbsEndpoint.decode(reply.backendInfo, frame: "handshake reply")
+                let slot = try side.connect(to: remote, slot: Int(reply.slot))
+                return SlotLink(connection: connection, backend: .verbs, slot: slot) { side.close() }
             }
         } catch {
+            local?.close()
             connection.close()
             throw error
         }
@@ -104,22 +126,24 @@ final class TCPLink: ServerLink {
     }
 }
 
-/// Requests and answers through a slot in the server's shared region; the TCP connection stays
+/// Requests and answers through a slot in the server's memory (`shm`: its shared region, mapped;
+/// `verbs`: our registered copy, written into the server's by RDMA). The TCP connection stays
 /// open as the control channel (GOAWAY comes on it, and its end means the server is gone), and
 /// carries any request too large for the slot.
 final class SlotLink: ServerLink {
     let connection: FrameConnection
-    let region: SharedRegion
     let slot: ClientSlot
+    let backend: BackendKind
+    private let release: () -> Void
     private let tcp: TCPLink
     /// Whether the request in flight went over TCP because it did not fit the slot.
     private var sentOverTCP = false
-    var backend: BackendKind { .shm }
 
-    init(connection: FrameConnection, region: SharedRegion, slot: ClientSlot) {
+    init(connection: FrameConnection, backend: BackendKind, slot: ClientSlot, release: @escaping () -> Void) {
         self.connection = connection
-        self.region = region
+        self.backend = backend
         self.slot = slot
+        self.release = release
         tcp = TCPLink(connection: connection)
     }
 
@@ -157,6 +181,55 @@ final class SlotLink: ServerLink {
 
     func close() {
         connection.close()
-        region.close()
+        release()
+    }
+}
+
+/// A `verbs` client's side of one link: a queue pair and its registered copy of one slot.
+final class VerbsClientSide {
+    let connection: VerbsConnection
+    let memory: VerbsMemory
+    let buffer: UnsafeMutableRawPointer
+    let endpoint: VerbsEndpoint
+    private var closed = false
+
+    init(context: VerbsContext, layout: SlotLayout) throws {
+        let length = layout.slotStride
+        buffer = .allocate(byteCount: length, alignment: 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+        do {
+            memory = try context.register(buffer, count: length)
+        } catch {
+            buffer.deallocate()
+            throw error
+        }
+        do {
+            connection = try VerbsConnection(context: context)
+        } catch {
+            memory.close()
+            buffer.deallocate()
+            throw error
+        }
+        endpoint = connection.endpoint(memory: memory, address: buffer, length: length, layout: layout)
+    }
+
+    /// Connects to the server's queue pair and returns the client slot over it.
+    func connect(to remote: VerbsEndpoint, slot: Int) throws -> ClientSlot {
+        let layout = remote.layout
+        guard layout.slotStride <= memory.count, Int(remote.length) >= layout.slotStride else {
+            throw WireError.invalid(frame: "handshake reply", field: "backend_info",
+                                    reason: "the server's slot needs \(layout.slotStride) bytes; this client registered \(memory.count)")
+        }
+        try connection.connect(to: remote)
+        let peer = VerbsPeer(connection: connection, memory: memory, localBase: buffer, remote: remote)
+        return ClientSlot(slot: slot, layout: layout, base: buffer, peer: peer, owner: self)
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        connection.close()
+        memory.close()
+        buffer.deallocate()
     }
 }

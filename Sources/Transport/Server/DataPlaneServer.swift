@@ -5,7 +5,8 @@ import Foundation
 /// Every client connects over TCP and handshakes there (pool token, version, the backend it
 /// wants). A `tcp` client then sends its requests on that connection. A `shm` client is given a
 /// slot in the server's shared slot region and the connection stays open as its control channel:
-/// GOAWAY travels on it, and its closing frees the slot. One thread per connection does the TCP
+/// GOAWAY travels on it, and its closing frees the slot. A `verbs` client gets a slot in the same
+/// region, registered with the RDMA device, and a queue pair connected to its own registered copy. One thread per connection does the TCP
 /// I/O; one thread polls the slots; the computer is called by one thread at a time.
 ///
 /// `drain(timeout:)` sends GOAWAY to every client, refuses new ones, keeps answering what is sent
@@ -22,6 +23,11 @@ public final class DataPlaneServer: @unchecked Sendable {
         public var serverID: UInt64
         /// Offer shared-memory slots to clients that ask for them.
         public var offerShm = true
+        /// Offer RDMA slots to clients that ask for them. Needs an RDMA device: without one the
+        /// server does not start, and says why.
+        public var offerVerbs = false
+        /// Which RDMA device, port and GID entry to use with `offerVerbs`.
+        public var verbs = VerbsContext.Options()
         /// Slots in the shared region: the most `shm` clients at once (others get `tcp`).
         public var slots = 32
         /// Largest request, in tokens and in expert slots per token; sizes each slot.
@@ -65,8 +71,15 @@ public final class DataPlaneServer: @unchecked Sendable {
     private let computer: ExpertComputer
     private let hosted: Set<HostedExpert>
     private let listener: Socket
-    /// The slot region, when `offerShm`; touched only by the slot thread after start.
+    /// The slot region, when `offerShm` or `offerVerbs`; touched only by the slot thread after start.
     private let slots: SlotServer?
+    /// The RDMA device and the slot region registered with it, when `offerVerbs`.
+    private let verbs: (context: VerbsContext, memory: VerbsMemory)?
+    /// Queue pairs of `verbs` clients by slot, closed when the slot is recycled.
+    private var verbsConnections: [Int: VerbsConnection] = [:]
+    /// Peers to install on slots, applied by the slot thread (which owns the slots) before the
+    /// handshake reply goes out.
+    private var peersToInstall: [(slot: Int, peer: SlotPeer, done: DispatchSemaphore)] = []
     private let state = NSLock()
     private var clients: [ObjectIdentifier: Client] = [:]
     private var freeSlots: [Int]
@@ -85,7 +98,7 @@ public final class DataPlaneServer: @unchecked Sendable {
         hosted = Set(computer.experts)
         precondition(!hosted.isEmpty, "a data-plane server hosts at least one expert")
         listener = try Socket.listen(host: configuration.host, port: configuration.port)
-        if configuration.offerShm {
+        if configuration.offerShm || configuration.offerVerbs {
             let layout = SlotLayout(
                 slots: configuration.slots,
                 requestCapacity: RequestHeader(sequence: 0, layer: 0, dtype: computer.dtype, slotsPerToken: configuration.maxSlotsPerToken,
@@ -101,13 +114,30 @@ public final class DataPlaneServer: @unchecked Sendable {
         } else {
             slots = nil
         }
+        if configuration.offerVerbs, let slots {
+            do {
+                let context = try VerbsContext(options: configuration.verbs)
+                do {
+                    verbs = (context, try context.register(slots.base, count: slots.layout.totalSize))
+                } catch {
+                    context.close()
+                    throw error
+                }
+            } catch {
+                slots.close()
+                listener.close()
+                throw error
+            }
+        } else {
+            verbs = nil
+        }
         freeSlots = Array((0..<(slots?.layout.slots ?? 0)).reversed())
     }
 
     /// The port the server listens on.
     public var port: Int { listener.localPort }
     /// The shared slot region's path, when `shm` is offered.
-    public var regionPath: String? { slots?.region?.path }
+    public var regionPath: String? { configuration.offerShm ? slots?.region?.path : nil }
     /// Requests answered so far (both backends).
     public var served: Int { state.lock(); defer { state.unlock() }; return servedCount }
     /// Clients connected now.
@@ -158,6 +188,10 @@ public final class DataPlaneServer: @unchecked Sendable {
         for client in current { client.connection.socket.shutdown() }
         threads.wait()
         listener.close()
+        for connection in verbsConnections.values { connection.close() }
+        verbsConnections.removeAll()
+        verbs?.memory.close()
+        verbs?.context.close()
         slots?.close()
     }
 
@@ -268,11 +302,48 @@ public final class DataPlaneServer: @unchecked Sendable {
             slot = UInt32(free)
             client.slot = free
         }
+        let verbsSlot = hello.backend == .verbs && verbs != nil ? freeSlots.popLast() : nil
         clients[ObjectIdentifier(client)] = client
         state.unlock()
+        if let verbsSlot {
+            client.slot = verbsSlot  // recycled when the client leaves, whether or not the setup below works
+            do {
+                info = try connectVerbs(hello, slot: verbsSlot)
+                backend = .verbs
+                slot = UInt32(verbsSlot)
+            } catch {
+                refuse(client, sequence: 0, code: .malformedFrame, "verbs setup failed: \(error)")
+                return false
+            }
+        }
         let reply = HandshakeReply(serverID: configuration.serverID, hidden: UInt32(computer.hidden), dtype: computer.dtype, backend: backend,
                                    experts: computer.experts.sorted(), slot: slot, backendInfo: info)
         return (try? client.send(FrameEncoder.encode(reply))) != nil
+    }
+
+    /// Connects a queue pair to the client's endpoint and installs it as slot `slot`'s peer;
+    /// returns the server's endpoint for the reply.
+    private func connectVerbs(_ hello: Handshake, slot: Int) throws -> [UInt8] {
+        guard let verbs, let slots else { preconditionFailure("verbs slots without a device") }
+        let remote = try VerbsEndpoint.decode(hello.backendInfo, frame: "handshake")
+        let layout = slots.layout
+        guard Int(remote.length) >= layout.slotStride else {
+            throw WireError.invalid(frame: "handshake", field: "verbs.length",
+                                    reason: "the client registered \(remote.length) bytes; a slot here needs \(layout.slotStride)")
+        }
+        let connection = try VerbsConnection(context: verbs.context)
+        state.lock()
+        verbsConnections[slot] = connection
+        state.unlock()
+        try connection.connect(to: remote)
+        let start = slots.base + layout.requestFlag(slot)
+        let done = DispatchSemaphore(value: 0)
+        state.lock()
+        peersToInstall.append((slot, VerbsPeer(connection: connection, memory: verbs.memory, localBase: start, remote: remote), done))
+        state.unlock()
+        guard done.wait(timeout: .now() + 5) == .success else { throw ComputeFailure(.draining, "the server is stopping") }
+        return connection.endpoint(memory: verbs.memory, address: start, length: layout.slotStride,
+                                   layout: SlotLayout(slots: 1, requestCapacity: layout.requestCapacity, responseCapacity: layout.responseCapacity)).encoded()
     }
 
     private func refuse(_ client: Client, sequence: UInt64, code: WireErrorCode, _ message: String) {
@@ -338,10 +409,21 @@ public final class DataPlaneServer: @unchecked Sendable {
             let open = running
             let recycled = slotsToRecycle
             slotsToRecycle.removeAll()
+            let installs = peersToInstall
+            peersToInstall.removeAll()
+            let departed = recycled.compactMap { verbsConnections.removeValue(forKey: $0) }
             state.unlock()
-            guard open else { return }
+            for install in installs {
+                slots.reset(slot: install.slot, peer: install.peer)
+                install.done.signal()
+            }
+            guard open else {
+                departed.forEach { $0.close() }
+                return
+            }
             if !recycled.isEmpty {
                 for slot in recycled { slots.reset(slot: slot) }
+                departed.forEach { $0.close() }
                 state.lock()
                 freeSlots.append(contentsOf: recycled)
                 state.unlock()
