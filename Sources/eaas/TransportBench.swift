@@ -156,7 +156,7 @@ final class ShmHarness: RoundTripHarness, @unchecked Sendable {
             }
             guard case .request(let view) = try? Frame.decode(bytes) else { continue }
             let header = ResponseHeader(sequence: view.header.sequence, tokens: view.header.tokens, hidden: view.header.hidden)
-            try? server.respond(slot: slot, sequence: sequence) { buffer in
+            _ = try? server.respond(slot: slot, sequence: sequence) { buffer in
                 payload.sums.withUnsafeBufferPointer {
                     FrameEncoder.encodeResponse(header, sums: UnsafeBufferPointer(rebasing: $0[0..<(header.tokens * header.hidden)]), into: buffer)
                 }

@@ -38,7 +38,7 @@ func serve(_ server: SlotServer, until stop: ManagedAtomicFlag) -> Int {
         let (h, result) = testAnswer(view)
         for i in result.indices { sums[i] = result[i] }
         guard server.isCurrent(slot: slot, sequence: sequence) else { continue }
-        try? server.respond(slot: slot, sequence: sequence) { buffer in
+        _ = try? server.respond(slot: slot, sequence: sequence) { buffer in
             sums.withUnsafeBufferPointer {
                 FrameEncoder.encodeResponse(h, sums: UnsafeBufferPointer(rebasing: $0[0..<(h.tokens * h.hidden)]), into: buffer)
             }

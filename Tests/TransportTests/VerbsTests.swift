@@ -85,7 +85,8 @@ struct VerbsTests {
         defer { dispatcher.close() }
         for step in 0..<50 {
             let tokens = 1 + step % 7
-            let ids = (0..<tokens).flatMap { t in [Int32((t + step) % 4), Int32((t + step + 1) % 4)] }
+            var ids: [Int32] = []
+            for t in 0..<tokens { ids += [Int32((t + step) % 4), Int32((t + step + 1) % 4)] }
             let weights = (0..<(2 * tokens)).map { Float($0 % 3 + 1) / 4 }
             let states = (0..<(tokens * 8)).map { Float(($0 + step) % 9) }
             let sums = try states.withUnsafeBytes { try dispatcher.step(layer: 0, tokens: tokens, topK: 2, ids: ids, weights: weights, states: $0, hidden: 8, dtype: .f32) }

@@ -241,16 +241,14 @@ public final class Dispatcher {
         return link
     }
 
-    /// Encodes the batch's request straight into the link's send buffer (the slot, for `shm`),
-    /// gathering each token's hidden-state row from `states`.
+    /// Sends the batch's request; its state rows go from `states` as they are (see `OutgoingRequest`).
     private func send(_ batch: ServerBatch, sequence: UInt64, layer: UInt16, states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, over link: ServerLink) throws {
         let header = RequestHeader(sequence: sequence, layer: layer, dtype: dtype, slotsPerToken: batch.slotsPerToken, tokens: batch.tokens.count, hidden: hidden)
-        let rowBytes = hidden * dtype.byteSize
-        try link.send(sequence: sequence, size: header.frameSize) { buffer in
-            let offset = batch.ids.withUnsafeBufferPointer { i in batch.weights.withUnsafeBufferPointer { w in
-                FrameEncoder.encodeRequestRouting(header, ids: i, weights: w, into: buffer) } }
-            for (row, token) in batch.tokens.enumerated() {
-                (buffer.baseAddress! + offset + row * rowBytes).copyMemory(from: states.baseAddress! + token * rowBytes, byteCount: rowBytes)
+        try batch.ids.withUnsafeBufferPointer { ids in
+            try batch.weights.withUnsafeBufferPointer { weights in
+                try batch.tokens.withUnsafeBufferPointer { rows in
+                    try link.send(OutgoingRequest(header: header, ids: ids, weights: weights, states: states, rows: rows))
+                }
             }
         }
     }

@@ -2,13 +2,46 @@
 import Glibc
 #endif
 
+/// A request as its pieces, left where the caller keeps them: the routing, and which rows of the
+/// caller's hidden states it carries. Each backend moves them with as few copies as it can: `tcp`
+/// sends the rows straight from `states`; `shm` and `verbs` gather them into the slot once.
+public struct OutgoingRequest {
+    public let header: RequestHeader
+    /// `[tokens, slots]` expert ids and gate weights.
+    public let ids: UnsafeBufferPointer<UInt16>
+    public let weights: UnsafeBufferPointer<Float>
+    /// The caller's `[rows, hidden]` states in `header.dtype`; `rows[i]` is the row token i sends.
+    public let states: UnsafeRawBufferPointer
+    public let rows: UnsafeBufferPointer<Int>
+
+    public init(header: RequestHeader, ids: UnsafeBufferPointer<UInt16>, weights: UnsafeBufferPointer<Float>,
+                states: UnsafeRawBufferPointer, rows: UnsafeBufferPointer<Int>) {
+        precondition(rows.count == header.tokens, "one state row per token")
+        precondition(rows.allSatisfy { $0 >= 0 && ($0 + 1) * header.hidden * header.dtype.byteSize <= states.count }, "state row out of range")
+        self.header = header
+        self.ids = ids
+        self.weights = weights
+        self.states = states
+        self.rows = rows
+    }
+
+    var rowBytes: Int { header.hidden * header.dtype.byteSize }
+
+    /// Writes the whole frame into `buffer` (at least `header.frameSize` bytes).
+    func encode(into buffer: UnsafeMutableRawBufferPointer) {
+        let offset = FrameEncoder.encodeRequestRouting(header, ids: ids, weights: weights, into: buffer)
+        for (i, row) in rows.enumerated() {
+            (buffer.baseAddress! + offset + i * rowBytes).copyMemory(from: states.baseAddress! + row * rowBytes, byteCount: rowBytes)
+        }
+    }
+}
+
 /// A client's open connection to one server, over the backend the server granted in the
-/// handshake. The dispatcher sends a request, then receives frames until the answer to it.
-protocol ServerLink: AnyObject {
+/// handshake: send a request, then receive frames until the answer to it.
+public protocol ServerLink: AnyObject {
     var backend: BackendKind { get }
-    /// Encodes request `sequence`, a frame of `size` bytes, with `encode` (into memory the server
-    /// will read, where the backend allows) and sends it.
-    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws
+    /// Sends `request` (into memory the server reads, where the backend allows).
+    func send(_ request: OutgoingRequest) throws
     /// The next frame for the request `sequence` sent last (its response, or a GOAWAY or error on
     /// the way), or nil when none came before `deadline`. Throws when the server is gone. The
     /// frame points into the link's buffers: valid until the next call.
@@ -17,11 +50,11 @@ protocol ServerLink: AnyObject {
 }
 
 /// Opens links: the TCP connection and handshake every backend starts with, then the backend.
-enum ServerLinks {
+public enum ServerLinks {
     /// - Parameters:
     ///   - verbs: the dispatcher's opened device, when it asks for `verbs`.
     ///   - hidden, dtype: the shape of the step's states, to size a `verbs` client's slot.
-    static func open(to server: ServerInfo, configuration: Dispatcher.Configuration, verbs: VerbsContext?, hidden: Int, dtype: WireDType) throws -> ServerLink {
+    public static func open(to server: ServerInfo, configuration: Dispatcher.Configuration, verbs: VerbsContext?, hidden: Int, dtype: WireDType) throws -> ServerLink {
         guard let colon = server.address.lastIndex(of: ":"), let port = Int(server.address[server.address.index(after: colon)...]) else {
             throw TransportError.unreachable(address: server.address, reason: "is not host:port")
         }
@@ -94,12 +127,33 @@ final class TCPLink: ServerLink {
 
     init(connection: FrameConnection) { self.connection = connection }
 
-    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws {
-        if frame.count < size { frame = [UInt8](repeating: 0, count: size) }
+    private var parts: [iovec] = []
+
+    /// Header and routing from a small buffer, then the state rows from where they are (runs of
+    /// adjacent rows as one part): one `sendmsg`, no copy of the states.
+    func send(_ request: OutgoingRequest) throws {
+        let header = request.header
+        let routingSize = header.frameSize - header.stateBytes
+        if frame.count < header.frameSize - header.stateBytes { frame = [UInt8](repeating: 0, count: routingSize) }
         try frame.withUnsafeMutableBytes { buffer in
-            let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size])
-            encode(bytes)
-            try connection.write(UnsafeRawBufferPointer(bytes))
+            // The routing encoder checks room for the whole frame; hand it a view that claims it
+            // and write only the routing part.
+            let view = UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: header.frameSize)
+            let offset = FrameEncoder.encodeRequestRouting(header, ids: request.ids, weights: request.weights, into: view)
+            precondition(offset == routingSize, "routing size mismatch")
+            parts.removeAll(keepingCapacity: true)
+            parts.append(iovec(iov_base: buffer.baseAddress, iov_len: routingSize))
+            let rowBytes = request.rowBytes
+            var previous = -2
+            for row in request.rows {
+                if row == previous + 1 {
+                    parts[parts.count - 1].iov_len += rowBytes
+                } else {
+                    parts.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: request.states.baseAddress! + row * rowBytes), iov_len: rowBytes))
+                }
+                previous = row
+            }
+            try connection.socket.writeAll(&parts)
         }
     }
 
@@ -147,15 +201,16 @@ final class SlotLink: ServerLink {
         tcp = TCPLink(connection: connection)
     }
 
-    func send(sequence: UInt64, size: Int, encode: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    func send(_ request: OutgoingRequest) throws {
+        let size = request.header.frameSize, sequence = request.header.sequence
         guard size <= slot.layout.requestCapacity else {
             sentOverTCP = true
-            return try tcp.send(sequence: sequence, size: size, encode: encode)
+            return try tcp.send(request)
         }
         sentOverTCP = false
         // The marker goes first: the server may still be reading an abandoned earlier request.
         try slot.beginRequest(sequence: sequence)
-        encode(UnsafeMutableRawBufferPointer(rebasing: slot.requestBuffer[0..<size]))
+        request.encode(into: UnsafeMutableRawBufferPointer(rebasing: slot.requestBuffer[0..<size]))
         try slot.publishRequest(sequence: sequence, length: size)
     }
 

@@ -230,8 +230,8 @@ public final class DataPlaneServer: @unchecked Sendable {
         socket.setIOTimeout(nil)
         socket.setSendTimeout(configuration.sendTimeout)
         connection.limits = configuration.limits
-        var sums: [Float] = []
-        var response: [UInt8] = []
+        var response = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 64)
+        defer { response.deallocate() }
         while true {
             let bytes: UnsafeRawBufferPointer
             do {
@@ -247,14 +247,22 @@ public final class DataPlaneServer: @unchecked Sendable {
             do {
                 switch try Frame.decode(bytes, limits: configuration.limits) {
                 case .request(let view):
-                    let answer: [UInt8]
+                    let length: Int
                     do {
-                        answer = try compute(view, sums: &sums, response: &response)
+                        // Grow the buffer only for a request this server takes (`answer` checks it all).
+                        let header = view.header
+                        let size = header.tokens <= configuration.maxBatchTokens && header.hidden == computer.hidden
+                            ? ResponseHeader(sequence: 0, tokens: header.tokens, hidden: header.hidden).frameSize : 0
+                        if response.count < size {
+                            response.deallocate()
+                            response = .allocate(byteCount: size, alignment: 64)
+                        }
+                        length = try answer(view, into: response)
                     } catch let failure as ComputeFailure {
                         try client.send(FrameEncoder.encode(ErrorFrame(sequence: view.header.sequence, code: failure.code, message: failure.message)))
                         continue
                     }
-                    try client.send(answer)
+                    try client.send(UnsafeRawBufferPointer(rebasing: response[0..<length]))
                 default:
                     try client.send(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "expected a request frame after the handshake")))
                 }
@@ -353,27 +361,24 @@ public final class DataPlaneServer: @unchecked Sendable {
 
     // MARK: Computing
 
-    /// Checks `view` against what this server hosts, computes it, and returns the response frame.
-    private func compute(_ view: RequestView, sums: inout [Float], response: inout [UInt8]) throws -> [UInt8] {
+    /// Checks `view` against what this server hosts and computes its response frame straight into
+    /// `out` (the sums are written in place, not copied); returns the frame's length.
+    private func answer(_ view: RequestView, into out: UnsafeMutableRawBufferPointer) throws -> Int {
         let header = try check(view)
-        let count = header.tokens * header.hidden
-        if sums.count < count { sums = [Float](repeating: 0, count: count) }
-        try sums.withUnsafeMutableBufferPointer { try run(view, into: UnsafeMutableBufferPointer(rebasing: $0[0..<count])) }
-        let answer = ResponseHeader(sequence: header.sequence, tokens: header.tokens, hidden: header.hidden)
-        if response.count != answer.frameSize { response = [UInt8](repeating: 0, count: answer.frameSize) }
-        _ = sums.withUnsafeBufferPointer { s in
-            response.withUnsafeMutableBytes { FrameEncoder.encodeResponse(answer, sums: UnsafeBufferPointer(rebasing: s[0..<count]), into: $0) }
+        let response = ResponseHeader(sequence: header.sequence, tokens: header.tokens, hidden: header.hidden)
+        guard out.count >= response.frameSize else {
+            throw ComputeFailure(.tooManyTokens, "the answer to \(header.tokens) tokens needs \(response.frameSize) bytes; the slot holds \(out.count)")
         }
-        return response
-    }
-
-    private func run(_ view: RequestView, into sums: UnsafeMutableBufferPointer<Float>) throws {
+        let offset = FrameEncoder.encodeResponseHeader(response, into: out)
+        let count = header.tokens * header.hidden
+        let sums = UnsafeMutableBufferPointer(start: (out.baseAddress! + offset).bindMemory(to: Float.self, capacity: count), count: count)
         computeLock.lock()
         defer { computeLock.unlock() }
         try computer.compute(view, into: sums)
         state.lock()
         servedCount += 1
         state.unlock()
+        return response.frameSize
     }
 
     /// The request's shape, dtype, size and experts against what this server takes.
@@ -402,8 +407,6 @@ public final class DataPlaneServer: @unchecked Sendable {
         let layout = slots.layout
         let routing = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.requestCapacity, alignment: 16)
         defer { routing.deallocate() }
-        var sums: [Float] = []
-        var response: [UInt8] = []
         while true {
             state.lock()
             let open = running
@@ -429,28 +432,26 @@ public final class DataPlaneServer: @unchecked Sendable {
                 state.unlock()
             }
             guard let (slot, sequence, bytes) = slots.waitForRequest(timeout: .milliseconds(5)) else { continue }
-            var answer: [UInt8]
-            do {
-                guard case .request(let view) = try Frame.decode(bytes, limits: configuration.limits) else {
-                    throw ComputeFailure(.malformedFrame, "a slot holds request frames only")
+            // The answer is computed straight into the response area; a torn read (the client
+            // moved on mid-request) is never published.
+            _ = try? slots.respond(slot: slot, sequence: sequence) { out in
+                var length: Int
+                do {
+                    guard case .request(let view) = try Frame.decode(bytes, limits: configuration.limits) else {
+                        throw ComputeFailure(.malformedFrame, "a slot holds request frames only")
+                    }
+                    guard view.header.sequence == sequence else {
+                        throw ComputeFailure(.malformedFrame, "request sequence \(view.header.sequence) differs from its slot's \(sequence)")
+                    }
+                    // The client may overwrite its slot at any time: validate and use a private copy of the routing.
+                    length = try answer(try view.withRoutingCopied(to: routing, frame: "request"), into: out)
+                } catch {
+                    let failure = error as? ComputeFailure ?? ComputeFailure(.malformedFrame, "\(error)")
+                    let frame = FrameEncoder.encode(ErrorFrame(sequence: sequence, code: failure.code, message: failure.message))
+                    length = min(frame.count, out.count)
+                    frame.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: length) }
                 }
-                guard view.header.sequence == sequence else {
-                    throw ComputeFailure(.malformedFrame, "request sequence \(view.header.sequence) differs from its slot's \(sequence)")
-                }
-                // The client may overwrite its slot at any time: validate and use a private copy of the routing.
-                let copy = try view.withRoutingCopied(to: routing, frame: "request")
-                answer = try compute(copy, sums: &sums, response: &response)
-            } catch let failure as ComputeFailure {
-                answer = FrameEncoder.encode(ErrorFrame(sequence: sequence, code: failure.code, message: failure.message))
-            } catch {
-                answer = FrameEncoder.encode(ErrorFrame(sequence: sequence, code: .malformedFrame, message: "\(error)"))
-            }
-            // A torn read (the client moved on mid-request) must not be answered.
-            guard slots.isCurrent(slot: slot, sequence: sequence) else { continue }
-            let length = min(answer.count, layout.responseCapacity)
-            try? slots.respond(slot: slot, sequence: sequence) { buffer in
-                answer.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: length) }
-                return length
+                return slots.isCurrent(slot: slot, sequence: sequence) ? length : nil
             }
         }
     }

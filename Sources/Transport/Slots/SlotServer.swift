@@ -87,15 +87,21 @@ public final class SlotServer: @unchecked Sendable {
         peers[slot] = peer
     }
 
-    /// Writes the response to request `sequence` of `slot` with `write` (which returns the bytes
-    /// it wrote into the buffer) and publishes it, bytes before flag.
-    public func respond(slot: Int, sequence: UInt64, _ write: (UnsafeMutableRawBufferPointer) -> Int) throws {
+    /// Writes the response to request `sequence` of `slot` with `write`, which fills the slot's
+    /// response area and returns how many bytes it wrote, and publishes it, bytes before flag.
+    /// `write` may return nil to abandon the answer (the request turned out to be superseded):
+    /// nothing is published then. Returns whether the answer was published.
+    @discardableResult
+    public func respond(slot: Int, sequence: UInt64, _ write: (UnsafeMutableRawBufferPointer) -> Int?) throws -> Bool {
         let side = side(slot)
         let offset = layout.slotResponseFlag
         try side.begin(flagOffset: offset, sequence: sequence)
-        let length = write(UnsafeMutableRawBufferPointer(start: side.base + offset + SlotLayout.line, count: layout.responseCapacity))
+        guard let length = write(UnsafeMutableRawBufferPointer(start: side.base + offset + SlotLayout.line, count: layout.responseCapacity)) else {
+            return false
+        }
         precondition(length >= 0 && length <= layout.responseCapacity, "response of \(length) bytes does not fit the slot")
         try side.publish(flagOffset: offset, sequence: sequence, length: length)
+        return true
     }
 
     /// Unmaps and removes the shared region, if the slots live in one.

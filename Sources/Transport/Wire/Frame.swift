@@ -102,13 +102,22 @@ public enum FrameEncoder {
     @discardableResult
     public static func encodeResponse(_ header: ResponseHeader, sums: UnsafeBufferPointer<Float>, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         precondition(sums.count == header.tokens * header.hidden, "sums do not match the header")
+        let offset = encodeResponseHeader(header, into: buffer)
+        // Little-endian hosts: f32 bytes as they are.
+        if let source = sums.baseAddress { (buffer.baseAddress! + offset).copyMemory(from: source, byteCount: sums.count * 4) }
+        return header.frameSize
+    }
+
+    /// Writes a response frame's headers into `buffer` (at least `header.frameSize` bytes) and
+    /// returns where its `[tokens, hidden]` f32 sums go, so that a server can compute straight
+    /// into the frame.
+    public static func encodeResponseHeader(_ header: ResponseHeader, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         precondition(buffer.count >= header.frameSize, "response buffer too small")
         var w = ByteWriter(buffer)
         FrameHeader(kind: .response, payloadLength: header.payloadSize).encode(into: &w)
         w.u64(header.sequence)
         w.u32(UInt32(header.tokens))
         w.u32(UInt32(header.hidden))
-        w.raw(UnsafeRawBufferPointer(sums))  // little-endian hosts: f32 bytes as they are
         return w.offset
     }
 
