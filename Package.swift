@@ -29,6 +29,8 @@ let package = Package(
         .target(name: "MoE", dependencies: [
             "CBLAS", .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // Linux scheduling calls hidden behind _GNU_SOURCE (CPU affinity).
+        .target(name: "CPlatform"),
         .target(name: "Transport", dependencies: [
             "CVerbs", .product(name: "Atomics", package: "swift-atomics"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -38,7 +40,7 @@ let package = Package(
         .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
         .target(name: "Controller", dependencies: ["Kube", "Transport"]),
         .executableTarget(name: "eaas", dependencies: [
-            "MoE", "Transport", "ExpertPod", "AttentionWorker", "Kube", "Controller",
+            "MoE", "Transport", "ExpertPod", "AttentionWorker", "Kube", "Controller", "CPlatform",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

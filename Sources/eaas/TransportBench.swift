@@ -1,10 +1,13 @@
 import ArgumentParser
+import CPlatform
 import Foundation
 import Transport
 
 /// `eaas bench transport`: request/response round trips through a backend against the limit the
 /// backend cannot beat, measured interleaved in one run: for `shm` a memcpy of the same bytes, for
-/// `tcp` a bare socket echo of the same bytes. Also the dispatcher's decision cost.
+/// `tcp` a bare socket echo of the same bytes. Ours is the real path: a `DataPlaneServer` and the
+/// dispatcher's `ServerLink` (handshake, slot or frames, validation), with experts that only store
+/// their answer and a client that reads it. Also the dispatcher's decision cost.
 struct TransportBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "transport",
@@ -32,26 +35,28 @@ struct TransportBenchCommand: ParsableCommand {
         let maxTokens = counts.max()!
         var report = BenchReport(bench: "transport")
         var table = TextTable(columns: ["backend", "tokens", "bytes", "rtt µs", "GB/s", "limit GB/s", "ratio"])
-        let harness: RoundTripHarness = backend == "shm"
-            ? try ShmHarness(maxTokens: maxTokens, hidden: hidden) : try TCPHarness(maxTokens: maxTokens, hidden: hidden)
-        defer { harness.close() }
+        if backend == "tcp" { pinToOneCPU() }
+        let ours = try LinkRoundTrip(backend: backend == "shm" ? .shm : .tcp, maxTokens: maxTokens, hidden: hidden)
+        defer { ours.close() }
+        let limit: TransportLimit = backend == "shm" ? MemcpyLimit(maxTokens: maxTokens, hidden: hidden) : try EchoLimit(maxTokens: maxTokens, hidden: hidden)
+        defer { limit.close() }
         for t in counts {
             let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: t, hidden: hidden)
             let bytes = request.frameSize + ResponseHeader(sequence: 0, tokens: t, hidden: hidden).frameSize
-            var ours: [Double] = [], limit: [Double] = []
-            _ = try harness.roundTrip(tokens: t)
-            _ = try harness.limit(tokens: t)
+            var ourTimes: [Double] = [], limitTimes: [Double] = []
+            _ = try ours.roundTrip(tokens: t)
+            try limit.run(tokens: t)
             var spent = 0.0
-            while ours.count < 5 || spent < 2 * seconds {
-                let batch = max(1, min(1000, Int(0.01 / max(ours.last ?? 1e-3, 1e-7))))
-                let a = try timeSeconds { for _ in 0..<batch { _ = try harness.roundTrip(tokens: t) } } / Double(batch)
-                let b = try timeSeconds { for _ in 0..<batch { try harness.limit(tokens: t) } } / Double(batch)
-                ours.append(a)
-                limit.append(b)
+            while ourTimes.count < 5 || spent < 2 * seconds {
+                let batch = max(1, min(1000, Int(0.01 / max(ourTimes.last ?? 1e-3, 1e-7))))
+                let a = try timeSeconds { for _ in 0..<batch { _ = try ours.roundTrip(tokens: t) } } / Double(batch)
+                let b = try timeSeconds { for _ in 0..<batch { try limit.run(tokens: t) } } / Double(batch)
+                ourTimes.append(a)
+                limitTimes.append(b)
                 spent += (a + b) * Double(batch)
-                if ours.count >= 400 { break }
+                if ourTimes.count >= 400 { break }
             }
-            let rtt = ours.median, reference = limit.median
+            let rtt = ourTimes.median, reference = limitTimes.median
             let gbps = Double(bytes) / rtt / 1e9, limitGbps = Double(bytes) / reference / 1e9
             report.results.append(["backend": backend, "tokens": t, "bytes": bytes, "rtt_us": rtt * 1e6, "gbps": gbps,
                                    "limit_gbps": limitGbps, "ratio_to_limit": reference / rtt])
@@ -65,6 +70,16 @@ struct TransportBenchCommand: ParsableCommand {
         } else {
             print(table.render())
             print(String(format: "dispatcher_ns_per_token_expert: %.1f", report.summary["dispatcher_ns_per_token_expert"] as! Double))
+        }
+    }
+
+    /// Keeps this thread, and every thread it starts from now on, on the CPU it runs on. Round
+    /// trips are sequential, so one CPU loses nothing, and it puts the protocol and the echo limit
+    /// on equal terms: on a virtual machine, waking a thread on an idle second vCPU can cost
+    /// 100 µs, and which of two connections gets that penalty is otherwise down to the scheduler.
+    func pinToOneCPU() {
+        if eaas_pin_to_current_cpu() < 0 {
+            FileHandle.standardError.write(Data("warning: could not pin to one CPU (errno \(errno)); tcp numbers may be noisier\n".utf8))
         }
     }
 
@@ -100,204 +115,189 @@ struct TransportBenchCommand: ParsableCommand {
     }
 }
 
-/// One side of the comparison for a backend: our round trip, and the limit for the same bytes.
-protocol RoundTripHarness {
-    func roundTrip(tokens: Int) throws -> Int
-    func limit(tokens: Int) throws
-    func close()
-}
-
-/// Request and response payloads prepared once: ids, weights, bf16 states, f32 sums.
+/// Request and response payloads prepared once: ids, weights, bf16 states.
 struct Payload {
-    let ids: [UInt16], weights: [Float], states: [UInt16], sums: [Float]
+    let ids: [UInt16], weights: [Float], states: [UInt16], rows: [Int]
 
     init(maxTokens: Int, hidden: Int) {
         ids = (0..<maxTokens).map { UInt16($0 % 64) }
         weights = [Float](repeating: 0.5, count: maxTokens)
         states = (0..<(maxTokens * hidden)).map { UInt16(0x3f80 + $0 % 64) }
-        sums = (0..<(maxTokens * hidden)).map { Float($0 % 97) }
+        rows = Array(0..<maxTokens)
     }
 }
 
-/// shm: the client encodes into its slot, the server (another thread) decodes in place and encodes
-/// the response into the response area. Limit: memcpy of the request and the response bytes.
-final class ShmHarness: RoundTripHarness, @unchecked Sendable {
-    let server: SlotServer
-    let region: SharedRegion
-    let client: ClientSlot
+/// Experts whose whole computation is storing their answer: the transport bench measures moving
+/// bytes, so the server only writes each sum once (as any computation must) and the client reads
+/// each once (as any consumer must); the limit moves the same bytes with nothing else to do.
+final class StoreOnlyExperts: ExpertComputer {
+    let experts: [HostedExpert]
+    let hidden: Int
+    let dtype = WireDType.bf16
+
+    init(hidden: Int) {
+        experts = (0..<64).map { HostedExpert(layer: 0, expert: UInt16($0)) }
+        self.hidden = hidden
+    }
+
+    func compute(_ request: RequestView, into sums: UnsafeMutableBufferPointer<Float>) throws {
+        sums.update(repeating: request.weight(token: 0, slot: 0))
+    }
+}
+
+/// Our side: a real `DataPlaneServer` and a client link to it over the backend, as the
+/// dispatcher uses them.
+final class LinkRoundTrip {
+    let server: DataPlaneServer
+    let link: ServerLink
     let payload: Payload
     let hidden: Int
     var sequence: UInt64 = 0
-    let stop = NSLock()
-    var running = true
-    let finished = DispatchSemaphore(value: 0)
-    let scratch: UnsafeMutableRawBufferPointer
 
-    init(maxTokens: Int, hidden: Int) throws {
+    init(backend: BackendKind, maxTokens: Int, hidden: Int) throws {
         self.hidden = hidden
         payload = Payload(maxTokens: maxTokens, hidden: hidden)
-        let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: maxTokens, hidden: hidden)
-        let response = ResponseHeader(sequence: 0, tokens: maxTokens, hidden: hidden)
-        let path = "/dev/shm/eaas-bench-\(getpid())"
-        server = try SlotServer(path: path, layout: SlotLayout(slots: 1, requestCapacity: request.frameSize, responseCapacity: response.frameSize))
-        region = try SharedRegion.open(path: path)
-        client = try ClientSlot(region: region, slot: 0)
-        scratch = .allocate(byteCount: request.frameSize + response.frameSize + 16384, alignment: 4096)
-        Thread { [self] in serve() }.start()
-    }
-
-    private var isRunning: Bool { stop.lock(); defer { stop.unlock() }; return running }
-
-    private func serve() {
-        while true {
-            guard let (slot, sequence, bytes) = server.waitForRequest(timeout: .milliseconds(50)) else {
-                if !isRunning { break }
-                continue
-            }
-            guard case .request(let view) = try? Frame.decode(bytes) else { continue }
-            let header = ResponseHeader(sequence: view.header.sequence, tokens: view.header.tokens, hidden: view.header.hidden)
-            _ = try? server.respond(slot: slot, sequence: sequence) { buffer in
-                payload.sums.withUnsafeBufferPointer {
-                    FrameEncoder.encodeResponse(header, sums: UnsafeBufferPointer(rebasing: $0[0..<(header.tokens * header.hidden)]), into: buffer)
-                }
-            }
+        let token = Array("bench".utf8)
+        var configuration = DataPlaneServer.Configuration(poolToken: token, serverID: 1)
+        configuration.maxBatchTokens = maxTokens
+        configuration.maxSlotsPerToken = 1
+        configuration.slots = 1
+        configuration.offerShm = backend == .shm
+        server = try DataPlaneServer(computer: StoreOnlyExperts(hidden: hidden), configuration: configuration)
+        server.start()
+        var client = Dispatcher.Configuration(poolToken: token, clientID: 1)
+        client.backend = backend
+        do {
+            link = try ServerLinks.open(to: ServerInfo(id: "bench", address: "127.0.0.1:\(server.port)", experts: []),
+                                        configuration: client, verbs: nil, hidden: hidden, dtype: .bf16)
+        } catch {
+            server.stop()
+            throw error
         }
-        finished.signal()
     }
 
     func roundTrip(tokens: Int) throws -> Int {
         sequence += 1
         let header = RequestHeader(sequence: sequence, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: tokens, hidden: hidden)
-        try client.beginRequest(sequence: sequence)
-        let length = payload.ids.withUnsafeBufferPointer { i in payload.weights.withUnsafeBufferPointer { w in payload.states.withUnsafeBytes { s in
-            FrameEncoder.encodeRequest(header, ids: UnsafeBufferPointer(rebasing: i[0..<tokens]), weights: UnsafeBufferPointer(rebasing: w[0..<tokens]),
-                                       states: UnsafeRawBufferPointer(rebasing: s[0..<(tokens * hidden * 2)]), into: client.requestBuffer) } } }
-        try client.publishRequest(sequence: sequence, length: length)
-        let bytes = try client.waitResponse(sequence: sequence, timeout: .seconds(10))
-        guard case .response(let response) = try Frame.decode(bytes) else { throw TransportError.timedOut(sequence: sequence, after: .zero) }
-        return response.header.tokens
+        try payload.ids.withUnsafeBufferPointer { ids in
+            try payload.weights.withUnsafeBufferPointer { weights in
+                try payload.states.withUnsafeBytes { states in
+                    try payload.rows.withUnsafeBufferPointer { rows in
+                        try link.send(OutgoingRequest(header: header, ids: UnsafeBufferPointer(rebasing: ids[0..<tokens]),
+                                                      weights: UnsafeBufferPointer(rebasing: weights[0..<tokens]), states: states,
+                                                      rows: UnsafeBufferPointer(rebasing: rows[0..<tokens])))
+                    }
+                }
+            }
+        }
+        guard case .response(let response)? = try link.receive(sequence: sequence, until: .now + .seconds(10)) else {
+            throw TransportError.timedOut(sequence: sequence, after: .seconds(10))
+        }
+        // Read every byte of the answer once, as its consumer would.
+        var checksum: UInt64 = 0
+        for word in response.sums.bindMemory(to: UInt64.self) { checksum &+= word }
+        return response.header.tokens + Int(checksum & 0)
     }
 
-    func limit(tokens: Int) throws {
+    func close() {
+        link.close()
+        server.stop()
+    }
+}
+
+/// What moving the same bytes costs without our protocol: the limit each backend is held to.
+protocol TransportLimit {
+    func run(tokens: Int) throws
+    func close()
+}
+
+/// shm's limit: memcpy of the request's and the response's bytes (what the slots must at least do).
+final class MemcpyLimit: TransportLimit {
+    let scratch: UnsafeMutableRawBufferPointer
+    let source: UnsafeMutableRawBufferPointer
+    let hidden: Int
+
+    init(maxTokens: Int, hidden: Int) {
+        self.hidden = hidden
+        let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: maxTokens, hidden: hidden).frameSize
+        let response = ResponseHeader(sequence: 0, tokens: maxTokens, hidden: hidden).frameSize
+        scratch = .allocate(byteCount: request + response + 16384, alignment: 4096)
+        source = .allocate(byteCount: request + response + 16384, alignment: 4096)
+        source.initializeMemory(as: UInt8.self, repeating: 0x3f)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    func run(tokens: Int) throws {
         let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: tokens, hidden: hidden).frameSize
         let response = ResponseHeader(sequence: 0, tokens: tokens, hidden: hidden).frameSize
         // Each destination sits half a page away from its source's offset within a 4 KiB page:
         // glibc's `rep movsb` copy runs up to 20x slower on AMD when the destination is just ahead
         // of the source modulo 4 KiB, and the limit should be the best memcpy this machine does.
-        func destination(for source: UnsafeRawPointer, page: Int) -> UnsafeMutableRawPointer {
-            scratch.baseAddress! + page * 4096 + (Int(bitPattern: source) + 2048) % 4096
-        }
-        payload.states.withUnsafeBytes { s in
-            destination(for: s.baseAddress!, page: 0).copyMemory(from: s.baseAddress!, byteCount: min(request, s.count))
-        }
-        let responsePage = (request + 8191) / 4096
-        payload.sums.withUnsafeBytes { s in
-            destination(for: s.baseAddress!, page: responsePage).copyMemory(from: s.baseAddress!, byteCount: min(response, s.count))
-        }
+        let responseStart = (request + 8191) / 4096 * 4096
+        (scratch.baseAddress! + 2048).copyMemory(from: source.baseAddress!, byteCount: request)
+        (scratch.baseAddress! + responseStart + 2048).copyMemory(from: source.baseAddress! + responseStart, byteCount: response)
     }
 
     func close() {
-        stop.lock(); running = false; stop.unlock()
-        finished.wait()
-        region.close()
-        server.close()
         scratch.deallocate()
+        source.deallocate()
     }
 }
 
-/// tcp: one connection to a server thread that decodes each request frame and answers it. Limit: a
-/// bare echo server that reads the same number of bytes and writes the response's number back.
-final class TCPHarness: RoundTripHarness, @unchecked Sendable {
-    let listener: Socket, echoListener: Socket
-    private(set) var connection: FrameConnection!
+/// tcp's limit: a bare echo server that reads the request's number of bytes and writes the
+/// response's number back, on its own loopback connection.
+final class EchoLimit: TransportLimit, @unchecked Sendable {
+    let listener: Socket
     private(set) var echo: Socket!
-    let payload: Payload
     let hidden: Int
-    var sequence: UInt64 = 0
-    var requestBuffer: [UInt8]
-    var echoBuffer: UnsafeMutableRawBufferPointer
+    let buffer: UnsafeMutableRawBufferPointer
     let finished = DispatchGroup()
-    var serverSockets: [Socket] = []
+    var serverSocket: Socket?
 
     init(maxTokens: Int, hidden: Int) throws {
         self.hidden = hidden
-        payload = Payload(maxTokens: maxTokens, hidden: hidden)
         let requestSize = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: maxTokens, hidden: hidden).frameSize
         let responseSize = ResponseHeader(sequence: 0, tokens: maxTokens, hidden: hidden).frameSize
-        requestBuffer = [UInt8](repeating: 0, count: requestSize)
-        echoBuffer = .allocate(byteCount: max(requestSize, responseSize), alignment: 64)
+        buffer = .allocate(byteCount: max(requestSize, responseSize) + 8, alignment: 64)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
         listener = try Socket.listen(host: "127.0.0.1", port: 0)
-        echoListener = try Socket.listen(host: "127.0.0.1", port: 0)
         let accepted = DispatchSemaphore(value: 0)
         finished.enter()
         Thread { [self] in
             defer { finished.leave() }
             guard let socket = try? listener.accept() else { accepted.signal(); return }
-            serverSockets.append(socket)
+            serverSocket = socket
             accepted.signal()
-            let frames = FrameConnection(socket: socket)
-            var out = [UInt8](repeating: 0, count: responseSize)
-            while let bytes = try? frames.readFrame(), case .request(let view)? = try? Frame.decode(bytes) {
-                let header = ResponseHeader(sequence: view.header.sequence, tokens: view.header.tokens, hidden: view.header.hidden)
-                let n = payload.sums.withUnsafeBufferPointer { s in out.withUnsafeMutableBytes {
-                    FrameEncoder.encodeResponse(header, sums: UnsafeBufferPointer(rebasing: s[0..<(header.tokens * header.hidden)]), into: $0) } }
-                guard (try? out.withUnsafeBytes { try socket.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) != nil else { break }
+            let inbox = UnsafeMutableRawBufferPointer.allocate(byteCount: max(requestSize, responseSize) + 8, alignment: 64)
+            defer { inbox.deallocate() }
+            inbox.initializeMemory(as: UInt8.self, repeating: 0)
+            // Each round: 8 bytes saying how much more to read and how much to send back, then the bytes.
+            while (try? socket.readExactly(UnsafeMutableRawBufferPointer(rebasing: inbox[0..<8]))) == true {
+                let inCount = Int(inbox.load(fromByteOffset: 0, as: UInt32.self)), outCount = Int(inbox.load(fromByteOffset: 4, as: UInt32.self))
+                guard (try? socket.readExactly(UnsafeMutableRawBufferPointer(rebasing: inbox[0..<inCount]))) == true,
+                      (try? socket.writeAll(UnsafeRawBufferPointer(rebasing: inbox[0..<outCount]))) != nil else { break }
             }
         }.start()
-        connection = try FrameConnection.connect(host: "127.0.0.1", port: listener.localPort)
-        accepted.wait()
-        finished.enter()
-        Thread { [self] in
-            defer { finished.leave() }
-            guard let socket = try? echoListener.accept() else { accepted.signal(); return }
-            serverSockets.append(socket)
-            accepted.signal()
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(requestSize, responseSize) + 8, alignment: 64)
-            defer { buffer.deallocate() }
-            // Each round: 8 bytes saying how much to read and how much to send back, then the bytes.
-            while (try? socket.readExactly(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<8]))) == true {
-                let inCount = Int(buffer.load(fromByteOffset: 0, as: UInt32.self)), outCount = Int(buffer.load(fromByteOffset: 4, as: UInt32.self))
-                guard (try? socket.readExactly(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<inCount]))) == true,
-                      (try? socket.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<outCount]))) != nil else { break }
-            }
-        }.start()
-        echo = try Socket.connect(host: "127.0.0.1", port: echoListener.localPort)
+        echo = try Socket.connect(host: "127.0.0.1", port: listener.localPort)
         accepted.wait()
     }
 
-    func roundTrip(tokens: Int) throws -> Int {
-        sequence += 1
-        let header = RequestHeader(sequence: sequence, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: tokens, hidden: hidden)
-        let length = payload.ids.withUnsafeBufferPointer { i in payload.weights.withUnsafeBufferPointer { w in payload.states.withUnsafeBytes { s in
-            requestBuffer.withUnsafeMutableBytes {
-                FrameEncoder.encodeRequest(header, ids: UnsafeBufferPointer(rebasing: i[0..<tokens]), weights: UnsafeBufferPointer(rebasing: w[0..<tokens]),
-                                           states: UnsafeRawBufferPointer(rebasing: s[0..<(tokens * hidden * 2)]), into: $0) } } } }
-        try requestBuffer.withUnsafeBytes { try connection.write(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
-        guard let bytes = try connection.readFrame(), case .response(let response) = try Frame.decode(bytes) else {
-            throw TransportError.timedOut(sequence: sequence, after: .zero)
-        }
-        return response.header.tokens
-    }
-
-    func limit(tokens: Int) throws {
+    func run(tokens: Int) throws {
         let request = RequestHeader(sequence: 0, layer: 0, dtype: .bf16, slotsPerToken: 1, tokens: tokens, hidden: hidden).frameSize
         let response = ResponseHeader(sequence: 0, tokens: tokens, hidden: hidden).frameSize
-        echoBuffer.storeBytes(of: UInt32(request), toByteOffset: 0, as: UInt32.self)
-        echoBuffer.storeBytes(of: UInt32(response), toByteOffset: 4, as: UInt32.self)
-        try echo.writeAll(UnsafeRawBufferPointer(rebasing: echoBuffer[0..<8]))
-        try echo.writeAll(UnsafeRawBufferPointer(rebasing: echoBuffer[0..<request]))
-        _ = try echo.readExactly(UnsafeMutableRawBufferPointer(rebasing: echoBuffer[0..<response]))
+        // One write: the 8 bytes of counts lead the request's bytes.
+        buffer.storeBytes(of: UInt32(request - 8), toByteOffset: 0, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(response), toByteOffset: 4, as: UInt32.self)
+        try echo.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<request]))
+        _ = try echo.readExactly(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<response]))
     }
 
     func close() {
-        connection.socket.shutdown()
         echo.shutdown()
         finished.wait()
-        connection.close()
         echo.close()
-        for s in serverSockets { s.close() }
+        serverSocket?.close()
         listener.close()
-        echoListener.close()
-        echoBuffer.deallocate()
+        buffer.deallocate()
     }
 }

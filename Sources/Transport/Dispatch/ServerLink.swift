@@ -222,7 +222,7 @@ final class SlotLink: ServerLink {
         while true {
             if let bytes = slot.pollResponse(sequence: sequence) { return try Frame.decode(bytes, limits: connection.limits) }
             // Look at the control channel now and then: a GOAWAY, an error, or the server's end.
-            if round % 256 == 0, try TCPLink.wait(connection, for: nil) {
+            if round & 255 == 255, try TCPLink.wait(connection, for: nil) {
                 guard let bytes = try connection.readFrame() else {
                     throw TransportError.unreachable(address: connection.socket.label, reason: "the server closed its control connection")
                 }
