@@ -20,9 +20,12 @@ public struct ServerBatch: Sendable, Equatable {
 public enum StepPlanner {
     /// The experts a step needs with their token counts. `ids` is `[tokens, topK]`.
     public static func demand(layer: UInt16, ids: [Int32]) -> [(expert: HostedExpert, tokens: Int)] {
-        var counts: [UInt16: Int] = [:]
-        for id in ids { counts[UInt16(truncatingIfNeeded: id), default: 0] += 1 }
-        return counts.sorted { $0.key < $1.key }.map { (HostedExpert(layer: layer, expert: $0.key), $0.value) }
+        // Counted in a flat array indexed by expert id: ids are dense and small (< 65535).
+        var counts = [Int](repeating: 0, count: Int(ids.lazy.map { UInt16(truncatingIfNeeded: $0) }.max() ?? 0) + 1)
+        for id in ids { counts[Int(UInt16(truncatingIfNeeded: id))] += 1 }
+        var demand: [(expert: HostedExpert, tokens: Int)] = []
+        for (expert, count) in counts.enumerated() where count > 0 { demand.append((HostedExpert(layer: layer, expert: UInt16(expert)), count)) }
+        return demand
     }
 
     /// One batch per server that has work, in ascending server index, for a whole step's routing
@@ -61,29 +64,29 @@ public enum StepPlanner {
             if start < pairTokens.count { groups.append(start..<i) }
             start = i
         }
-        var order = [Int](repeating: 0, count: groups.map(\.count).max() ?? 0)
-        func sortGroup(_ group: Range<Int>) {
-            // Pairs of one token ordered by (server, expert id): insertion sort, groups are small.
-            for (j, pair) in group.enumerated() {
-                let key = (server(pair), ids[pair])
-                var i = j
-                while i > 0, (server(order[i - 1]), ids[order[i - 1]]) > key {
-                    order[i] = order[i - 1]
+        // Each token's pairs ordered by (server, expert id), in place: insertion sort on a key that
+        // packs both, since groups are small. Sorted once for both passes.
+        var sorted = [Int](repeating: 0, count: ids.count)
+        for group in groups {
+            for pair in group {
+                let key = server(pair) << 32 | Int(ids[pair])
+                var i = pair
+                while i > group.lowerBound, server(sorted[i - 1]) << 32 | Int(ids[sorted[i - 1]]) > key {
+                    sorted[i] = sorted[i - 1]
                     i -= 1
                 }
-                order[i] = pair
+                sorted[i] = pair
             }
         }
         // Pass 1: per server, how many rows it gets and its most slots in one row.
         var rowCount = [Int](repeating: 0, count: servers)
         var slots = [Int](repeating: 0, count: servers)
         for group in groups {
-            sortGroup(group)
-            var j = 0
-            while j < group.count {
-                let s = server(order[j])
+            var j = group.lowerBound
+            while j < group.upperBound {
+                let s = server(sorted[j])
                 var run = 1
-                while j + run < group.count, server(order[j + run]) == s { run += 1 }
+                while j + run < group.upperBound, server(sorted[j + run]) == s { run += 1 }
                 rowCount[s] += 1
                 slots[s] = max(slots[s], run)
                 j += run
@@ -100,15 +103,14 @@ public enum StepPlanner {
             return batch
         }
         for group in groups {
-            sortGroup(group)
-            var j = 0
-            while j < group.count {
-                let s = server(order[j])
-                batches[s].tokens.append(pairTokens[order[j]])
-                batches[s].firstExpert.append(UInt16(truncatingIfNeeded: ids[order[j]]))
+            var j = group.lowerBound
+            while j < group.upperBound {
+                let s = server(sorted[j])
+                batches[s].tokens.append(pairTokens[sorted[j]])
+                batches[s].firstExpert.append(UInt16(truncatingIfNeeded: ids[sorted[j]]))
                 var run = 0
-                while j + run < group.count, server(order[j + run]) == s {
-                    let pair = order[j + run]
+                while j + run < group.upperBound, server(sorted[j + run]) == s {
+                    let pair = sorted[j + run]
                     batches[s].ids.append(UInt16(truncatingIfNeeded: ids[pair]))
                     batches[s].weights.append(weights[pair])
                     batches[s].pairIndices.append(pair)

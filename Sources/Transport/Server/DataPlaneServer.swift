@@ -295,6 +295,15 @@ public final class DataPlaneServer: @unchecked Sendable {
             refuse(client, sequence: 0, code: .unauthorized, "wrong pool token")
             return false
         }
+        // A slot freed a moment ago is reset by the slot thread within milliseconds: a client
+        // that reconnects right away should get it rather than fall back to tcp.
+        for _ in 0..<20 {
+            state.lock()
+            let waitForRecycling = freeSlots.isEmpty && !slotsToRecycle.isEmpty && hello.backend != .tcp
+            state.unlock()
+            guard waitForRecycling else { break }
+            Thread.sleep(forTimeInterval: 0.001)
+        }
         state.lock()
         guard running, !draining else {
             state.unlock()
