@@ -18,6 +18,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // C shims: one small target per C library. Nothing but the module named beside each imports it.
@@ -25,17 +30,23 @@ let package = Package(
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),  // Kube
         .target(name: "CYAML", linkerSettings: [.linkedLibrary("yaml")]),  // Kube
         .target(name: "CVerbs", linkerSettings: [.linkedLibrary("ibverbs")]),  // Transport
+        .target(name: "CPlatform"),  // Linux calls hidden behind _GNU_SOURCE (CPU affinity); ExpertPod, eaas
 
         .target(name: "MoE", dependencies: [
             "CBLAS", .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        // Linux scheduling calls hidden behind _GNU_SOURCE (CPU affinity).
-        .target(name: "CPlatform"),
         .target(name: "Transport", dependencies: [
-            "CVerbs", .product(name: "Atomics", package: "swift-atomics"),
+            "CVerbs", "CPlatform", .product(name: "Atomics", package: "swift-atomics"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "ExpertPod", dependencies: ["MoE", "Transport"]),
+        .target(name: "ExpertPod", dependencies: [
+            "MoE", "Transport", "CPlatform",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ]),
         .target(name: "AttentionWorker", dependencies: ["MoE", "Transport"]),
         .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
         .target(name: "Controller", dependencies: ["Kube", "Transport"]),

@@ -22,7 +22,7 @@ struct DataPlaneServerTests {
         #expect(accepted.backend == .shm && String(decoding: accepted.backendInfo, as: UTF8.self) == server.regionPath)
         let region = try SharedRegion.open(path: try #require(server.regionPath))
         defer { region.close() }
-        let slot = try ClientSlot(region: region, slot: Int(accepted.slot))
+        let slot = try ClientSlot(region: region, slot: Int(accepted.slot), epoch: accepted.epoch)
         let (frame, expected) = tcpRequest(sequence: 1, tokens: 3)
         try slot.beginRequest(sequence: 1)
         frame.withUnsafeBytes { slot.requestBuffer.copyMemory(from: $0) }
@@ -50,7 +50,7 @@ struct DataPlaneServerTests {
         guard case .handshakeReply(let accepted) = reply else { Issue.record("expected a reply"); return }
         let region = try SharedRegion.open(path: try #require(server.regionPath))
         defer { region.close() }
-        let slot = try ClientSlot(region: region, slot: Int(accepted.slot))
+        let slot = try ClientSlot(region: region, slot: Int(accepted.slot), epoch: accepted.epoch)
         let (wrongShape, _) = tcpRequest(sequence: 5, tokens: 1, hidden: 6)
         try slot.beginRequest(sequence: 5)
         wrongShape.withUnsafeBytes { slot.requestBuffer.copyMemory(from: $0) }

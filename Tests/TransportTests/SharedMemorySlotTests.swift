@@ -65,7 +65,7 @@ func withSlots(_ slots: Int, client slot: Int, _ body: (SlotServer, ClientSlot) 
     defer { server.close() }
     let region = try SharedRegion.open(path: path)
     defer { region.close() }
-    try body(server, try ClientSlot(region: region, slot: slot))
+    try body(server, try ClientSlot(region: region, slot: slot, epoch: 0))
 }
 
 @Suite("Shared-memory slots")
@@ -108,7 +108,7 @@ struct SharedMemorySlotTests {
                 group.addTask {
                     let region = try SharedRegion.open(path: path)
                     defer { region.close() }
-                    let client = try ClientSlot(region: region, slot: slot)
+                    let client = try ClientSlot(region: region, slot: slot, epoch: 0)
                     var answered = 0
                     for sequence in UInt64(1)...200 {
                         let tokens = 1 + Int(sequence % 5), hidden = 8, slots = 2
@@ -168,7 +168,7 @@ struct SharedMemorySlotTests {
         }
     }
 
-    @Test("A reset slot forgets its old requests and answers, so a new client starts again at sequence 1")
+    @Test("A reset slot starts a new epoch: the departed client's late writes and old answers are ignored")
     func resetSlot() throws {
         try withSlots(1, client: 0) { server, client in
             for sequence in UInt64(1)...5 {
@@ -177,11 +177,20 @@ struct SharedMemorySlotTests {
                 _ = server.nextRequest()
             }
             try server.respond(slot: 0, sequence: 5) { _ in 0 }
-            server.reset(slot: 0)
+            let epoch = server.reset(slot: 0)
+            #expect(epoch == 1)
             #expect(client.pollResponse(sequence: 5) == nil, "the old answer is gone")
-            try client.beginRequest(sequence: 1)
-            try client.publishRequest(sequence: 1, length: 0)
-            #expect(server.nextRequest()?.sequence == 1, "a new client's first request is taken")
+            // The departed client, still writing: a high sequence in the old epoch.
+            try client.beginRequest(sequence: 900)
+            try client.publishRequest(sequence: 900, length: 0)
+            #expect(server.nextRequest() == nil, "a write of the old epoch is not a request")
+            let newcomer = ClientSlot(slot: 0, epoch: epoch, layout: client.layout, base: client.side.base, peer: nil, owner: client.owner)
+            try newcomer.beginRequest(sequence: 1)
+            try newcomer.publishRequest(sequence: 1, length: 0)
+            #expect(server.nextRequest()?.sequence == 1, "the new client's first request is taken")
+            try server.respond(slot: 0, sequence: 1) { _ in 0 }
+            #expect(newcomer.pollResponse(sequence: 1) != nil)
+            #expect(client.pollResponse(sequence: 1) == nil, "the old client never sees the new epoch's answers")
         }
     }
 
@@ -204,13 +213,13 @@ struct SharedMemorySlotTests {
         }
         let region = try SharedRegion.open(path: path)
         defer { region.close() }
-        #expect { try ClientSlot(region: region, slot: 2) } throws: { "\($0)".contains("has no slot 2 (it has 2)") }
+        #expect { try ClientSlot(region: region, slot: 2, epoch: 0) } throws: { "\($0)".contains("has no slot 2 (it has 2)") }
         let garbage = regionPath()
         try Data(repeating: 7, count: 4096).write(to: URL(fileURLWithPath: garbage))
         defer { unlink(garbage) }
         let other = try SharedRegion.open(path: garbage)
         defer { other.close() }
-        #expect { try ClientSlot(region: other, slot: 0) } throws: { "\($0)".contains("not an EaaS slot region") }
+        #expect { try ClientSlot(region: other, slot: 0, epoch: 0) } throws: { "\($0)".contains("not an EaaS slot region") }
         #expect { try SharedRegion.open(path: regionPath()) } throws: { "\($0)".contains("No such file") }
     }
 

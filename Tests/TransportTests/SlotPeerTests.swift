@@ -43,8 +43,8 @@ struct SlotPeerTests {
         let toServer = CopyingPeer(from: clientMemory.base, to: slotStart)
         let toClient = CopyingPeer(from: slotStart, to: clientMemory.base)
         let server = SlotServer(layout: layout, base: serverMemory.base)
-        server.reset(slot: 2, peer: toClient)
-        let client = ClientSlot(slot: 2, layout: layout, base: clientMemory.base, peer: toServer, owner: clientMemory)
+        let epoch = server.reset(slot: 2, peer: toClient)
+        let client = ClientSlot(slot: 2, epoch: epoch, layout: layout, base: clientMemory.base, peer: toServer, owner: clientMemory)
 
         for sequence in UInt64(1)...3 {
             let tokens = Int(sequence), hidden = 4
@@ -80,7 +80,7 @@ struct SlotPeerTests {
         let serverMemory = TestMemory(layout.totalSize), clientMemory = TestMemory(layout.slotStride)
         let peer = CopyingPeer(from: clientMemory.base, to: serverMemory.base + layout.requestFlag(0))
         let server = SlotServer(layout: layout, base: serverMemory.base)
-        let client = ClientSlot(slot: 0, layout: layout, base: clientMemory.base, peer: peer, owner: clientMemory)
+        let client = ClientSlot(slot: 0, epoch: 0, layout: layout, base: clientMemory.base, peer: peer, owner: clientMemory)
         try client.beginRequest(sequence: 1)
         peer.broken = true
         #expect(throws: TransportError.self) { try client.publishRequest(sequence: 1, length: 8) }

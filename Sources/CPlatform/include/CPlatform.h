@@ -7,4 +7,7 @@
 /// Returns that CPU, or -1 with errno set.
 int eaas_pin_to_current_cpu(void);
 
+/// How many CPUs the calling thread may run on (its affinity mask), at least 1.
+int eaas_allowed_cpu_count(void);
+
 #endif

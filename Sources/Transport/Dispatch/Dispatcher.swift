@@ -223,11 +223,15 @@ public final class Dispatcher {
         lastFailure[id] = "\(error)"
         downUntil[id] = clock.now + configuration.downFor
         links.removeValue(forKey: id)?.close()
+        draining.remove(id)
     }
 
     /// Closes connections whose answers will not be read, so they cannot reach a later step.
     private func abandon(_ ids: [String]) {
-        for id in ids { links.removeValue(forKey: id)?.close() }
+        for id in ids {
+            links.removeValue(forKey: id)?.close()
+            draining.remove(id)
+        }
     }
 
     private func newTimeout() -> AdaptiveTimeout {

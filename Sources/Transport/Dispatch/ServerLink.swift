@@ -98,7 +98,7 @@ public enum ServerLinks {
                 local?.close()
                 let region = try SharedRegion.open(path: path)
                 do {
-                    return SlotLink(connection: connection, backend: .shm, slot: try ClientSlot(region: region, slot: Int(reply.slot))) { region.close() }
+                    return SlotLink(connection: connection, backend: .shm, slot: try ClientSlot(region: region, slot: Int(reply.slot), epoch: reply.epoch)) { region.close() }
                 } catch {
                     region.close()
                     throw error
@@ -108,7 +108,7 @@ public enum ServerLinks {
                     throw WireError.invalid(frame: "handshake reply", field: "backend", reason: "is verbs, which this client did not ask for")
                 }
                 let remote = try VerbsEndpoint.decode(reply.backendInfo, frame: "handshake reply")
-                let slot = try side.connect(to: remote, slot: Int(reply.slot))
+                let slot = try side.connect(to: remote, slot: Int(reply.slot), epoch: reply.epoch)
                 return SlotLink(connection: connection, backend: .verbs, slot: slot) { side.close() }
             }
         } catch {
@@ -192,6 +192,7 @@ final class SlotLink: ServerLink {
     private let tcp: TCPLink
     /// Whether the request in flight went over TCP because it did not fit the slot.
     private var sentOverTCP = false
+    private var received = 0
 
     init(connection: FrameConnection, backend: BackendKind, slot: ClientSlot, release: @escaping () -> Void) {
         self.connection = connection
@@ -216,22 +217,31 @@ final class SlotLink: ServerLink {
 
     func receive(sequence: UInt64, until deadline: ContinuousClock.Instant) throws -> Frame? {
         if sentOverTCP { return try tcp.receive(sequence: sequence, until: deadline) }
+        // Answers can come faster than the spin below ever looks at the control channel: look at
+        // it every 32nd request too, so that a GOAWAY is seen even when the server never lags.
+        received += 1
+        if received & 31 == 0, let frame = try controlFrame() { return frame }
         var backoff = Backoff()
         var round = 0
         let clock = ContinuousClock()
         while true {
             if let bytes = slot.pollResponse(sequence: sequence) { return try Frame.decode(bytes, limits: connection.limits) }
             // Look at the control channel now and then: a GOAWAY, an error, or the server's end.
-            if round & 255 == 255, try TCPLink.wait(connection, for: nil) {
-                guard let bytes = try connection.readFrame() else {
-                    throw TransportError.unreachable(address: connection.socket.label, reason: "the server closed its control connection")
-                }
-                return try Frame.decode(bytes, limits: connection.limits)
-            }
+            if round & 255 == 255, let frame = try controlFrame() { return frame }
             if clock.now >= deadline { return nil }
             round += 1
             backoff.pause()
         }
+    }
+
+    /// A frame waiting on the control channel (GOAWAY or an error), if any; throws when the
+    /// server closed it.
+    private func controlFrame() throws -> Frame? {
+        guard try TCPLink.wait(connection, for: nil) else { return nil }
+        guard let bytes = try connection.readFrame() else {
+            throw TransportError.unreachable(address: connection.socket.label, reason: "the server closed its control connection")
+        }
+        return try Frame.decode(bytes, limits: connection.limits)
     }
 
     func close() {
@@ -269,7 +279,7 @@ final class VerbsClientSide {
     }
 
     /// Connects to the server's queue pair and returns the client slot over it.
-    func connect(to remote: VerbsEndpoint, slot: Int) throws -> ClientSlot {
+    func connect(to remote: VerbsEndpoint, slot: Int, epoch: UInt16) throws -> ClientSlot {
         let layout = remote.layout
         guard layout.slotStride <= memory.count, Int(remote.length) >= layout.slotStride else {
             throw WireError.invalid(frame: "handshake reply", field: "backend_info",
@@ -277,7 +287,7 @@ final class VerbsClientSide {
         }
         try connection.connect(to: remote)
         let peer = VerbsPeer(connection: connection, memory: memory, localBase: buffer, remote: remote)
-        return ClientSlot(slot: slot, layout: layout, base: buffer, peer: peer, owner: self)
+        return ClientSlot(slot: slot, epoch: epoch, layout: layout, base: buffer, peer: peer, owner: self)
     }
 
     func close() {

@@ -1,6 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What a data-plane server computes: the expert side that an expert pod plugs into
-/// `DataPlaneServer`. The server has validated the request's frame, shape, dtype and that every
-/// expert it names is hosted here before `compute` is called.
+/// `DataPlaneServer`. The server has validated each request's frame, shape, dtype and that every
+/// expert it names is hosted here before it reaches `compute`.
 public protocol ExpertComputer: AnyObject {
     /// The `(MoE layer, expert)` pairs this server hosts.
     var experts: [HostedExpert] { get }
@@ -8,9 +12,23 @@ public protocol ExpertComputer: AnyObject {
     var hidden: Int { get }
     /// The dtype of the hidden states it takes.
     var dtype: WireDType { get }
-    /// Writes, for each token of `request`, the gate-weighted sum of its experts' outputs into
-    /// `sums` (`[tokens, hidden]` f32). Throws a `ComputeFailure` to answer with an error frame.
-    func compute(_ request: RequestView, into sums: UnsafeMutableBufferPointer<Float>) throws
+    /// Computes a batch gathered from any number of clients: for each item, each token's
+    /// gate-weighted sum of its experts' outputs into `item.sums` (`[tokens, hidden]` f32).
+    /// Returns, per item, nil when it was answered or the failure its client gets instead; one
+    /// item's failure leaves the others' answers intact. Called by one thread at a time.
+    func compute(_ batch: [ComputeItem]) -> [ComputeFailure?]
+}
+
+/// One request of a batch and where its answer goes.
+public struct ComputeItem {
+    public let request: RequestView
+    /// `[tokens, hidden]` f32, to be overwritten.
+    public let sums: UnsafeMutableBufferPointer<Float>
+
+    public init(request: RequestView, sums: UnsafeMutableBufferPointer<Float>) {
+        self.request = request
+        self.sums = sums
+    }
 }
 
 /// A request the computer cannot answer, with the code the client sees.
@@ -44,31 +62,24 @@ public final class SyntheticExperts: ExpertComputer {
         self.delay = delay
     }
 
-    /// The answer for one token: `Σ_k weights[k] · (states[h] + ids[k])`, summed in slot order.
-    public static func answer(ids: [UInt16], weights: [Float], state: (Int) -> Float, hidden: Int, into out: (Int, Float) -> Void) {
-        for h in 0..<hidden {
-            var sum: Float = 0
-            let x = state(h)
-            for (id, w) in zip(ids, weights) { sum += w * (x + Float(id)) }
-            out(h, sum)
-        }
-    }
-
-    public func compute(_ request: RequestView, into sums: UnsafeMutableBufferPointer<Float>) throws {
-        let header = request.header
-        var ids: [UInt16] = [], weights: [Float] = []
-        for t in 0..<header.tokens {
-            ids.removeAll(keepingCapacity: true)
-            weights.removeAll(keepingCapacity: true)
-            for s in 0..<header.slotsPerToken {
-                guard let id = request.expert(token: t, slot: s) else { continue }
-                ids.append(id)
-                weights.append(request.weight(token: t, slot: s))
+    public func compute(_ batch: [ComputeItem]) -> [ComputeFailure?] {
+        for item in batch {
+            let request = item.request, header = request.header
+            for t in 0..<header.tokens {
+                let row = t * header.hidden
+                for h in 0..<header.hidden {
+                    let x = request.state(token: t, index: h)
+                    var sum: Float = 0
+                    for s in 0..<header.slotsPerToken {
+                        guard let id = request.expert(token: t, slot: s) else { continue }
+                        sum += request.weight(token: t, slot: s) * (x + Float(id))
+                    }
+                    item.sums[row + h] = sum
+                }
             }
-            let row = t * header.hidden
-            Self.answer(ids: ids, weights: weights, state: { request.state(token: t, index: $0) }, hidden: header.hidden) { sums[row + $0] = $1 }
+            if delay > .zero { Self.sleep(delay) }
         }
-        if delay > .zero { Self.sleep(delay) }
+        return [ComputeFailure?](repeating: nil, count: batch.count)
     }
 
     private static func sleep(_ duration: Duration) {
@@ -77,7 +88,3 @@ public final class SyntheticExperts: ExpertComputer {
         nanosleep(&request, nil)
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,3 +1,5 @@
+import CPlatform
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,7 +8,9 @@ import Glibc
 /// when the answer is microseconds away, gentle on the CPU when it is not.
 struct Backoff {
     private var round = 0
-    static let spins = 2000
+    /// Spinning pays only when another CPU runs the peer meanwhile: a process confined to one
+    /// CPU (as by `taskset` or a one-core container) goes straight to yielding.
+    static let spins = eaas_allowed_cpu_count() > 1 ? 2000 : 0
     static let maxSleepNanoseconds = 50_000
 
     mutating func pause() {

@@ -11,21 +11,22 @@ public struct ClientSlot: @unchecked Sendable {
     /// Holds the memory `side` points into, so that it outlives every slot that uses it.
     let owner: AnyObject
 
-    /// Opens slot `slot` of the shared region `region` (mapped by the caller).
-    public init(region: SharedRegion, slot: Int) throws {
+    /// Opens slot `slot` of the shared region `region` (mapped by the caller), in the epoch the
+    /// server gave it to this client.
+    public init(region: SharedRegion, slot: Int, epoch: UInt16) throws {
         let layout = try SlotLayout.readHeader(region.base, count: region.count, path: region.path)
         guard slot >= 0, slot < layout.slots else {
             throw TransportError.badRegion(path: region.path, reason: "has no slot \(slot) (it has \(layout.slots))")
         }
-        self.init(slot: slot, layout: layout, base: region.base + layout.requestFlag(slot), peer: nil, owner: region)
+        self.init(slot: slot, epoch: epoch, layout: layout, base: region.base + layout.requestFlag(slot), peer: nil, owner: region)
     }
 
     /// A slot whose local copy starts at `base` (`layout.slotStride` bytes, zeroed) and reaches the
     /// server's copy through `peer`.
-    public init(slot: Int, layout: SlotLayout, base: UnsafeMutableRawPointer, peer: SlotPeer?, owner: AnyObject) {
+    public init(slot: Int, epoch: UInt16, layout: SlotLayout, base: UnsafeMutableRawPointer, peer: SlotPeer?, owner: AnyObject) {
         self.slot = slot
         self.layout = layout
-        side = SlotSide(base: base, layout: layout, peer: peer)
+        side = SlotSide(base: base, layout: layout, peer: peer, epoch: epoch)
         self.owner = owner
     }
 
@@ -37,7 +38,7 @@ public struct ClientSlot: @unchecked Sendable {
     /// Marks the request area as being written for `sequence`; call before writing its bytes.
     /// Sequences start at 1 and grow per slot (0 means "never written").
     public func beginRequest(sequence: UInt64) throws {
-        precondition(sequence >= 1 && sequence < 1 << 63, "slot sequences run from 1 to 2^63 - 1")
+        precondition(sequence >= 1 && sequence <= SlotFlag.maxSequence, "slot sequences run from 1 to 2^47 - 1")
         try side.begin(flagOffset: 0, sequence: sequence)
     }
 
@@ -51,7 +52,7 @@ public struct ClientSlot: @unchecked Sendable {
     public func pollResponse(sequence: UInt64) -> UnsafeRawBufferPointer? {
         let offset = layout.slotResponseFlag
         let value = side.flag(offset).load(ordering: .acquiring)
-        guard SlotFlag.readySequence(value) == sequence else { return nil }
+        guard SlotFlag.readySequence(value, epoch: side.epoch) == sequence else { return nil }
         return UnsafeRawBufferPointer(start: side.base + offset + SlotLayout.line, count: min(side.length(at: offset), layout.responseCapacity))
     }
 

@@ -75,11 +75,23 @@ public struct SlotLayout: Sendable, Equatable {
     }
 }
 
-/// The state a flag word holds: `sequence << 1`, with the low bit set while the writer is still
-/// writing the bytes behind it (a seqlock), so a reader can tell a finished message from a torn one.
+/// The state a flag word holds: the slot's epoch (16 bits), the sequence (47 bits), and a low bit
+/// set while the writer is still writing the bytes behind it (a seqlock), so a reader can tell a
+/// finished message from a torn one.
+///
+/// The epoch changes each time the server hands the slot to a new client, so a write that a
+/// departed client still had on its way can never pass for the new client's request or answer.
 enum SlotFlag {
-    static func writing(_ sequence: UInt64) -> UInt64 { sequence << 1 | 1 }
-    static func ready(_ sequence: UInt64) -> UInt64 { sequence << 1 }
-    /// The sequence of a finished message, or nil while it is being written (or never was).
-    static func readySequence(_ value: UInt64) -> UInt64? { value & 1 == 0 && value != 0 ? value >> 1 : nil }
+    /// Largest sequence a flag holds.
+    static let maxSequence: UInt64 = 1 << 47 - 1
+
+    static func writing(_ sequence: UInt64, epoch: UInt16) -> UInt64 { ready(sequence, epoch: epoch) | 1 }
+    static func ready(_ sequence: UInt64, epoch: UInt16) -> UInt64 { UInt64(epoch) << 48 | (sequence & maxSequence) << 1 }
+    /// The sequence of a finished message of `epoch`, or nil while it is being written, when it
+    /// never was, or when it belongs to another epoch.
+    static func readySequence(_ value: UInt64, epoch: UInt16) -> UInt64? {
+        guard value & 1 == 0, UInt16(value >> 48) == epoch else { return nil }
+        let sequence = value >> 1 & maxSequence
+        return sequence == 0 ? nil : sequence
+    }
 }

@@ -11,8 +11,9 @@ import Atomics
 public protocol SlotPeer: AnyObject {
     /// Copies bytes `[offset, offset + count)` of the local slot to the same bytes of the peer's
     /// slot. Pushes land in the order they were made: a payload pushed before its flag is in
-    /// place when the peer sees the flag. When a push with `settle` returns, every earlier push
-    /// has left the local memory, so the caller may overwrite it.
+    /// place when the peer sees the flag. `settle` marks the last push of a message: before the
+    /// next push returns, that message has left the local memory (so the caller may rewrite it
+    /// after starting the next message), and a push never waits on the peer otherwise.
     func push(offset: Int, count: Int, settle: Bool) throws
 }
 
@@ -24,6 +25,8 @@ struct SlotSide {
     let base: UnsafeMutableRawPointer
     let layout: SlotLayout
     let peer: SlotPeer?
+    /// The slot's current epoch (see `SlotFlag`).
+    let epoch: UInt16
 
     func flag(_ offset: Int) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (base + offset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
@@ -33,7 +36,7 @@ struct SlotSide {
 
     /// Marks the message behind the flag at `flagOffset` as being rewritten for `sequence`.
     func begin(flagOffset: Int, sequence: UInt64) throws {
-        flag(flagOffset).store(SlotFlag.writing(sequence), ordering: .sequentiallyConsistent)
+        flag(flagOffset).store(SlotFlag.writing(sequence, epoch: epoch), ordering: .sequentiallyConsistent)
         // Seqlock write side: the marker must be visible before any byte of the new message.
         atomicMemoryFence(ordering: .releasing)
         try peer?.push(offset: flagOffset, count: 8, settle: false)
@@ -44,7 +47,7 @@ struct SlotSide {
     func publish(flagOffset: Int, sequence: UInt64, length: Int) throws {
         try peer?.push(offset: flagOffset + SlotLayout.line, count: length, settle: false)
         base.storeBytes(of: UInt64(length), toByteOffset: flagOffset + 8, as: UInt64.self)
-        flag(flagOffset).store(SlotFlag.ready(sequence), ordering: .releasing)
+        flag(flagOffset).store(SlotFlag.ready(sequence, epoch: epoch), ordering: .releasing)
         // The flag line goes out last; settling it means the local bytes are free to reuse.
         try peer?.push(offset: flagOffset, count: 16, settle: true)
     }

@@ -13,6 +13,7 @@ public final class SlotServer: @unchecked Sendable {
     /// The shared region the slots live in, for `shm`.
     public let region: SharedRegion?
     private var peers: [SlotPeer?]
+    private var epochs: [UInt16]
     private var lastTaken: [UInt64]
     private var cursor = 0
 
@@ -29,10 +30,16 @@ public final class SlotServer: @unchecked Sendable {
         self.region = region
         if region == nil { layout.writeHeader(base) }
         peers = [SlotPeer?](repeating: nil, count: layout.slots)
+        epochs = [UInt16](repeating: 0, count: layout.slots)
         lastTaken = [UInt64](repeating: 0, count: layout.slots)
     }
 
-    private func side(_ slot: Int) -> SlotSide { SlotSide(base: base + layout.requestFlag(slot), layout: layout, peer: peers[slot]) }
+    private func side(_ slot: Int) -> SlotSide {
+        SlotSide(base: base + layout.requestFlag(slot), layout: layout, peer: peers[slot], epoch: epochs[slot])
+    }
+
+    /// The epoch slot `slot` is in (its client puts it in every flag).
+    public func epoch(of slot: Int) -> UInt16 { epochs[slot] }
 
     /// A published request newer than the last taken from its slot, scanning slots round-robin
     /// from where the previous call stopped so that no client starves the others.
@@ -45,7 +52,7 @@ public final class SlotServer: @unchecked Sendable {
             let slot = (cursor + step) % layout.slots
             let side = side(slot)
             let value = side.flag(0).load(ordering: .acquiring)
-            guard let sequence = SlotFlag.readySequence(value), sequence > lastTaken[slot] else { continue }
+            guard let sequence = SlotFlag.readySequence(value, epoch: side.epoch), sequence > lastTaken[slot] else { continue }
             lastTaken[slot] = sequence
             cursor = (slot + 1) % layout.slots
             let bytes = UnsafeRawBufferPointer(start: side.base + SlotLayout.line, count: min(side.length(at: 0), layout.requestCapacity))
@@ -73,34 +80,48 @@ public final class SlotServer: @unchecked Sendable {
     public func isCurrent(slot: Int, sequence: UInt64) -> Bool {
         // Seqlock read side: the reads of the slot's bytes must not move past this check.
         atomicMemoryFence(ordering: .acquiring)
-        return side(slot).flag(0).load(ordering: .sequentiallyConsistent) == SlotFlag.ready(sequence)
+        let side = side(slot)
+        return side.flag(0).load(ordering: .sequentiallyConsistent) == SlotFlag.ready(sequence, epoch: side.epoch)
     }
 
-    /// Clears slot `slot` for a new client reached through `peer` (nil for shared memory): its
-    /// flags go back to "never written" and its sequence history is forgotten, so neither an old
-    /// request nor an old answer can be mistaken for new.
-    public func reset(slot: Int, peer: SlotPeer? = nil) {
+    /// Clears slot `slot` for a new client reached through `peer` (nil for shared memory) and
+    /// returns its new epoch: its flags go back to "never written", its sequence history is
+    /// forgotten, and writes of the epoch before (a departed client's, still on their way) are
+    /// ignored from now on, so neither an old request nor an old answer can be mistaken for new.
+    @discardableResult
+    public func reset(slot: Int, peer: SlotPeer? = nil) -> UInt16 {
+        epochs[slot] &+= 1
         let side = side(slot)
         side.flag(0).store(0, ordering: .sequentiallyConsistent)
         side.flag(layout.slotResponseFlag).store(0, ordering: .sequentiallyConsistent)
         lastTaken[slot] = 0
         peers[slot] = peer
+        return epochs[slot]
     }
 
-    /// Writes the response to request `sequence` of `slot` with `write`, which fills the slot's
-    /// response area and returns how many bytes it wrote, and publishes it, bytes before flag.
-    /// `write` may return nil to abandon the answer (the request turned out to be superseded):
-    /// nothing is published then. Returns whether the answer was published.
-    @discardableResult
-    public func respond(slot: Int, sequence: UInt64, _ write: (UnsafeMutableRawBufferPointer) -> Int?) throws -> Bool {
+    /// Starts the response to request `sequence` of `slot`: marks it as being written and returns
+    /// the slot's response area to write the frame into. `publishResponse` finishes it; until
+    /// then the client sees no answer, so a response can also be abandoned by never publishing.
+    public func responseBuffer(slot: Int, sequence: UInt64) throws -> UnsafeMutableRawBufferPointer {
         let side = side(slot)
         let offset = layout.slotResponseFlag
         try side.begin(flagOffset: offset, sequence: sequence)
-        guard let length = write(UnsafeMutableRawBufferPointer(start: side.base + offset + SlotLayout.line, count: layout.responseCapacity)) else {
-            return false
-        }
+        return UnsafeMutableRawBufferPointer(start: side.base + offset + SlotLayout.line, count: layout.responseCapacity)
+    }
+
+    /// Publishes the `length` bytes written into `responseBuffer(slot:sequence:)`, bytes before flag.
+    public func publishResponse(slot: Int, sequence: UInt64, length: Int) throws {
         precondition(length >= 0 && length <= layout.responseCapacity, "response of \(length) bytes does not fit the slot")
-        try side.publish(flagOffset: offset, sequence: sequence, length: length)
+        try side(slot).publish(flagOffset: layout.slotResponseFlag, sequence: sequence, length: length)
+    }
+
+    /// Writes and publishes the response to request `sequence` of `slot` in one go: `write` fills
+    /// the response area and returns how many bytes it wrote, or nil to abandon the answer.
+    /// Returns whether it was published.
+    @discardableResult
+    public func respond(slot: Int, sequence: UInt64, _ write: (UnsafeMutableRawBufferPointer) -> Int?) throws -> Bool {
+        guard let length = write(try responseBuffer(slot: slot, sequence: sequence)) else { return false }
+        try publishResponse(slot: slot, sequence: sequence, length: length)
         return true
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import SystemPackage
 
 #if canImport(Glibc)
@@ -11,6 +12,9 @@ public final class Socket: @unchecked Sendable {
     public let descriptor: Int32
     /// The peer or local address, for messages.
     public let label: String
+    /// Guards `closed` so that `shutdown()` from another thread never reaches a descriptor number
+    /// that `close()` has already released (and the kernel may have handed to someone else).
+    private let lifecycle = NSLock()
     private var closed = false
 
     init(descriptor: Int32, label: String) {
@@ -178,18 +182,38 @@ public final class Socket: @unchecked Sendable {
     }
 
     /// Stops further reads and writes; a thread blocked in `recv` or `accept` returns.
-    public func shutdown() { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+    public func shutdown() {
+        lifecycle.lock()
+        defer { lifecycle.unlock() }
+        if !closed { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+    }
 
     /// Closes the descriptor. Safe to call twice.
     public func close() {
+        lifecycle.lock()
+        defer { lifecycle.unlock() }
         guard !closed else { return }
         closed = true
         _ = Glibc.close(descriptor)
     }
 
+    /// Detects a peer that vanished (host down, cable cut) on an idle connection: TCP keepalive
+    /// probes after `idle`, every `interval`, given up after `probes`; and unacknowledged data
+    /// fails the connection after `idle + interval * probes`.
+    public func enableKeepalive(idle: Int32 = 10, interval: Int32 = 5, probes: Int32 = 3) {
+        var on: Int32 = 1, idle = idle, interval = interval, probes = probes
+        var userTimeout = UInt32((idle + interval * probes) * 1000)
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        setsockopt(descriptor, SOL_SOCKET, SO_KEEPALIVE, &on, size)
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, size)
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, size)
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPCNT, &probes, size)
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &userTimeout, socklen_t(MemoryLayout<UInt32>.size))
+    }
+
     deinit {
         assert(closed, "Socket \(label) was not closed")
-        if !closed { close() }
+        if !closed { _ = Glibc.close(descriptor) }
     }
 
     private func setNoDelay() {

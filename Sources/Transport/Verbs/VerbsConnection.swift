@@ -20,9 +20,17 @@ public final class VerbsConnection: @unchecked Sendable {
     let psn: UInt32
     private var closed = false
 
+    /// How long an unacknowledged write is retried: `4.096 µs × 2^timeout`, `retries` times.
+    let timeout: UInt8
+    let retries: UInt8
+
     /// Creates the queue pair and moves it to INIT, ready for RDMA writes from the peer.
-    public init(context: VerbsContext) throws {
+    /// - Parameter quickGiveUp: a server's queue pairs give up on a vanished client within about
+    ///   70 ms (timeout 16.8 ms × 4 tries) rather than the 4 s a client allows a busy server.
+    public init(context: VerbsContext, quickGiveUp: Bool = false) throws {
         self.context = context
+        timeout = quickGiveUp ? 12 : 17
+        retries = quickGiveUp ? 3 : 7
         guard let cq = ibv_create_cq(context.context, Int32(Self.depth), nil, nil, 0) else { throw Verbs.failure("ibv_create_cq", context.name) }
         completionQueue = cq
         var initial = ibv_qp_init_attr()
@@ -80,16 +88,16 @@ public final class VerbsConnection: @unchecked Sendable {
             rtr.ah_attr.is_global = 1
             withUnsafeMutableBytes(of: &rtr.ah_attr.grh.dgid.raw) { $0.copyBytes(from: remote.gid) }
             rtr.ah_attr.grh.sgid_index = UInt8(context.options.gidIndex)
-            rtr.ah_attr.grh.hop_limit = 1
+            rtr.ah_attr.grh.hop_limit = 64  // RoCE v2 across routers
         }
         let rtrMask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
             | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
         try Verbs.check(ibv_modify_qp(queuePair, &rtr, Int32(rtrMask)), "ibv_modify_qp(RTR)", context.name)
         var rts = ibv_qp_attr()
         rts.qp_state = IBV_QPS_RTS
-        rts.timeout = 14
-        rts.retry_cnt = 7
-        rts.rnr_retry = 7
+        rts.timeout = timeout
+        rts.retry_cnt = retries
+        rts.rnr_retry = retries
         rts.sq_psn = psn
         rts.max_rd_atomic = 1
         let rtsMask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue | IBV_QP_RNR_RETRY.rawValue

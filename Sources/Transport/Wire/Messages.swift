@@ -89,22 +89,26 @@ public struct HandshakeReply: Sendable, Equatable {
     public var dtype: WireDType
     public var backend: BackendKind
     public var experts: [HostedExpert]
-    /// The client's slot index in the server's backend.
+    /// The client's slot index in the server's backend, and the slot's epoch, which the client
+    /// puts in every slot flag (for `tcp`, both 0).
     public var slot: UInt32
+    public var epoch: UInt16
     /// Backend-specific connection data (shm file path, verbs qpn/psn/gid/rkey/address).
     public var backendInfo: [UInt8]
 
-    public init(serverID: UInt64, hidden: UInt32, dtype: WireDType, backend: BackendKind, experts: [HostedExpert], slot: UInt32, backendInfo: [UInt8]) {
+    public init(serverID: UInt64, hidden: UInt32, dtype: WireDType, backend: BackendKind, experts: [HostedExpert], slot: UInt32,
+                epoch: UInt16 = 0, backendInfo: [UInt8]) {
         self.serverID = serverID
         self.hidden = hidden
         self.dtype = dtype
         self.backend = backend
         self.experts = experts
         self.slot = slot
+        self.epoch = epoch
         self.backendInfo = backendInfo
     }
 
-    public var payloadSize: Int { 8 + 4 + 1 + 1 + 4 + 4 * experts.count + 4 + 4 + backendInfo.count }
+    public var payloadSize: Int { 8 + 4 + 1 + 1 + 4 + 4 * experts.count + 4 + 2 + 4 + backendInfo.count }
 
     func encodePayload(into w: inout ByteWriter) {
         w.u64(serverID)
@@ -117,6 +121,7 @@ public struct HandshakeReply: Sendable, Equatable {
             w.u16(e.expert)
         }
         w.u32(slot)
+        w.u16(epoch)
         w.u32(UInt32(backendInfo.count))
         w.raw(backendInfo)
     }
@@ -133,10 +138,11 @@ public struct HandshakeReply: Sendable, Equatable {
         experts.reserveCapacity(count)
         for _ in 0..<count { experts.append(HostedExpert(layer: try r.u16("experts.layer"), expert: try r.u16("experts.expert"))) }
         let slot = try r.u32("slot")
+        let epoch = try r.u16("epoch")
         let infoLength = try r.u32("backend_info_length", in: 0...limits.maxText)
         let info = [UInt8](try r.slice(infoLength, "backend_info"))
         try r.expectEnd()
-        return HandshakeReply(serverID: server, hidden: hidden, dtype: dtype, backend: backend, experts: experts, slot: slot, backendInfo: info)
+        return HandshakeReply(serverID: server, hidden: hidden, dtype: dtype, backend: backend, experts: experts, slot: slot, epoch: epoch, backendInfo: info)
     }
 }
 

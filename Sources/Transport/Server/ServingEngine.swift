@@ -1,0 +1,256 @@
+import Atomics
+import Foundation
+
+/// The one thread that computes for a `DataPlaneServer`: it gathers the ready requests of all
+/// clients (published slots and requests handed over by the TCP connections) into one batch of
+/// up to `maxBatchTokens` tokens, waiting up to `maxWait` for more once the first arrived, has the
+/// computer run the batch, and answers each request: straight into its slot, or back to its
+/// connection's thread.
+///
+/// It also owns the slots: resets for departed clients and peers for new `verbs` clients are
+/// queued to it and applied between batches, so that slot state has a single writer.
+final class ServingEngine: @unchecked Sendable {
+    /// A TCP request waiting for its answer; the connection thread blocks on `done`.
+    final class Submission: @unchecked Sendable {
+        let request: RequestView
+        /// Where the answer frame is written (large enough for it).
+        let output: UnsafeMutableRawBufferPointer
+        let arrived = ContinuousClock.now
+        private let done = DispatchSemaphore(value: 0)
+        private let finished = ManagedAtomic(false)
+        /// Set before `finish()`: the answer frame's length, or why there is none.
+        var result: Result<Int, ComputeFailure> = .failure(ComputeFailure(.internalError, "not computed"))
+
+        init(request: RequestView, output: UnsafeMutableRawBufferPointer) {
+            self.request = request
+            self.output = output
+        }
+
+        func finish(_ result: Result<Int, ComputeFailure>) {
+            self.result = result
+            finished.store(true, ordering: .releasing)
+            done.signal()
+        }
+
+        /// Waits for the answer: spins a little first, since answers to small requests come back
+        /// sooner than a sleeping thread wakes up.
+        func wait() {
+            for _ in 0..<(Backoff.spins * 10) where finished.load(ordering: .acquiring) { return }
+            done.wait()
+        }
+    }
+
+
+    private let computer: ExpertComputer
+    private let slots: SlotServer?
+    private let check: (RequestView) throws -> Void
+    private let maxBatchTokens: Int
+    private let maxWait: Duration
+    private let limits: WireLimits
+    private let report: (ServingReport) -> Void
+
+    private let condition = NSCondition()
+    private var submissions: [Submission] = []
+    private var resets: [(slot: Int, peer: SlotPeer?, done: (UInt16) -> Void)] = []
+    private var running = true
+    /// Routing copied out of slots for the current batch (clients may overwrite their slots).
+    private let routing: UnsafeMutableRawBufferPointer
+
+    init(computer: ExpertComputer, slots: SlotServer?, maxBatchTokens: Int, maxSlotsPerToken: Int, maxWait: Duration,
+         limits: WireLimits, check: @escaping (RequestView) throws -> Void, report: @escaping (ServingReport) -> Void) {
+        self.computer = computer
+        self.slots = slots
+        self.maxBatchTokens = maxBatchTokens
+        self.maxWait = maxWait
+        self.limits = limits
+        self.check = check
+        self.report = report
+        // A batch may run one request past maxBatchTokens (a taken slot request is never put back).
+        routing = .allocate(byteCount: 2 * maxBatchTokens * maxSlotsPerToken * 6 + 64 * (slots?.layout.slots ?? 0) + 64, alignment: 64)
+    }
+
+    deinit { routing.deallocate() }
+
+    /// Hands a TCP request to the engine; the caller waits on `submission.done`.
+    func submit(_ submission: Submission) {
+        condition.lock()
+        if running {
+            submissions.append(submission)
+            condition.signal()
+            condition.unlock()
+        } else {
+            condition.unlock()
+            submission.finish(.failure(ComputeFailure(.draining, "the server is stopping")))
+        }
+    }
+
+    /// Resets `slot` (with `peer` for a `verbs` client) between batches; `done` gets its new epoch.
+    func reset(slot: Int, peer: SlotPeer?, done: @escaping (UInt16) -> Void) {
+        condition.lock()
+        resets.append((slot, peer, done))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Stops the loop; requests still queued are answered with `draining`.
+    func stop() {
+        condition.lock()
+        running = false
+        condition.signal()
+        condition.unlock()
+    }
+
+    // MARK: The loop
+
+    private enum Item {
+        case slot(slot: Int, sequence: UInt64, out: UnsafeMutableRawBufferPointer, arrived: ContinuousClock.Instant)
+        case tcp(Submission)
+    }
+
+    func run() {
+        var idleRounds = 0
+        while true {
+            condition.lock()
+            let open = running
+            let pendingResets = resets
+            resets.removeAll()
+            condition.unlock()
+            for reset in pendingResets { reset.done(slots?.reset(slot: reset.slot, peer: reset.peer) ?? 0) }
+            guard open else { break }
+            let (items, views) = gather()
+            guard !items.isEmpty else {
+                idle(&idleRounds)
+                continue
+            }
+            idleRounds = 0
+            compute(items, views)
+        }
+        condition.lock()
+        let left = submissions
+        submissions.removeAll()
+        condition.unlock()
+        for submission in left { submission.finish(.failure(ComputeFailure(.draining, "the server is stopping"))) }
+    }
+
+    /// Spins (as `Backoff` does), yields, then sleeps on the condition in growing steps up to
+    /// 50 µs, looking at the slots after each; a TCP submission wakes it at once. Without slots
+    /// it sleeps until a submission comes, once the spinning is over: a busy server picks up the
+    /// next request without being woken.
+    private func idle(_ rounds: inout Int) {
+        rounds += 1
+        if rounds < Backoff.spins { return }
+        if rounds < Backoff.spins + 100 {
+            sched_yield()
+            return
+        }
+        let step = slots == nil ? 5_000_000 : min(Backoff.maxSleepNanoseconds, 1000 << min(6, (rounds - Backoff.spins - 100) / 64))
+        condition.lock()
+        if submissions.isEmpty && resets.isEmpty && running { _ = condition.wait(until: Date(timeIntervalSinceNow: Double(step) * 1e-9)) }
+        condition.unlock()
+    }
+
+    /// The ready requests, up to a batch, waiting up to `maxWait` after the first for more.
+    /// Requests that fail their checks are answered at once and not returned.
+    private func gather() -> ([Item], [RequestView]) {
+        var items: [Item] = [], views: [RequestView] = []
+        var tokens = 0
+        var routingUsed = 0
+        var firstArrival: ContinuousClock.Instant?
+        while tokens < maxBatchTokens {
+            var found = false
+            while tokens < maxBatchTokens, let slots, let (slot, sequence, bytes) = slots.nextRequest() {
+                found = true
+                let arrived = ContinuousClock.now
+                do {
+                    guard case .request(let view) = try Frame.decode(bytes, limits: limits) else {
+                        throw ComputeFailure(.malformedFrame, "a slot holds request frames only")
+                    }
+                    guard view.header.sequence == sequence else {
+                        throw ComputeFailure(.malformedFrame, "request sequence \(view.header.sequence) differs from its slot's \(sequence)")
+                    }
+                    // A private copy of the routing, validated again: the client may rewrite its slot at any time.
+                    let need = (view.ids.count + view.weights.count + 63) / 64 * 64
+                    guard routingUsed + need <= routing.count else { throw ComputeFailure(.tooManyTokens, "request too large for this server's slots") }
+                    let copy = try view.withRoutingCopied(to: UnsafeMutableRawBufferPointer(rebasing: routing[routingUsed..<(routingUsed + need)]), frame: "request")
+                    routingUsed += need
+                    try check(copy)
+                    let out = try slots.responseBuffer(slot: slot, sequence: sequence)
+                    items.append(.slot(slot: slot, sequence: sequence, out: out, arrived: arrived))
+                    views.append(copy)
+                    tokens += copy.header.tokens
+                } catch {
+                    let failure = error as? ComputeFailure ?? ComputeFailure(.malformedFrame, "\(error)")
+                    answerSlot(slot: slot, sequence: sequence, failure: failure)
+                    report(ServingReport(requests: 0, tokens: 0, busy: .zero, answers: [(ContinuousClock.now - arrived, failure.code)], queued: 0))
+                }
+            }
+            condition.lock()
+            while tokens < maxBatchTokens, !submissions.isEmpty {
+                let submission = submissions.removeFirst()
+                items.append(.tcp(submission))
+                views.append(submission.request)
+                tokens += submission.request.header.tokens
+                found = true
+            }
+            condition.unlock()
+            if found, firstArrival == nil { firstArrival = ContinuousClock.now }
+            guard let first = firstArrival, maxWait > .zero, ContinuousClock.now - first < maxWait else { break }
+            if !found { Thread.sleep(forTimeInterval: 0.000_005) }
+        }
+        return (items, views)
+    }
+
+    private func compute(_ items: [Item], _ views: [RequestView]) {
+        var batch: [ComputeItem] = []
+        batch.reserveCapacity(items.count)
+        for (item, view) in zip(items, views) {
+            let out: UnsafeMutableRawBufferPointer
+            switch item {
+            case .slot(_, _, let o, _): out = o
+            case .tcp(let submission): out = submission.output
+            }
+            let header = ResponseHeader(sequence: view.header.sequence, tokens: view.header.tokens, hidden: view.header.hidden)
+            let offset = FrameEncoder.encodeResponseHeader(header, into: out)
+            let count = header.tokens * header.hidden
+            batch.append(ComputeItem(request: view, sums: UnsafeMutableBufferPointer(start: (out.baseAddress! + offset).bindMemory(to: Float.self, capacity: count), count: count)))
+        }
+        let started = ContinuousClock.now
+        let failures = computer.compute(batch)
+        let busy = ContinuousClock.now - started
+        var answers: [(latency: Duration, failure: WireErrorCode?)] = []
+        answers.reserveCapacity(items.count)
+        for (index, item) in items.enumerated() {
+            let failure = failures[index]
+            let length = ResponseHeader(sequence: 0, tokens: views[index].header.tokens, hidden: views[index].header.hidden).frameSize
+            switch item {
+            case let .slot(slot, sequence, out, arrived):
+                if let failure {
+                    answerSlot(slot: slot, sequence: sequence, failure: failure)
+                } else if let slots, slots.isCurrent(slot: slot, sequence: sequence) {
+                    // A torn read (the client moved on mid-request) is never published.
+                    _ = out
+                    try? slots.publishResponse(slot: slot, sequence: sequence, length: length)
+                }
+                answers.append((ContinuousClock.now - arrived, failure?.code))
+            case .tcp(let submission):
+                answers.append((ContinuousClock.now - submission.arrived, failure?.code))
+                submission.finish(failure.map { .failure($0) } ?? .success(length))
+            }
+        }
+        condition.lock()
+        let queued = submissions.count
+        condition.unlock()
+        report(ServingReport(requests: items.count, tokens: views.reduce(0) { $0 + $1.header.tokens }, busy: busy, answers: answers, queued: queued))
+    }
+
+    /// Answers a slot request with an error frame.
+    private func answerSlot(slot: Int, sequence: UInt64, failure: ComputeFailure) {
+        guard let slots else { return }
+        let frame = FrameEncoder.encode(ErrorFrame(sequence: sequence, code: failure.code, message: failure.message))
+        guard let out = try? slots.responseBuffer(slot: slot, sequence: sequence) else { return }
+        let length = min(frame.count, out.count)
+        frame.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: length) }
+        guard slots.isCurrent(slot: slot, sequence: sequence) else { return }
+        try? slots.publishResponse(slot: slot, sequence: sequence, length: length)
+    }
+}
