@@ -106,4 +106,57 @@ struct DataPlaneServerTests {
         connection.close()
         #expect(drained.wait(timeout: .now() + 5) == .success, "the drain ends when the last client leaves")
     }
+
+    @Test("Requests from several clients are computed together in one batch")
+    func batchesAcrossClients() async throws {
+        final class Seen: @unchecked Sendable {
+            let lock = NSLock()
+            var largest = 0
+            func record(_ report: ServingReport) { lock.lock(); largest = max(largest, report.requests); lock.unlock() }
+        }
+        let seen = Seen()
+        var configuration = DataPlaneServer.Configuration(poolToken: Array("t".utf8), serverID: 4)
+        configuration.maxWait = .milliseconds(200)  // long enough for both clients' requests to meet
+        let experts = (0..<9).map { HostedExpert(layer: 0, expert: UInt16($0)) }
+        let server = try DataPlaneServer(computer: SyntheticExperts(experts: experts, hidden: 4, dtype: .f32), configuration: configuration,
+                                         observer: { seen.record($0) })
+        server.start()
+        defer { server.stop() }
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            for client in 0..<2 {
+                group.addTask {
+                    let (connection, _) = try connect(server, backend: .tcp)
+                    defer { connection.close() }
+                    let (frame, expected) = tcpRequest(sequence: 1, tokens: 3, salt: client)
+                    try connection.write(frame)
+                    guard case .response(let response) = try Frame.decode(try #require(try connection.readFrame())) else { return false }
+                    return (0..<expected.count).map(response.sum) == expected
+                }
+            }
+            for try await right in group { #expect(right) }
+        }
+        #expect(seen.largest == 2)
+    }
+
+    @Test("A region left by a killed server of the same id is removed at start; a live one is kept")
+    func staleRegionsRemoved() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eaas-regions-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let gone = Process()
+        gone.executableURL = URL(fileURLWithPath: "/bin/true")
+        try gone.run()
+        gone.waitUntilExit()
+        let stale = "\(directory)/eaas-slots-77-\(gone.processIdentifier)-4000", live = "\(directory)/eaas-slots-77-1-4001"
+        let other = "\(directory)/eaas-slots-78-\(gone.processIdentifier)-4002"
+        for path in [stale, live, other] { FileManager.default.createFile(atPath: path, contents: Data([1])) }
+        var configuration = DataPlaneServer.Configuration(poolToken: Array("t".utf8), serverID: 77)
+        configuration.regionDirectory = directory
+        let server = try DataPlaneServer(computer: SyntheticExperts(experts: [HostedExpert(layer: 0, expert: 0)], hidden: 4, dtype: .f32),
+                                         configuration: configuration)
+        defer { server.stop() }
+        #expect(!FileManager.default.fileExists(atPath: stale))
+        #expect(FileManager.default.fileExists(atPath: live), "pid 1 is alive")
+        #expect(FileManager.default.fileExists(atPath: other), "another server id's region is not ours to remove")
+    }
 }
