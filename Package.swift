@@ -58,6 +58,8 @@ let package = Package(
         .testTarget(name: "MoETests", dependencies: ["MoE"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
+        // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
+        .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
         // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.

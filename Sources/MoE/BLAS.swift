@@ -16,6 +16,16 @@ public enum BLAS {
                     1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(ldc))
     }
 
+    /// Widens `count` bfloat16 values (raw bits) to f32, with the kernels the expert math uses.
+    public static func widenBF16(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>, count: Int) {
+        eaas_widen_bf16(source, destination, count)
+    }
+
+    /// Widens `count` IEEE half values (raw bits) to f32.
+    public static func widenF16(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>, count: Int) {
+        eaas_widen_f16(source, destination, count)
+    }
+
     /// Threads OpenBLAS uses for one GEMM.
     public static var threads: Int {
         get { Int(eaas_blas_threads()) }

@@ -14,10 +14,13 @@ public enum RoutedExperts {
         public var description: String { "expert \(expert) is not hosted here" }
     }
 
+    /// Marks an unused routing slot (an expert pod's request names fewer experts for some tokens).
+    public static let emptySlot: Int32 = -1
+
     /// Adds `Σ_j weights[t, j] * expert_{ids[t, j]}(x_t)` into `output[t]` for every token.
     /// - Parameters:
     ///   - input: `[tokens, hidden]` hidden states.
-    ///   - routing: `[tokens, topK]` expert ids and weights.
+    ///   - routing: `[tokens, topK]` expert ids and weights; `emptySlot` ids are skipped.
     ///   - expertCount: ids must lie in `0..<expertCount`.
     ///   - experts: the weights of an expert, or nil when it is not hosted (an error).
     ///   - output: `[tokens, hidden]`, accumulated into.
@@ -30,15 +33,17 @@ public enum RoutedExperts {
         // Counting sort of the (token, slot) pairs by expert; within an expert, token order.
         scratch.counts.removeAll(keepingCapacity: true)
         scratch.counts.append(contentsOf: repeatElement(0, count: expertCount + 1))
-        for id in routing.ids {
+        var used = 0
+        for id in routing.ids where id != emptySlot {
             guard id >= 0, Int(id) < expertCount else { throw MissingExpert(expert: Int(id)) }
             scratch.counts[Int(id) + 1] += 1
+            used += 1
         }
         for e in 0..<expertCount { scratch.counts[e + 1] += scratch.counts[e] }
         scratch.slots.removeAll(keepingCapacity: true)
-        scratch.slots.append(contentsOf: repeatElement(0, count: tokens * k))
+        scratch.slots.append(contentsOf: repeatElement(0, count: used))
         var cursor = Array(scratch.counts.prefix(expertCount))
-        for slot in 0..<(tokens * k) {
+        for slot in 0..<(tokens * k) where routing.ids[slot] != emptySlot {
             let e = Int(routing.ids[slot])
             scratch.slots[cursor[e]] = slot
             cursor[e] += 1

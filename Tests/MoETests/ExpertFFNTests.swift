@@ -134,12 +134,19 @@ struct ExpertFFNTests {
         let (weights, _, _, _) = Self.expert(hidden: 8, ffn: 8, dtype: .f32, seed: 1)
         let x = [Float](repeating: 1, count: 8)
         var out = [Float](repeating: 0, count: 8)
-        for (id, fragment) in [(Int32(1), "expert 1 is not hosted here"), (Int32(7), "expert 7"), (Int32(-1), "expert -1")] {
+        for (id, fragment) in [(Int32(1), "expert 1 is not hosted here"), (Int32(7), "expert 7"), (Int32(-2), "expert -2")] {
             #expect {
                 try RoutedExperts.accumulate(input: x, hidden: 8, routing: Routing(tokens: 1, topK: 1, ids: [id], weights: [1]),
                                              expertCount: 2, activation: .silu, experts: { $0 == 0 ? weights : nil }, output: &out, scratch: ExpertScratch())
             } throws: { "\($0)".contains(fragment) }
         }
+        // An empty slot (a pod's request naming fewer experts for a token) adds nothing.
+        out = [Float](repeating: 3, count: 8)
+        #expect(throws: Never.self) {
+            try RoutedExperts.accumulate(input: x, hidden: 8, routing: Routing(tokens: 1, topK: 1, ids: [RoutedExperts.emptySlot], weights: [0]),
+                                         expertCount: 2, activation: .silu, experts: { $0 == 0 ? weights : nil }, output: &out, scratch: ExpertScratch())
+        }
+        #expect(out == [Float](repeating: 3, count: 8))
     }
 
     @Test("Other activations (gelu, gelu tanh, relu) follow their definitions")

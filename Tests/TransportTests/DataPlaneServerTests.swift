@@ -108,7 +108,7 @@ struct DataPlaneServerTests {
     }
 
     @Test("Requests from several clients are computed together in one batch")
-    func batchesAcrossClients() async throws {
+    func batchesAcrossClients() throws {
         final class Seen: @unchecked Sendable {
             let lock = NSLock()
             var largest = 0
@@ -116,25 +116,37 @@ struct DataPlaneServerTests {
         }
         let seen = Seen()
         var configuration = DataPlaneServer.Configuration(poolToken: Array("t".utf8), serverID: 4)
-        configuration.maxWait = .milliseconds(200)  // long enough for both clients' requests to meet
+        // Both requests (3 tokens each) fill a batch of 6; the wait only bounds a slow test machine.
+        configuration.maxWait = .seconds(5)
+        configuration.maxBatchTokens = 6
         let experts = (0..<9).map { HostedExpert(layer: 0, expert: UInt16($0)) }
         let server = try DataPlaneServer(computer: SyntheticExperts(experts: experts, hidden: 4, dtype: .f32), configuration: configuration,
                                          observer: { seen.record($0) })
         server.start()
         defer { server.stop() }
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            for client in 0..<2 {
-                group.addTask {
-                    let (connection, _) = try connect(server, backend: .tcp)
-                    defer { connection.close() }
-                    let (frame, expected) = tcpRequest(sequence: 1, tokens: 3, salt: client)
-                    try connection.write(frame)
-                    guard case .response(let response) = try Frame.decode(try #require(try connection.readFrame())) else { return false }
-                    return (0..<expected.count).map(response.sum) == expected
-                }
-            }
-            for try await right in group { #expect(right) }
+        // Connected first, each client on its own thread: they block reading their answers, and
+        // the server holds the first request until the second arrives.
+        let connections = try (0..<2).map { _ in try connect(server, backend: .tcp).0 }
+        defer { connections.forEach { $0.close() } }
+        final class Right: @unchecked Sendable {
+            let lock = NSLock()
+            var count = 0
         }
+        let right = Right()
+        let done = DispatchGroup()
+        for client in 0..<2 {
+            let connection = connections[client]
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                let (frame, expected) = tcpRequest(sequence: 1, tokens: 3, salt: client)
+                guard (try? connection.write(frame)) != nil, let bytes = try? connection.readFrame(),
+                      case .response(let response)? = try? Frame.decode(bytes), (0..<expected.count).map(response.sum) == expected else { return }
+                right.lock.lock(); right.count += 1; right.lock.unlock()
+            }.start()
+        }
+        done.wait()
+        #expect(right.count == 2)
         #expect(seen.largest == 2)
     }
 

@@ -179,19 +179,24 @@ final class ClientSession: @unchecked Sendable {
                 bytes = frame
             } catch let error as WireError {
                 // The header itself is bad: the stream cannot be followed past it.
-                refuse("\(error)".contains("'version'") ? .versionMismatch : .malformedFrame, "\(error)")
+                let code: WireErrorCode = "\(error)".contains("'version'") ? .versionMismatch : .malformedFrame
+                server.noteRefused(code, arrived: .now)
+                refuse(code, "\(error)")
                 return
             } catch {
                 return
             }
+            let arrived = ContinuousClock.now
             do {
                 guard case .request(let view) = try Frame.decode(bytes, limits: connection.limits) else {
+                    server.noteRefused(.malformedFrame, arrived: arrived)
                     try send(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "expected a request frame after the handshake")))
                     continue
                 }
                 do {
                     try server.check(view)
                 } catch let failure as ComputeFailure {
+                    server.noteRefused(failure.code, arrived: arrived)
                     try send(FrameEncoder.encode(ErrorFrame(sequence: view.header.sequence, code: failure.code, message: failure.message)))
                     continue
                 }
@@ -211,6 +216,7 @@ final class ClientSession: @unchecked Sendable {
                 }
             } catch let error as WireError {
                 // A well-framed but invalid message: say why and keep serving this client.
+                server.noteRefused(.malformedFrame, arrived: arrived)
                 guard (try? send(FrameEncoder.encode(ErrorFrame(sequence: 0, code: .malformedFrame, message: "\(error)")))) != nil else { return }
             } catch {
                 return  // the client is gone or stopped reading

@@ -57,7 +57,7 @@ public final class DataPlaneServer: @unchecked Sendable {
     }
 
     public let configuration: Configuration
-    let computer: ExpertComputer
+    public let computer: ExpertComputer
     let hosted: Set<HostedExpert>
     private let listener: Socket
     /// The slot region, when `offerShm` or `offerVerbs`; its slots belong to the engine thread.
@@ -80,6 +80,8 @@ public final class DataPlaneServer: @unchecked Sendable {
     var running = true
     private var servedCount = 0
     private var failedCount = 0
+    /// Counts a report and passes it to the observer.
+    private var record: (ServingReport) -> Void = { _ in }
     private let threads = DispatchGroup()
 
     /// Binds the listener, creates the slot region (removing any that a killed server of this id
@@ -132,7 +134,7 @@ public final class DataPlaneServer: @unchecked Sendable {
                                maxSlotsPerToken: configuration.maxSlotsPerToken, maxWait: configuration.maxWait,
                                limits: configuration.limits, check: { try check($0) }, report: { count($0) })
         check = { [unowned self] in try self.check($0) }
-        count = { [unowned self] report in
+        record = { [unowned self] report in
             self.state.lock()
             for answer in report.answers {
                 if answer.failure == nil { self.servedCount += 1 } else { self.failedCount += 1 }
@@ -140,6 +142,12 @@ public final class DataPlaneServer: @unchecked Sendable {
             self.state.unlock()
             observer?(report)
         }
+        count = { [unowned self] in self.record($0) }
+    }
+
+    /// Counts a request refused before it reached the engine (bad frame, shape, experts).
+    func noteRefused(_ code: WireErrorCode, arrived: ContinuousClock.Instant) {
+        record(ServingReport(requests: 0, tokens: 0, busy: .zero, answers: [(ContinuousClock.now - arrived, code)], queued: 0))
     }
 
     /// The port the server listens on.

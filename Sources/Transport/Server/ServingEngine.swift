@@ -217,30 +217,33 @@ final class ServingEngine: @unchecked Sendable {
         let started = ContinuousClock.now
         let failures = computer.compute(batch)
         let busy = ContinuousClock.now - started
-        var answers: [(latency: Duration, failure: WireErrorCode?)] = []
-        answers.reserveCapacity(items.count)
-        for (index, item) in items.enumerated() {
-            let failure = failures[index]
-            let length = ResponseHeader(sequence: 0, tokens: views[index].header.tokens, hidden: views[index].header.hidden).frameSize
+        // Reported before the answers go out, so that whoever got an answer also sees it counted.
+        let now = ContinuousClock.now
+        let answers = items.enumerated().map { index, item -> (latency: Duration, failure: WireErrorCode?) in
             switch item {
-            case let .slot(slot, sequence, out, arrived):
-                if let failure {
-                    answerSlot(slot: slot, sequence: sequence, failure: failure)
-                } else if let slots, slots.isCurrent(slot: slot, sequence: sequence) {
-                    // A torn read (the client moved on mid-request) is never published.
-                    _ = out
-                    try? slots.publishResponse(slot: slot, sequence: sequence, length: length)
-                }
-                answers.append((ContinuousClock.now - arrived, failure?.code))
-            case .tcp(let submission):
-                answers.append((ContinuousClock.now - submission.arrived, failure?.code))
-                submission.finish(failure.map { .failure($0) } ?? .success(length))
+            case .slot(_, _, _, let arrived): (now - arrived, failures[index]?.code)
+            case .tcp(let submission): (now - submission.arrived, failures[index]?.code)
             }
         }
         condition.lock()
         let queued = submissions.count
         condition.unlock()
         report(ServingReport(requests: items.count, tokens: views.reduce(0) { $0 + $1.header.tokens }, busy: busy, answers: answers, queued: queued))
+        for (index, item) in items.enumerated() {
+            let failure = failures[index]
+            let length = ResponseHeader(sequence: 0, tokens: views[index].header.tokens, hidden: views[index].header.hidden).frameSize
+            switch item {
+            case let .slot(slot, sequence, _, _):
+                if let failure {
+                    answerSlot(slot: slot, sequence: sequence, failure: failure)
+                } else if let slots, slots.isCurrent(slot: slot, sequence: sequence) {
+                    // A torn read (the client moved on mid-request) is never published.
+                    try? slots.publishResponse(slot: slot, sequence: sequence, length: length)
+                }
+            case .tcp(let submission):
+                submission.finish(failure.map { .failure($0) } ?? .success(length))
+            }
+        }
     }
 
     /// Answers a slot request with an error frame.

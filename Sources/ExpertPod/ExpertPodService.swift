@@ -1,0 +1,65 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Transport
+
+/// How an expert pod runs, with the defaults `eaas expert-pod` uses.
+public struct PodConfiguration: Sendable {
+    /// Checkpoint directory and the experts to serve from it.
+    public var model: String
+    public var shard: ShardSpec
+    /// Data-plane address; the port may be 0 (a free one, printed at start).
+    public var host = "0.0.0.0"
+    public var port = 7070
+    /// Backends offered besides `tcp`: `shm` slots (default), and `verbs` when asked (needs an
+    /// RDMA device; the pod refuses to start without one).
+    public var offerShm = true
+    public var offerVerbs = false
+    /// The dtype workers send hidden states in.
+    public var wireDType = WireDType.bf16
+    /// Largest batch in tokens, and how long a batch waits for more requests once one arrived.
+    public var maxBatchTokens = 512
+    public var maxWait: Duration = .zero
+    public var slots = 32
+    /// How long SIGTERM waits for clients to move away before the pod exits anyway.
+    public var gracePeriod: Duration = .seconds(30)
+    public var poolToken: [UInt8]
+    public var serverID: UInt64 = UInt64(getpid())
+
+    public init(model: String, shard: ShardSpec, poolToken: [UInt8]) {
+        self.model = model
+        self.shard = shard
+        self.poolToken = poolToken
+    }
+}
+
+/// The data plane of an expert pod as a `Service`: it serves until the service group shuts down
+/// gracefully (SIGTERM), then marks the pod not ready, sends GOAWAY, lets in-flight work finish and
+/// clients move away within the grace period, and stops.
+public final class ExpertPodService: Service, @unchecked Sendable {
+    public let server: DataPlaneServer
+    public let status: PodStatus
+    let logger: Logger
+    let gracePeriod: Duration
+
+    public init(server: DataPlaneServer, status: PodStatus, gracePeriod: Duration, logger: Logger) {
+        self.server = server
+        self.status = status
+        self.gracePeriod = gracePeriod
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        server.start()
+        status.ready = true
+        logger.info("serving", metadata: ["port": "\(server.port)", "experts": "\(server.computer.experts.count)"])
+        // Sleeps until SIGTERM (or the group ends); cancellation means the same.
+        try? await gracefulShutdown()
+        status.ready = false
+        logger.info("draining", metadata: ["grace": "\(gracePeriod)", "clients": "\(server.clientCount)"])
+        let server = self.server, grace = gracePeriod
+        let allLeft = await Task.detached { server.drain(timeout: grace, reason: "SIGTERM: draining") }.value
+        server.stop()
+        logger.info("stopped", metadata: ["clients_left": "\(allLeft)", "served": "\(server.served)", "failed": "\(server.failed)"])
+    }
+}

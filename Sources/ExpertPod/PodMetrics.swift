@@ -1,0 +1,70 @@
+import CoreMetrics
+import Prometheus
+import Transport
+
+/// An expert pod's metrics, in Prometheus text on `/metrics`: swift-metrics types backed by a
+/// registry of the pod's own (not the process-global bootstrap, so several pods can live in one
+/// test process).
+///
+/// - `eaas_expert_tokens_total{layer,expert}`: tokens each hosted expert computed (the load the
+///   autoscaler reads);
+/// - `eaas_requests_total`, `eaas_request_errors_total{code}`;
+/// - `eaas_batch_tokens` (histogram): tokens per computed batch;
+/// - `eaas_request_latency_seconds` (histogram): arrival to answer;
+/// - `eaas_busy_seconds_total`: time spent computing; `eaas_queue_depth`: tcp requests waiting.
+public final class PodMetrics: @unchecked Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    private let requests: CoreMetrics.Counter
+    private let busy: CoreMetrics.FloatingPointCounter
+    private let queueDepth: CoreMetrics.Gauge
+    private let batchTokens: CoreMetrics.Recorder
+    private let latency: CoreMetrics.Timer
+    private let expertTokens: [HostedExpert: CoreMetrics.Counter]
+    private let errors: [WireErrorCode: CoreMetrics.Counter]
+
+    public init(hosted: [HostedExpert]) {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.valueHistogramBuckets["eaas_batch_tokens"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+        factory.durationHistogramBuckets["eaas_request_latency_seconds"] = [
+            .microseconds(10), .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
+            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+        ]
+        requests = CoreMetrics.Counter(label: "eaas_requests_total", factory: factory)
+        busy = CoreMetrics.FloatingPointCounter(label: "eaas_busy_seconds_total", factory: factory)
+        queueDepth = CoreMetrics.Gauge(label: "eaas_queue_depth", factory: factory)
+        batchTokens = CoreMetrics.Recorder(label: "eaas_batch_tokens", aggregate: true, factory: factory)
+        latency = CoreMetrics.Timer(label: "eaas_request_latency_seconds", factory: factory)
+        var expertTokens: [HostedExpert: CoreMetrics.Counter] = [:]
+        for expert in hosted {
+            expertTokens[expert] = CoreMetrics.Counter(label: "eaas_expert_tokens_total", dimensions: [("layer", "\(expert.layer)"), ("expert", "\(expert.expert)")],
+                                           factory: factory)
+        }
+        self.expertTokens = expertTokens
+        var errors: [WireErrorCode: CoreMetrics.Counter] = [:]
+        for code in WireErrorCode.allCases {
+            errors[code] = CoreMetrics.Counter(label: "eaas_request_errors_total", dimensions: [("code", "\(code)")], factory: factory)
+        }
+        self.errors = errors
+    }
+
+    /// Records one batch the data-plane server computed (or one request it refused).
+    public func record(_ report: ServingReport) {
+        if report.requests > 0 {
+            batchTokens.record(report.tokens)
+            busy.increment(by: Double(report.busy.components.seconds) + Double(report.busy.components.attoseconds) * 1e-18)
+        }
+        for answer in report.answers {
+            requests.increment()
+            latency.recordNanoseconds(Int64(answer.latency.components.seconds) * 1_000_000_000 + answer.latency.components.attoseconds / 1_000_000_000)
+            if let code = answer.failure { errors[code]?.increment() }
+        }
+        queueDepth.record(report.queued)
+    }
+
+    /// Records the tokens one expert computed in a batch.
+    public func record(expert: HostedExpert, tokens: Int) { expertTokens[expert]?.increment(by: tokens) }
+
+    /// The Prometheus text exposition.
+    public func text() -> String { registry.emitToString() }
+}

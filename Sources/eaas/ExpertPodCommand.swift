@@ -1,0 +1,127 @@
+import ArgumentParser
+import ExpertPod
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import Transport
+
+/// `eaas expert-pod`: the binary of every expert pod. Loads its shard of a checkpoint, serves it
+/// on the data plane, exports load on HTTP, drains on SIGTERM.
+struct ExpertPodCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "expert-pod",
+        abstract: "Serve a shard of an MoE model's experts on the data plane, with metrics and health on HTTP.",
+        discussion: """
+        Prints 'listening HOST:PORT metrics HOST:PORT' on stdout once both are up. The pool token \
+        comes from --pool-token-file or EAAS_POOL_TOKEN. SIGTERM: /readyz turns 503, clients get \
+        GOAWAY, in-flight work finishes, and the pod exits 0 within --grace-seconds.
+        """
+    )
+
+    @Option(help: "Checkpoint directory (config.json + safetensors).") var model: String
+    @Option(help: "Experts to serve: EXPERTS[@LAYERS], e.g. 0,1 or 4-7@0-11 (all MoE layers without @).") var shard: String
+    @Option(help: "Data-plane address HOST:PORT (port 0 picks a free one).") var listen: String = "0.0.0.0:7070"
+    @Option(help: "Backends offered: tcp, shm (tcp + shared-memory slots) or verbs (tcp + RDMA; needs a device).") var transport: String = "shm"
+    @Option(help: "HTTP port for /metrics, /healthz, /readyz, /v1/shard (0 picks a free one).") var metricsPort: Int = 9090
+    @Option(help: "HTTP address to bind.") var metricsHost: String = "0.0.0.0"
+    @Option(help: "File holding the pool token (default: $EAAS_POOL_TOKEN).") var poolTokenFile: String?
+    @Option(help: "Hidden-state dtype on the wire: f32, bf16 or f16.") var wireDtype: String = "bf16"
+    @Option(help: "Largest batch in tokens (also the largest request).") var maxBatchTokens: Int = 512
+    @Option(help: "Microseconds a batch waits for more requests once one arrived (0: compute what is ready).") var maxWaitUs: Int = 0
+    @Option(help: "Shared-memory slots: the most shm/verbs clients at once.") var slots: Int = 32
+    @Option(help: "Seconds SIGTERM waits for clients to leave.") var graceSeconds: Double = 30
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+
+    func validate() throws {
+        _ = try hostPort()
+        _ = try shardSpec()
+        guard ["tcp", "shm", "verbs"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not tcp, shm or verbs") }
+        guard (0...65_535).contains(metricsPort) else { throw ValidationError("--metrics-port \(metricsPort) is not a port") }
+        guard wireType() != nil else { throw ValidationError("--wire-dtype '\(wireDtype)' is not f32, bf16 or f16") }
+        guard (1...65_536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be between 1 and 65536") }
+        guard maxWaitUs >= 0, graceSeconds >= 0 else { throw ValidationError("--max-wait-us and --grace-seconds cannot be negative") }
+        guard (1...4096).contains(slots) else { throw ValidationError("--slots must be between 1 and 4096") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+    }
+
+    func hostPort() throws -> (String, Int) {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65_535).contains(port) else {
+            throw ValidationError("--listen '\(listen)' is not HOST:PORT")
+        }
+        return (String(listen[..<colon]), port)
+    }
+
+    func shardSpec() throws -> ShardSpec {
+        do { return try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error)") }
+    }
+
+    func wireType() -> WireDType? { ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype] }
+
+    func run() async throws {
+        var logger = Logger(label: "eaas.expert-pod")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let (host, port) = try hostPort()
+        var configuration = PodConfiguration(model: model, shard: try shardSpec(), poolToken: try PoolTokenSource.read(file: poolTokenFile))
+        configuration.host = host
+        configuration.port = port
+        configuration.offerShm = transport == "shm"
+        configuration.offerVerbs = transport == "verbs"
+        configuration.wireDType = wireType()!
+        configuration.maxBatchTokens = maxBatchTokens
+        configuration.maxWait = .microseconds(maxWaitUs)
+        configuration.slots = slots
+        configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
+
+        let pod = try ExpertPod(configuration: configuration, logger: logger)
+        let announced = ManagedFlag()
+        let application = Application(
+            router: pod.router(transports: transport == "tcp" ? ["tcp"] : ["tcp", transport]),
+            configuration: .init(address: .hostname(metricsHost, port: metricsPort), serverName: "eaas-expert-pod"),
+            onServerRunning: { channel in
+                guard announced.setOnce() else { return }
+                let metrics = channel.localAddress?.port ?? metricsPort
+                // Unbuffered, so that a parent process reading the pipe sees it at once.
+                FileHandle.standardOutput.write(Data("listening \(host):\(pod.service.server.port) metrics \(metricsHost):\(metrics)\n".utf8))
+            },
+            logger: logger
+        )
+        // Shut down in reverse order: the data plane drains first while HTTP still answers
+        // (/readyz says 503 meanwhile), then HTTP stops.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: application), .init(service: pod.service)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+}
+
+/// Where a pool token comes from: a file (trimmed) or `EAAS_POOL_TOKEN`, never the command line.
+enum PoolTokenSource {
+    static func read(file: String?) throws -> [UInt8] {
+        if let file {
+            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("--pool-token-file \(file) cannot be read") }
+            let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty else { throw ValidationError("--pool-token-file \(file) is empty") }
+            return Array(token.utf8)
+        }
+        guard let token = ProcessInfo.processInfo.environment["EAAS_POOL_TOKEN"], !token.isEmpty else {
+            throw ValidationError("no pool token: set EAAS_POOL_TOKEN or pass --pool-token-file")
+        }
+        return Array(token.utf8)
+    }
+}
+
+/// A flag set once across threads.
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var set = false
+    func setOnce() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !set else { return false }
+        set = true
+        return true
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+import Transport
+
+/// `eaas expert-pod` as a process: what it says on HTTP, and how it leaves on SIGTERM.
+@Suite("Expert pod process", .serialized)
+struct PodProcessTests {
+    static let binary: String = {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
+        return directory.appendingPathComponent("eaas").path
+    }()
+
+    final class Pod: @unchecked Sendable {
+        let process = Process()
+        let errors = Pipe()
+        var dataPort = 0
+        var metricsPort = 0
+
+        init(shard: String, extra: [String] = []) throws {
+            process.executableURL = URL(fileURLWithPath: PodProcessTests.binary)
+            process.arguments = ["expert-pod", "--model", PodFixture.directory, "--shard", shard, "--listen", "127.0.0.1:0",
+                                 "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", "f32", "--max-batch-tokens", "64",
+                                 "--log-level", "warning"] + extra
+            process.environment = ["EAAS_POOL_TOKEN": "pod"]
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = errors
+            try process.run()
+            var line = Data()
+            while !line.contains(UInt8(ascii: "\n")) {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                line.append(chunk)
+            }
+            // "listening 127.0.0.1:PORT metrics 127.0.0.1:PORT"
+            let words = String(decoding: line, as: UTF8.self).split(whereSeparator: \.isWhitespace)
+            guard words.count == 4, let data = Int(words[1].split(separator: ":").last ?? ""), let metrics = Int(words[3].split(separator: ":").last ?? "") else {
+                process.terminate()
+                throw TransportError.unreachable(address: "expert-pod", reason: "did not start: \(String(decoding: line, as: UTF8.self))")
+            }
+            dataPort = data
+            metricsPort = metrics
+        }
+
+        func get(_ path: String) async throws -> (Int, String) {
+            let (body, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(metricsPort)/\(path)")!)
+            return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: body, as: UTF8.self))
+        }
+
+        func exit() -> (Int32, String) {
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
+
+        func cleanUp() {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+    }
+
+    @Test("HTTP says healthy, ready, which shard, and counts each expert's tokens in /metrics")
+    func http() async throws {
+        let pod = try Pod(shard: "2,5@0")
+        defer { pod.cleanUp() }
+        #expect(try await pod.get("healthz") == (200, "ok\n"))
+        #expect(try await pod.get("readyz") == (200, "ready\n"))
+        let (_, shardJSON) = try await pod.get("v1/shard")
+        let shard = try JSONSerialization.jsonObject(with: Data(shardJSON.utf8)) as? [String: Any]
+        #expect(shard?["shard"] as? String == "2,5@0")
+        #expect(shard?["hidden_size"] as? Int == PodFixture.hidden)
+        #expect((shard?["experts"] as? [[String: Int]])?.map { [$0["layer"]!, $0["expert"]!] } == [[0, 2], [0, 5]])
+
+        let connection = try FrameConnection.connect(host: "127.0.0.1", port: pod.dataPort)
+        defer { connection.close() }
+        try connection.write(FrameEncoder.encode(Handshake(clientID: 1, maxBatchTokens: 8, poolToken: Array("pod".utf8))))
+        _ = try connection.readFrame()
+        try connection.write(podRequest(sequence: 1, layer: 0, ids: [2, 5, 2, RequestHeader.emptySlot], weights: [0.5, 0.5, 1, 0],
+                                        states: PodFixture.states(tokens: 2, seed: 1), slots: 2))
+        guard case .response = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("no response"); return }
+        try connection.write(podRequest(sequence: 2, layer: 0, ids: [3], weights: [1], states: PodFixture.states(tokens: 1, seed: 2), slots: 1))
+        guard case .error = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("no error"); return }
+
+        let (status, metrics) = try await pod.get("metrics")
+        #expect(status == 200)
+        #expect(metrics.contains(#"eaas_expert_tokens_total{layer="0",expert="2"} 2"#), "\(metrics)")
+        #expect(metrics.contains(#"eaas_expert_tokens_total{layer="0",expert="5"} 1"#))
+        #expect(metrics.contains("eaas_requests_total 2"))
+        #expect(metrics.contains(#"eaas_request_errors_total{code="unknownExpert"} 1"#))
+        #expect(metrics.contains("eaas_batch_tokens_bucket"))
+        #expect(metrics.contains("eaas_request_latency_seconds_bucket"))
+        #expect(metrics.contains("eaas_busy_seconds_total"))
+        #expect(metrics.contains("eaas_queue_depth"))
+    }
+
+    @Test("SIGTERM: readyz turns 503, the client gets GOAWAY, in-flight work is answered, the pod exits 0")
+    func sigterm() async throws {
+        let pod = try Pod(shard: "0-7", extra: ["--grace-seconds", "10"])
+        defer { pod.cleanUp() }
+        let connection = try FrameConnection.connect(host: "127.0.0.1", port: pod.dataPort)
+        defer { connection.close() }
+        try connection.write(FrameEncoder.encode(Handshake(clientID: 1, maxBatchTokens: 8, poolToken: Array("pod".utf8))))
+        _ = try connection.readFrame()
+        kill(pod.process.processIdentifier, SIGTERM)
+        guard case .goAway(let goAway) = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("no GOAWAY"); return }
+        #expect(goAway.reason.contains("SIGTERM"))
+        #expect(try await pod.get("readyz").0 == 503)
+        // Work sent before the client moved away is still answered.
+        try connection.write(podRequest(sequence: 1, layer: 1, ids: [1, 6], weights: [0.5, 0.5], states: PodFixture.states(tokens: 1, seed: 3), slots: 2))
+        guard case .response(let response) = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("in-flight work lost"); return }
+        #expect(response.header.sequence == 1)
+        let started = ContinuousClock.now
+        connection.close()
+        let (status, stderr) = pod.exit()
+        #expect(status == 0, "\(stderr)")
+        #expect(ContinuousClock.now - started < .seconds(5), "the pod leaves as soon as its last client did")
+    }
+}
