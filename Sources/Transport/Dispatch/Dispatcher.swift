@@ -172,8 +172,16 @@ public final class Dispatcher {
             }
             for (index, flight) in inFlight.enumerated() {
                 guard let link = links[flight.server.id] else { continue }
+                // A timeout moves work to another replica; where there is none, giving up on a
+                // slow server only makes the step wait longer, so it keeps waiting (until the
+                // step's deadline) with the timeout doubled.
+                let serverIndex = view.servers.firstIndex { $0.id == flight.server.id }
+                let hasAlternative = flight.batch.ids.contains { id in
+                    id != RequestHeader.emptySlot && view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
+                }
                 do {
-                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server)
+                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server,
+                                           patient: !hasAlternative, stepStarted: started)
                     timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent)
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
@@ -259,12 +267,19 @@ public final class Dispatcher {
 
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
-    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: ServerLink, server: ServerInfo) throws -> [Float] {
-        let timeout = timeouts[server.id, default: newTimeout()].current
-        let deadline = clock.now + timeout
+    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: ServerLink, server: ServerInfo,
+                         patient: Bool, stepStarted: ContinuousClock.Instant) throws -> [Float] {
+        var timeout = timeouts[server.id, default: newTimeout()].current
+        var deadline = clock.now + timeout
         while true {
-            guard let frame = try link.receive(sequence: sequence, until: deadline) else {
-                throw TransportError.timedOut(sequence: sequence, after: timeout)
+            guard let frame = try link.receive(sequence: sequence, until: deadline, expected: timeouts[server.id]?.typical ?? .zero) else {
+                guard patient, clock.now - stepStarted < configuration.stepDeadline else {
+                    throw TransportError.timedOut(sequence: sequence, after: timeout)
+                }
+                timeouts[server.id, default: newTimeout()].recordTimeout()
+                timeout = timeouts[server.id, default: newTimeout()].current
+                deadline = min(clock.now + timeout, stepStarted + configuration.stepDeadline)
+                continue
             }
             switch frame {
             case .response(let response) where response.header.sequence < sequence:

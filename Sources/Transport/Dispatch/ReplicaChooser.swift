@@ -85,6 +85,9 @@ public struct AdaptiveTimeout: Sendable, Equatable {
         return Swift.max(minimum, Swift.min(maximum, .nanoseconds(Int64(Swift.min(seconds, 1e6) * 1e9))))
     }
 
+    /// The smoothed round trip measured so far (zero before the first).
+    public var typical: Duration { .nanoseconds(Int64(Swift.min(smoothed ?? 0, 1e6) * 1e9)) }
+
     /// Records a round trip that completed.
     public mutating func record(_ rtt: Duration) {
         let r = Double(rtt.components.seconds) + Double(rtt.components.attoseconds) * 1e-18

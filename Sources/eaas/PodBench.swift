@@ -1,0 +1,291 @@
+import ArgumentParser
+import ExpertPod
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import MoE
+import Transport
+
+/// `eaas bench pod`: one `eaas expert-pod` process driven by several client processes, against
+/// the bare expert kernel (`RoutedExperts.accumulate`, the grouped GEMM chain the pod runs) on the
+/// batch sizes the pod reached, measured in the same run; for each shard size.
+struct PodBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pod",
+        abstract: "Expert-pod throughput under several client processes against the bare expert kernel, latency, memory per shard size.",
+        discussion: """
+        Without --model it writes a seeded random Qwen3-MoE checkpoint (hidden 1024, 16 experts, \
+        top-4, bf16) to a temporary directory. Run from a release build (swift build -c release).
+        """
+    )
+
+    @Option(help: "Checkpoint directory (default: a generated one).") var model: String?
+    @Option(name: .customLong("shard"), help: "Shard to measure (repeatable): EXPERTS[@LAYERS].") var shards: [String] = ["0-1@0", "0-7@0", "0-15@0"]
+    @Option(help: "Client processes driving the pod.") var clients: Int = 4
+    @Option(help: "Tokens per client request.") var requestTokens: Int = 8
+    @Option(help: "Seconds each shard size is driven.") var seconds: Double = 3
+    @Option(help: "Data-plane backend the clients use: shm or tcp.") var transport: String = "shm"
+    @Flag(help: "Print one JSON document instead of a table.") var json = false
+
+    func validate() throws {
+        guard clients >= 1, clients <= 64 else { throw ValidationError("--clients must be between 1 and 64") }
+        guard requestTokens >= 1, requestTokens <= 512 else { throw ValidationError("--request-tokens must be between 1 and 512") }
+        guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
+        guard ["shm", "tcp"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not shm or tcp") }
+        for shard in shards {
+            do { _ = try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error)") }
+        }
+    }
+
+    func run() throws {
+        #if DEBUG
+        FileHandle.standardError.write(Data("warning: this is a debug build; its numbers mean nothing (swift build -c release)\n".utf8))
+        #endif
+        let directory = try model ?? Self.generatedModel()
+        var report = BenchReport(bench: "pod")
+        var table = TextTable(columns: ["shard", "experts", "batch tok", "pod tok/s", "kernel tok/s", "efficiency", "busy", "p50 µs", "p99 µs", "rss MiB", "weights MiB"])
+        for shard in shards {
+            let row = try measure(shard: shard, model: directory)
+            report.results.append(row)
+            table.rows.append([shard, "\(row["experts"]!)", String(format: "%.1f", row["mean_batch_tokens"] as! Double),
+                               String(format: "%.0f", row["pod_tokens_per_s"] as! Double), String(format: "%.0f", row["kernel_tokens_per_s"] as! Double),
+                               String(format: "%.3f", row["batching_efficiency"] as! Double), String(format: "%.2f", row["pod_busy_fraction"] as! Double),
+                               String(format: "%.0f", row["p50_us"] as! Double),
+                               String(format: "%.0f", row["p99_us"] as! Double), String(format: "%.1f", Double(row["rss_bytes"] as! Int) / 1_048_576),
+                               String(format: "%.1f", Double(row["weight_bytes"] as! Int) / 1_048_576)])
+            FileHandle.standardError.write(Data("  \(table.rows.last!.joined(separator: " "))\n".utf8))
+        }
+        if json {
+            print(try report.json())
+        } else {
+            print(table.render())
+        }
+    }
+
+    static func generatedModel() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("eaas-bench-pod-model").path
+        if FileManager.default.fileExists(atPath: path + "/config.json") { return path }
+        var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 1, experts: 16, topK: 4, hidden: 1024)
+        spec.expertFFN = 1024
+        spec.seed = 11
+        try RandomModel.write(spec, to: path)
+        return path
+    }
+
+    /// Runs the pod and its clients for one shard, then the kernel on the batch size reached.
+    func measure(shard: String, model: String) throws -> [String: Any] {
+        let spec = try ShardSpec(parsing: shard)
+        let config = try ModelConfig.load(directory: model)
+        let layer = spec.layers?.first ?? config.moeLayers.first!
+        let topK = min(config.router.topK, spec.experts.count)
+        let token = "bench-\(getpid())"
+        let pod = try ChildProcess(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
+                                               "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning",
+                                               "--max-batch-tokens", "\(max(512, clients * requestTokens))"],
+                                   environment: ["EAAS_POOL_TOKEN": token])
+        defer { pod.stop() }
+        let words = try pod.firstLine().split(separator: " ")
+        guard words.count == 4, words[0] == "listening" else { throw ValidationError("expert-pod did not start: \(words.joined(separator: " "))") }
+        let address = String(words[1]), metrics = String(words[3])
+        let children = try (0..<clients).map { client in
+            try ChildProcess(arguments: ["bench", "pod-client", "--address", address, "--layer", "\(layer)",
+                                         "--experts", spec.experts.map(String.init).joined(separator: ","), "--top-k", "\(topK)",
+                                         "--hidden", "\(config.hiddenSize)", "--tokens", "\(requestTokens)", "--seconds", "\(seconds)",
+                                         "--client-id", "\(client + 1)", "--transport", transport],
+                             environment: ["EAAS_POOL_TOKEN": token])
+        }
+        var latencies: [Double] = []
+        var tokens = 0
+        var elapsed = 0.0
+        for child in children {
+            let output = try child.waitForOutput()
+            guard let document = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any],
+                  let samples = document["latencies_us"] as? [Double], let done = document["tokens"] as? Int, let time = document["seconds"] as? Double else {
+                throw ValidationError("a bench client failed: \(output.prefix(400))")
+            }
+            latencies += samples
+            tokens += done
+            elapsed = max(elapsed, time)
+        }
+        let text = try Self.httpGet("http://\(metrics)/metrics")
+        let batches = Self.metric(text, "eaas_batch_tokens_count"), batchTokens = Self.metric(text, "eaas_batch_tokens_sum")
+        let busy = Self.metric(text, "eaas_busy_seconds_total")
+        let rss = Self.residentBytes(pid: pod.pid)
+        let meanBatch = batches > 0 ? batchTokens / batches : 0
+        pod.stop()  // the kernel gets the machine to itself, as the pod had
+        let shardWeights = try ExpertShard(directory: model, spec: spec)
+        let requestsPerBatch = max(1, Int((meanBatch / Double(requestTokens)).rounded()))
+        let kernel = try Self.kernelTokensPerSecond(shard: shardWeights, layer: layer, requests: requestsPerBatch, requestTokens: requestTokens, topK: topK)
+        latencies.sort()
+        let podRate = Double(tokens) / elapsed
+        return ["shard": shard, "experts": shardWeights.hosted.count, "clients": clients, "request_tokens": requestTokens,
+                "mean_batch_tokens": meanBatch, "pod_tokens_per_s": podRate, "kernel_tokens_per_s": kernel,
+                "batching_efficiency": podRate / kernel, "pod_busy_fraction": busy / elapsed, "batches": Int(batches), "p50_us": latencies.percentile(0.5), "p99_us": latencies.percentile(0.99),
+                "rss_bytes": rss, "weight_bytes": shardWeights.weightBytes]
+    }
+
+    /// Tokens per second of the bare kernel on batches like the pod's: `requests` client requests
+    /// of `requestTokens` tokens each, routed exactly as the clients route them, input already f32.
+    static func kernelTokensPerSecond(shard: ExpertShard, layer: Int, requests: Int, requestTokens: Int, topK: Int) throws -> Double {
+        let hidden = shard.config.hiddenSize
+        let experts = shard.spec.experts.map { UInt16($0) }
+        let batchTokens = requests * requestTokens
+        var ids: [Int32] = []
+        for client in 0..<requests {
+            ids += PodClientCommand.routing(experts: experts, tokens: requestTokens, topK: topK, step: 1, client: UInt64(client + 1))
+        }
+        let weights = [Float](repeating: 1 / Float(topK), count: ids.count)
+        let routing = Routing(tokens: batchTokens, topK: topK, ids: ids, weights: weights)
+        let input = (0..<(batchTokens * hidden)).map { Float($0 % 17) / 17 - 0.5 }
+        var output = [Float](repeating: 0, count: batchTokens * hidden)
+        let scratch = ExpertScratch()
+        let loader = ExpertLoader(checkpoint: shard.checkpoint, config: shard.config)
+        let weightsOf = try Dictionary(uniqueKeysWithValues: experts.map { (Int($0), try loader.expert(layer: layer, expert: Int($0))) })
+        func once() throws {
+            try RoutedExperts.accumulate(input: input, hidden: hidden, routing: routing, expertCount: shard.config.expertCount,
+                                         activation: shard.config.activation, experts: { weightsOf[$0] }, output: &output, scratch: scratch)
+        }
+        try once()
+        var samples: [Double] = []
+        var spent = 0.0
+        while samples.count < 5 || (spent < 2 && samples.count < 200) {
+            let t = try timeSeconds { try once() }
+            samples.append(t)
+            spent += t
+        }
+        return Double(batchTokens) / samples.median
+    }
+
+    static func httpGet(_ url: String) throws -> String {
+        final class Box: @unchecked Sendable { var text: String?; var error: Error? }
+        let box = Box(), done = DispatchSemaphore(value: 0)
+        URLSession.shared.dataTask(with: URL(string: url)!) { data, _, error in
+            box.text = data.map { String(decoding: $0, as: UTF8.self) }
+            box.error = error
+            done.signal()
+        }.resume()
+        done.wait()
+        if let error = box.error { throw error }
+        return box.text ?? ""
+    }
+
+    /// The value of an unlabelled metric line `NAME VALUE` in Prometheus text.
+    static func metric(_ text: String, _ name: String) -> Double {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ").last ?? "") ?? 0
+        }
+        return 0
+    }
+
+    static func residentBytes(pid: Int32) -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = Int(line.split(whereSeparator: \.isWhitespace).dropFirst().first ?? "") else { return 0 }
+        return kb * 1024
+    }
+}
+
+/// `eaas bench pod-client`: one client process of `eaas bench pod`: runs steps against one pod for
+/// a while through the dispatcher and prints its latencies as JSON.
+struct PodClientCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pod-client", abstract: "One client process of `eaas bench pod`.", shouldDisplay: false)
+
+    @Option var address: String
+    @Option var layer: Int
+    @Option var experts: String
+    @Option var topK: Int
+    @Option var hidden: Int
+    @Option var tokens: Int
+    @Option var seconds: Double
+    @Option var clientID: UInt64
+    @Option var transport: String = "shm"
+
+    func run() throws {
+        let ids = experts.split(separator: ",").compactMap { UInt16($0) }
+        guard !ids.isEmpty, topK >= 1, topK <= ids.count else { throw ValidationError("--experts and --top-k do not fit") }
+        var configuration = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: nil), clientID: clientID)
+        configuration.backend = transport == "tcp" ? .tcp : .shm
+        let membership = StaticMembership(servers: [ServerInfo(id: "pod", address: address, experts: ids.map { HostedExpert(layer: UInt16(layer), expert: $0) })])
+        let dispatcher = Dispatcher(membership: membership, configuration: configuration)
+        defer { dispatcher.close() }
+        // bf16 states, top-k distinct experts of the shard per token, shifting each step.
+        let states = (0..<(tokens * hidden)).map { UInt16(0x3c00 + ($0 * 31 + Int(clientID)) % 512) }
+        var latencies: [Double] = []
+        var done = 0, step = 0
+        let clock = ContinuousClock(), start = clock.now
+        while clock.now - start < .milliseconds(Int64(seconds * 1000)) {
+            step += 1
+            let routed = Self.routing(experts: ids, tokens: tokens, topK: topK, step: step, client: clientID)
+            let weights = [Float](repeating: 1 / Float(topK), count: tokens * topK)
+            let began = clock.now
+            _ = try states.withUnsafeBytes {
+                try dispatcher.step(layer: UInt16(layer), tokens: tokens, topK: topK, ids: routed, weights: weights, states: $0, hidden: hidden, dtype: .bf16)
+            }
+            let took = clock.now - began
+            latencies.append(Double(took.components.seconds) * 1e6 + Double(took.components.attoseconds) * 1e-12)
+            done += tokens
+        }
+        let elapsed = clock.now - start
+        let document: [String: Any] = ["tokens": done, "steps": step, "latencies_us": latencies,
+                                       "seconds": Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: document), as: UTF8.self))
+    }
+
+    /// Token t of step `step` goes to `topK` consecutive experts of the shard from a start that
+    /// moves with the token, the step and the client: every expert gets work, spread evenly.
+    static func routing(experts: [UInt16], tokens: Int, topK: Int, step: Int, client: UInt64) -> [Int32] {
+        var routed: [Int32] = []
+        routed.reserveCapacity(tokens * topK)
+        for t in 0..<tokens { for j in 0..<topK { routed.append(Int32(experts[(t * 7 + j + step + Int(client)) % experts.count])) } }
+        return routed
+    }
+}
+
+/// A child `eaas` process with its stdout read.
+final class ChildProcess {
+    let process = Process()
+    private let output = Pipe()
+    private var buffered = Data()
+
+    init(arguments: [String], environment: [String: String]) throws {
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = output
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// The first line it prints.
+    func firstLine() throws -> String {
+        while !buffered.contains(UInt8(ascii: "\n")) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            buffered.append(chunk)
+        }
+        return String(decoding: buffered.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+    }
+
+    /// Everything it prints, once it exits.
+    func waitForOutput() throws -> String {
+        buffered.append(output.fileHandleForReading.readDataToEndOfFile())
+        process.waitUntilExit()
+        return String(decoding: buffered, as: UTF8.self)
+    }
+
+    /// SIGTERM, then waits.
+    func stop() {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+    }
+}
+
+extension Array where Element == Double {
+    /// The value at quantile `q` of a sorted array (nearest rank).
+    func percentile(_ q: Double) -> Double {
+        guard !isEmpty else { return 0 }
+        return self[Swift.min(count - 1, Int((q * Double(count)).rounded(.up)) - 1 < 0 ? 0 : Int((q * Double(count)).rounded(.up)) - 1)]
+    }
+}
