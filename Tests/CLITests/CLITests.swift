@@ -132,4 +132,24 @@ struct CLITests {
         #expect(rows.first?["shape"] as? String == "h64-f48-e4-k2")
         #expect(rows.first?["tokens_per_expert"] as? Double == 0.5)
     }
+
+    @Test("expert-pod refuses bad options, shards the model cannot serve, and a missing pool token, each by name")
+    func expertPodRefusals() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
+        #expect(made.status == 0, "\(made.stderr)")
+        try Data("secret\n".utf8).write(to: URL(fileURLWithPath: dir + "/token"))
+        let cases: [([String], String)] = [
+            (["--shard", "1-x"], "'1-x' is not an id or an ascending range of experts"),
+            (["--shard", "0", "--transport", "udp"], "--transport 'udp' is not tcp, shm or verbs"),
+            (["--shard", "0", "--listen", "nowhere"], "--listen 'nowhere' is not HOST:PORT"),
+            (["--shard", "9", "--pool-token-file", dir + "/token"], "expert 9 does not exist (the model has 4 experts, 0-3)"),
+            (["--shard", "0", "--pool-token-file", dir + "/missing"], "--pool-token-file \(dir)/missing cannot be read"),
+        ]
+        for (options, message) in cases {
+            let result = try Self.run(["expert-pod", "--model", dir + "/m", "--listen", "127.0.0.1:0", "--metrics-port", "0"] + options)
+            #expect(result.status != 0 && result.stderr.contains(message), "\(options): \(result.stderr)")
+        }
+    }
 }
