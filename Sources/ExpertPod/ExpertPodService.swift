@@ -57,9 +57,19 @@ public final class ExpertPodService: Service, @unchecked Sendable {
         try? await gracefulShutdown()
         status.ready = false
         logger.info("draining", metadata: ["grace": "\(gracePeriod)", "clients": "\(server.clientCount)"])
-        let server = self.server, grace = gracePeriod
-        let allLeft = await Task.detached { server.drain(timeout: grace, reason: "SIGTERM: draining") }.value
-        server.stop()
+        // Draining blocks (it waits for clients to leave), so it runs on a thread of its own, not
+        // on the cooperative pool that HTTP and the service group need meanwhile. It keeps a
+        // margin of the grace period for stopping, so the pod exits before Kubernetes kills it.
+        let server = self.server
+        let margin = min(gracePeriod / 5, .seconds(3))
+        let drainFor = gracePeriod - margin
+        let allLeft: Bool = await withCheckedContinuation { continuation in
+            Thread {
+                let left = server.drain(timeout: drainFor, reason: "SIGTERM: draining")
+                server.stop()
+                continuation.resume(returning: left)
+            }.start()
+        }
         logger.info("stopped", metadata: ["clients_left": "\(allLeft)", "served": "\(server.served)", "failed": "\(server.failed)"])
     }
 }

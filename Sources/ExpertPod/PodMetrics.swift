@@ -24,7 +24,10 @@ public final class PodMetrics: @unchecked Sendable {
 
     public init(hosted: [HostedExpert]) {
         var factory = PrometheusMetricsFactory(registry: registry)
-        factory.valueHistogramBuckets["eaas_batch_tokens"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+        // Powers of two and the points halfway (in log) between: fine enough to rebuild the mix
+        // of batch sizes a benchmark compares against.
+        factory.valueHistogramBuckets["eaas_batch_tokens"] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                                                              768, 1024, 1536, 2048, 3072, 4096]
         factory.durationHistogramBuckets["eaas_request_latency_seconds"] = [
             .microseconds(10), .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
             .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -59,7 +62,8 @@ public final class PodMetrics: @unchecked Sendable {
             latency.recordNanoseconds(Int64(answer.latency.components.seconds) * 1_000_000_000 + answer.latency.components.attoseconds / 1_000_000_000)
             if let code = answer.failure { errors[code]?.increment() }
         }
-        queueDepth.record(report.queued)
+        // Refusals carry no queue reading; only computed batches say how many wait.
+        if report.requests > 0 { queueDepth.record(report.queued) }
     }
 
     /// Records the tokens one expert computed in a batch.

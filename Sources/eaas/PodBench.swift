@@ -95,6 +95,7 @@ struct PodBenchCommand: ParsableCommand {
                                          "--client-id", "\(client + 1)", "--transport", transport],
                              environment: ["EAAS_POOL_TOKEN": token])
         }
+        defer { children.forEach { $0.stop() } }
         var latencies: [Double] = []
         var tokens = 0
         var elapsed = 0.0
@@ -115,13 +116,22 @@ struct PodBenchCommand: ParsableCommand {
         let meanBatch = batches > 0 ? batchTokens / batches : 0
         pod.stop()  // the kernel gets the machine to itself, as the pod had
         let shardWeights = try ExpertShard(directory: model, spec: spec)
-        let requestsPerBatch = max(1, Int((meanBatch / Double(requestTokens)).rounded()))
-        let kernel = try Self.kernelTokensPerSecond(shard: shardWeights, layer: layer, requests: requestsPerBatch, requestTokens: requestTokens, topK: topK)
+        // The kernel on the pod's own mix of batch sizes: each size timed, weighted by the tokens
+        // the pod computed in batches of that size.
+        var kernelSeconds = 0.0, kernelTokens = 0.0
+        for (size, count) in Self.batchSizes(text) {
+            let requests = max(1, Int((Double(size) / Double(requestTokens)).rounded()))
+            let rate = try Self.kernelTokensPerSecond(shard: shardWeights, layer: layer, requests: requests, requestTokens: requestTokens, topK: topK)
+            kernelTokens += Double(count * requests * requestTokens)
+            kernelSeconds += Double(count * requests * requestTokens) / rate
+        }
+        let kernel = kernelSeconds > 0 ? kernelTokens / kernelSeconds : 0
         latencies.sort()
         let podRate = Double(tokens) / elapsed
         return ["shard": shard, "experts": shardWeights.hosted.count, "clients": clients, "request_tokens": requestTokens,
                 "mean_batch_tokens": meanBatch, "pod_tokens_per_s": podRate, "kernel_tokens_per_s": kernel,
-                "batching_efficiency": podRate / kernel, "pod_busy_fraction": busy / elapsed, "batches": Int(batches), "p50_us": latencies.percentile(0.5), "p99_us": latencies.percentile(0.99),
+                "batching_efficiency": podRate / kernel, "pod_busy_fraction": busy / elapsed, "pod_tokens_per_busy_s": busy > 0 ? Double(tokens) / busy : 0,
+                "batches": Int(batches), "p50_us": latencies.percentile(0.5), "p99_us": latencies.percentile(0.99),
                 "rss_bytes": rss, "weight_bytes": shardWeights.weightBytes]
     }
 
@@ -168,6 +178,23 @@ struct PodBenchCommand: ParsableCommand {
         done.wait()
         if let error = box.error { throw error }
         return box.text ?? ""
+    }
+
+    /// Batches per size from the `eaas_batch_tokens` histogram (sizes are bucket bounds).
+    static func batchSizes(_ text: String) -> [(size: Int, count: Int)] {
+        var cumulative: [(Int, Int)] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("eaas_batch_tokens_bucket{le=\"") {
+            let bound = line.dropFirst("eaas_batch_tokens_bucket{le=\"".count).prefix { $0 != "\"" }
+            guard let size = Double(bound), size.isFinite, let count = Int(line.split(separator: " ").last ?? "") else { continue }
+            cumulative.append((Int(size), count))
+        }
+        cumulative.sort { $0.0 < $1.0 }
+        var sizes: [(Int, Int)] = [], below = 0
+        for (size, count) in cumulative {
+            if count > below { sizes.append((size, count - below)) }
+            below = count
+        }
+        return sizes
     }
 
     /// The value of an unlabelled metric line `NAME VALUE` in Prometheus text.

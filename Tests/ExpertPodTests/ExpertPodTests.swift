@@ -149,6 +149,17 @@ struct ExpertPodTests {
                           code: .tooManyTokens, mentioning: "at most 64")
     }
 
+    @Test("A request far larger than any this pod takes is refused on its own, and the pod keeps serving")
+    func oversizedRequests() throws {
+        // 1000 tokens: the frame is over the read limit, so only its header is looked at.
+        try expectRefusal(podRequest(sequence: 1, layer: 0, ids: [UInt16](repeating: 1, count: 1000), weights: [Float](repeating: 1, count: 1000),
+                                     states: PodFixture.states(tokens: 1000, seed: 6), slots: 1),
+                          code: .tooManyTokens, mentioning: "1000 tokens")
+        try expectRefusal(podRequest(sequence: 1, layer: 0, ids: [UInt16](repeating: 1, count: 40), weights: [Float](repeating: 1, count: 40),
+                                     states: [Float](repeating: 0.25, count: 40 * 2048), slots: 1, hidden: 2048),
+                          code: .shapeMismatch, mentioning: "hidden 2048")
+    }
+
     @Test("A malformed frame gets malformedFrame naming the field, and the pod keeps serving")
     func malformedFrame() throws {
         // Token 0 names expert 1 twice: well framed, invalid.

@@ -176,12 +176,12 @@ public final class Dispatcher {
                 // slow server only makes the step wait longer, so it keeps waiting (until the
                 // step's deadline) with the timeout doubled.
                 let serverIndex = view.servers.firstIndex { $0.id == flight.server.id }
-                let hasAlternative = flight.batch.ids.contains { id in
-                    id != RequestHeader.emptySlot && view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
+                let hasAlternative = flight.batch.ids.allSatisfy { id in
+                    id == RequestHeader.emptySlot || view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
                 }
                 do {
                     let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server,
-                                           patient: !hasAlternative, stepStarted: started)
+                                           patient: !hasAlternative, stepStarted: started, sent: flight.sent)
                     timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent)
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
@@ -268,11 +268,14 @@ public final class Dispatcher {
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
     private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: ServerLink, server: ServerInfo,
-                         patient: Bool, stepStarted: ContinuousClock.Instant) throws -> [Float] {
+                         patient: Bool, stepStarted: ContinuousClock.Instant, sent: ContinuousClock.Instant) throws -> [Float] {
+        // Answers from this server usually take `typical`: the first half of that is slept
+        // through (more would leave the server idle between batches when answers come early).
+        let likelyBy = sent + (timeouts[server.id]?.typical ?? .zero) / 2
         var timeout = timeouts[server.id, default: newTimeout()].current
         var deadline = clock.now + timeout
         while true {
-            guard let frame = try link.receive(sequence: sequence, until: deadline, expected: timeouts[server.id]?.typical ?? .zero) else {
+            guard let frame = try link.receive(sequence: sequence, until: deadline, likelyBy: likelyBy) else {
                 guard patient, clock.now - stepStarted < configuration.stepDeadline else {
                     throw TransportError.timedOut(sequence: sequence, after: timeout)
                 }

@@ -44,10 +44,10 @@ public protocol ServerLink: AnyObject {
     func send(_ request: OutgoingRequest) throws
     /// The next frame for the request `sequence` sent last (its response, or a GOAWAY or error on
     /// the way), or nil when none came before `deadline`. Throws when the server is gone. The
-    /// frame points into the link's buffers: valid until the next call. `expected` is how long
-    /// answers from this server usually take: a polling backend sleeps through most of it
-    /// rather than take CPU from the server it waits on.
-    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, expected: Duration) throws -> Frame?
+    /// frame points into the link's buffers: valid until the next call. `likelyBy` is when the
+    /// answer usually is there (sent + most of the typical round trip): a polling backend sleeps
+    /// until then rather than take CPU from the server it waits on.
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, likelyBy: ContinuousClock.Instant) throws -> Frame?
     func close()
 }
 
@@ -159,7 +159,7 @@ final class TCPLink: ServerLink {
         }
     }
 
-    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, expected: Duration = .zero) throws -> Frame? {
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, likelyBy: ContinuousClock.Instant = .now) throws -> Frame? {
         let left = deadline - ContinuousClock.now
         guard left > .zero, try Self.wait(connection, for: left) else { return nil }
         guard let bytes = try connection.readFrame() else {
@@ -217,13 +217,13 @@ final class SlotLink: ServerLink {
         try slot.publishRequest(sequence: sequence, length: size)
     }
 
-    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, expected: Duration) throws -> Frame? {
+    func receive(sequence: UInt64, until deadline: ContinuousClock.Instant, likelyBy: ContinuousClock.Instant) throws -> Frame? {
         if sentOverTCP { return try tcp.receive(sequence: sequence, until: deadline) }
         // Answers can come faster than the spin below ever looks at the control channel: look at
         // it every 32nd request too, so that a GOAWAY is seen even when the server never lags.
         received += 1
         if received & 31 == 0, let frame = try controlFrame() { return frame }
-        var backoff = Backoff(expected: expected)
+        var backoff = Backoff(sleepUntil: min(likelyBy, deadline))
         var round = 0
         let clock = ContinuousClock()
         while true {

@@ -40,6 +40,7 @@ final class ClientSession: @unchecked Sendable {
         defer {
             server.state.lock()
             server.sessions.removeValue(forKey: ObjectIdentifier(self))
+            server.connections.removeValue(forKey: ObjectIdentifier(socket))
             server.state.unlock()
             if let slot { server.recycle(slot: slot) }
             writeLock.lock()
@@ -56,6 +57,9 @@ final class ClientSession: @unchecked Sendable {
         var limits = server.configuration.limits
         limits.maxPayload = min(limits.maxPayload, max(server.maxRequestFrame, 2 * limits.maxText + 64))
         connection.limits = limits
+        // A request too large is read past (no allocation) and refused on its own; only one over
+        // the wire format's own limit ends the stream.
+        connection.skipUpTo = server.configuration.limits.maxPayload
         serveRequests()
     }
 
@@ -169,6 +173,26 @@ final class ClientSession: @unchecked Sendable {
 
     // MARK: Requests
 
+    /// Answers a request frame too large to take with the reason its own header gives (too
+    /// many tokens, a wrong hidden size), or as malformed.
+    private func refuseOversized(_ oversized: FrameConnection.Oversized) {
+        var sequence: UInt64 = 0
+        var failure = ComputeFailure(.malformedFrame, "\(oversized)")
+        let prefix = oversized.prefix
+        if oversized.header.kind == .request, prefix.count >= 24 {
+            func u32(_ at: Int) -> Int { Int(prefix[at]) | Int(prefix[at + 1]) << 8 | Int(prefix[at + 2]) << 16 | Int(prefix[at + 3]) << 24 }
+            sequence = (0..<8).reduce(UInt64(0)) { $0 | UInt64(prefix[$1]) << (8 * $1) }
+            let tokens = u32(12), hidden = u32(16)
+            if hidden != server.computer.hidden {
+                failure = ComputeFailure(.shapeMismatch, "request has hidden \(hidden); this server takes hidden \(server.computer.hidden)")
+            } else if tokens > server.configuration.maxBatchTokens {
+                failure = ComputeFailure(.tooManyTokens, "request has \(tokens) tokens; this server takes at most \(server.configuration.maxBatchTokens)")
+            }
+        }
+        server.noteRefused(failure.code, arrived: .now)
+        try? send(FrameEncoder.encode(ErrorFrame(sequence: sequence, code: failure.code, message: failure.message)))
+    }
+
     private func serveRequests() {
         var response = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 64)
         defer { response.deallocate() }
@@ -177,6 +201,9 @@ final class ClientSession: @unchecked Sendable {
             do {
                 guard let frame = try connection.readFrame() else { return }
                 bytes = frame
+            } catch let oversized as FrameConnection.Oversized {
+                refuseOversized(oversized)
+                continue
             } catch let error as WireError {
                 // The header itself is bad: the stream cannot be followed past it.
                 let code: WireErrorCode = "\(error)".contains("'version'") ? .versionMismatch : .malformedFrame

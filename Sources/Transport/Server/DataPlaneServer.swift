@@ -71,6 +71,8 @@ public final class DataPlaneServer: @unchecked Sendable {
 
     let state = NSLock()
     var sessions: [ObjectIdentifier: ClientSession] = [:]
+    /// Every connection accepted and not yet closed, admitted or not (stop shuts them all down).
+    var connections: [ObjectIdentifier: Socket] = [:]
     /// Free slots with their current epochs.
     var freeSlots: [(slot: Int, epoch: UInt16)] = []
     /// Slots being reset for their next client.
@@ -200,11 +202,11 @@ public final class DataPlaneServer: @unchecked Sendable {
         state.lock()
         let wasRunning = running
         running = false
-        let current = Array(sessions.values)
+        let current = Array(connections.values)
         state.unlock()
         guard wasRunning else { return }
         listener.shutdown()
-        for session in current { session.socket.shutdown() }
+        for socket in current { socket.shutdown() }
         engine.stop()
         threads.wait()
         listener.close()
@@ -246,6 +248,9 @@ public final class DataPlaneServer: @unchecked Sendable {
                 socket.close()
                 continue
             }
+            state.lock()
+            connections[ObjectIdentifier(socket)] = socket
+            state.unlock()
             spawn { ClientSession(server: self, socket: socket).run() }
         }
     }

@@ -55,6 +55,9 @@ final class ServingEngine: @unchecked Sendable {
     private var running = true
     /// Routing copied out of slots for the current batch (clients may overwrite their slots).
     private let routing: UnsafeMutableRawBufferPointer
+    /// When the engine last looked at the slots: a slot request found now arrived after that
+    /// (its latency is counted from there, an upper bound that includes its wait in the queue).
+    private var lastScan = ContinuousClock.now
 
     init(computer: ExpertComputer, slots: SlotServer?, maxBatchTokens: Int, maxSlotsPerToken: Int, maxWait: Duration,
          limits: WireLimits, check: @escaping (RequestView) throws -> Void, report: @escaping (ServingReport) -> Void) {
@@ -158,9 +161,12 @@ final class ServingEngine: @unchecked Sendable {
         var firstArrival: ContinuousClock.Instant?
         while tokens < maxBatchTokens {
             var found = false
+            let previousScan = lastScan
+            lastScan = ContinuousClock.now
             while tokens < maxBatchTokens, let slots, let (slot, sequence, bytes) = slots.nextRequest() {
                 found = true
-                let arrived = ContinuousClock.now
+                let arrived = previousScan
+                var reserved = 0
                 do {
                     guard case .request(let view) = try Frame.decode(bytes, limits: limits) else {
                         throw ComputeFailure(.malformedFrame, "a slot holds request frames only")
@@ -168,17 +174,21 @@ final class ServingEngine: @unchecked Sendable {
                     guard view.header.sequence == sequence else {
                         throw ComputeFailure(.malformedFrame, "request sequence \(view.header.sequence) differs from its slot's \(sequence)")
                     }
+                    // Shape and size first, so that a request refused costs no room in the batch.
+                    try check(view)
                     // A private copy of the routing, validated again: the client may rewrite its slot at any time.
                     let need = (view.ids.count + view.weights.count + 63) / 64 * 64
                     guard routingUsed + need <= routing.count else { throw ComputeFailure(.tooManyTokens, "request too large for this server's slots") }
                     let copy = try view.withRoutingCopied(to: UnsafeMutableRawBufferPointer(rebasing: routing[routingUsed..<(routingUsed + need)]), frame: "request")
                     routingUsed += need
+                    reserved = need
                     try check(copy)
                     let out = try slots.responseBuffer(slot: slot, sequence: sequence)
                     items.append(.slot(slot: slot, sequence: sequence, out: out, arrived: arrived))
                     views.append(copy)
                     tokens += copy.header.tokens
                 } catch {
+                    routingUsed -= reserved
                     let failure = error as? ComputeFailure ?? ComputeFailure(.malformedFrame, "\(error)")
                     answerSlot(slot: slot, sequence: sequence, failure: failure)
                     report(ServingReport(requests: 0, tokens: 0, busy: .zero, answers: [(ContinuousClock.now - arrived, failure.code)], queued: 0))

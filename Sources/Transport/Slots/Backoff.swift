@@ -11,16 +11,17 @@ import Glibc
 struct Backoff {
     private var round = 0
     private var started: ContinuousClock.Instant?
-    /// Sleep this long first, when answers are known to take long (see `init(expected:)`).
+    /// Sleep this long first, when the answer is known not to come sooner (see `init(sleepUntil:)`).
     private var firstSleep: Duration = .zero
 
     init() {}
 
-    /// A backoff for an answer that usually takes `expected`: past 200 µs, it sleeps through
-    /// three quarters of that at once instead of spinning, so that waiting clients do not take
-    /// CPU (and preempt compute threads) on a server busy with their own requests.
-    init(expected: Duration) {
-        if expected > .microseconds(200) { firstSleep = expected * 3 / 4 }
+    /// A backoff for an answer not expected before `instant`: when that is more than 200 µs
+    /// away, it sleeps until then at once instead of spinning, so that waiting clients do not
+    /// take CPU (and preempt compute threads) from a server busy with their own requests.
+    init(sleepUntil instant: ContinuousClock.Instant) {
+        let ahead = instant - .now
+        if ahead > .microseconds(200) { firstSleep = ahead }
     }
     /// Spinning pays only when another CPU runs the peer meanwhile: a process confined to one
     /// CPU (as by `taskset` or a one-core container) goes straight to yielding.

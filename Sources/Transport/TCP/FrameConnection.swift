@@ -6,7 +6,20 @@ public final class FrameConnection: @unchecked Sendable {
     /// What the next frames may be. A server keeps these small until the peer's handshake is
     /// accepted, so an unauthenticated peer cannot make it allocate much.
     public var limits: WireLimits
+    /// Frames larger than `limits.maxPayload` but at most this big are read past rather than
+    /// ending the stream: `readFrame` throws `Oversized` with the frame's first bytes, so a server
+    /// can refuse that one request and go on. 0 (the default) ends the stream on any such frame.
+    public var skipUpTo = 0
     private var buffer: UnsafeMutableRawBufferPointer
+
+    /// A frame over `limits.maxPayload` (and within `skipUpTo`) that was read past.
+    public struct Oversized: Error, CustomStringConvertible {
+        public let header: FrameHeader
+        /// The payload's first bytes (up to 64).
+        public let prefix: [UInt8]
+        public let limit: Int
+        public var description: String { "a \(header.kind) frame of \(header.payloadLength) bytes exceeds the limit of \(limit) bytes" }
+    }
 
     public init(socket: Socket, limits: WireLimits = WireLimits()) {
         self.socket = socket
@@ -26,7 +39,8 @@ public final class FrameConnection: @unchecked Sendable {
     public func readFrame() throws -> UnsafeRawBufferPointer? {
         let head = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<FrameHeader.size])
         guard try socket.readExactly(head) else { return nil }
-        let header = try FrameHeader.decode(UnsafeRawBufferPointer(head), maxPayload: limits.maxPayload)
+        let header = try FrameHeader.decode(UnsafeRawBufferPointer(head), maxPayload: max(limits.maxPayload, skipUpTo))
+        if header.payloadLength > limits.maxPayload { throw try skip(header) }
         let total = FrameHeader.size + header.payloadLength
         if total > buffer.count {
             let larger = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, buffer.count * 2), alignment: 64)
@@ -40,6 +54,22 @@ public final class FrameConnection: @unchecked Sendable {
             }
         }
         return UnsafeRawBufferPointer(rebasing: buffer[0..<total])
+    }
+
+    /// Reads past the payload of an oversized frame through the buffer it already has (no
+    /// allocation), keeping its first bytes; returns the error describing it.
+    private func skip(_ header: FrameHeader) throws -> Oversized {
+        var left = header.payloadLength
+        var prefix: [UInt8] = []
+        while left > 0 {
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(left, buffer.count)])
+            guard try socket.readExactly(chunk) else {
+                throw TransportError.system(operation: "recv (peer closed mid-frame)", path: socket.label, errno: .connectionReset)
+            }
+            if prefix.isEmpty { prefix = Array(chunk.prefix(64)) }
+            left -= chunk.count
+        }
+        return Oversized(header: header, prefix: prefix, limit: limits.maxPayload)
     }
 
     /// Sends one or more whole frames.
