@@ -66,22 +66,9 @@ struct TransportServerCommand: ParsableCommand {
 
     func parsedDType() -> WireDType? { ["f32": .f32, "bf16": .bf16, "f16": .f16][dtype] }
 
-    func poolToken() throws -> [UInt8] {
-        if let poolTokenFile {
-            guard let data = FileManager.default.contents(atPath: poolTokenFile) else { throw ValidationError("--pool-token-file \(poolTokenFile) cannot be read") }
-            let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !token.isEmpty else { throw ValidationError("--pool-token-file \(poolTokenFile) is empty") }
-            return Array(token.utf8)
-        }
-        guard let token = ProcessInfo.processInfo.environment["EAAS_POOL_TOKEN"], !token.isEmpty else {
-            throw ValidationError("no pool token: set EAAS_POOL_TOKEN or pass --pool-token-file")
-        }
-        return Array(token.utf8)
-    }
-
     func run() throws {
         let (host, port) = try parsedListen()
-        var configuration = DataPlaneServer.Configuration(poolToken: try poolToken(), serverID: id)
+        var configuration = DataPlaneServer.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), serverID: id)
         configuration.host = host
         configuration.port = port
         configuration.offerShm = !noShm
