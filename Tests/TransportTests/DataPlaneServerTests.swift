@@ -171,4 +171,21 @@ struct DataPlaneServerTests {
         #expect(FileManager.default.fileExists(atPath: live), "pid 1 is alive")
         #expect(FileManager.default.fileExists(atPath: other), "another server id's region is not ours to remove")
     }
+
+    @Test("A drain closes connections that stay idle after GOAWAY, so the server need not wait out its timeout")
+    func drainClosesIdleClients() throws {
+        var configuration = DataPlaneServer.Configuration(poolToken: Array("t".utf8), serverID: 5)
+        configuration.drainSettle = .milliseconds(200)
+        let server = try DataPlaneServer(computer: SyntheticExperts(experts: [HostedExpert(layer: 0, expert: 0)], hidden: 4, dtype: .f32),
+                                         configuration: configuration)
+        server.start()
+        defer { server.stop() }
+        let (idle, _) = try connect(server, backend: .shm)
+        defer { idle.close() }
+        let started = ContinuousClock.now
+        #expect(server.drain(timeout: .seconds(20)), "every client left")
+        #expect(ContinuousClock.now - started < .seconds(5))
+        guard case .goAway = try Frame.decode(try #require(try idle.readFrame())) else { Issue.record("expected GOAWAY first"); return }
+        #expect(try idle.readFrame() == nil, "then the connection is closed")
+    }
 }

@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 
 /// One client's connection to a `DataPlaneServer`, on its own thread: the handshake, then either
@@ -12,6 +13,10 @@ final class ClientSession: @unchecked Sendable {
     private let writeLock = NSLock()
     private var closed = false
     private var slot: Int?
+    private let busy = ManagedAtomic(false)
+
+    /// Whether a tcp request of this client is being computed or answered right now.
+    var isBusy: Bool { busy.load(ordering: .acquiring) }
 
     init(server: DataPlaneServer, socket: Socket) {
         self.server = server
@@ -233,6 +238,8 @@ final class ClientSession: @unchecked Sendable {
                     response = .allocate(byteCount: size, alignment: 64)
                 }
                 let submission = ServingEngine.Submission(request: view, output: response)
+                busy.store(true, ordering: .releasing)
+                defer { busy.store(false, ordering: .releasing) }
                 server.engine.submit(submission)
                 submission.wait()
                 switch submission.result {

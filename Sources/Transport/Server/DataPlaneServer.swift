@@ -48,6 +48,10 @@ public final class DataPlaneServer: @unchecked Sendable {
         public var handshakeTimeout: Duration = .seconds(5)
         /// How long a send to a client may block before the client is dropped.
         public var sendTimeout: Duration = .seconds(10)
+        /// How long a drain lets clients move away after GOAWAY before it closes the connections
+        /// still open with no request in progress (a client that is idle reads GOAWAY only at
+        /// its next request; one that sends anything after the close fails over, losing nothing).
+        public var drainSettle: Duration = .seconds(2)
         public var limits = WireLimits()
 
         public init(poolToken: [UInt8], serverID: UInt64) {
@@ -178,7 +182,8 @@ public final class DataPlaneServer: @unchecked Sendable {
     }
 
     /// Announces GOAWAY to every client, refuses new ones, and waits up to `timeout` for the
-    /// clients to leave while still answering them. Returns whether all of them left.
+    /// clients to leave while still answering them; after `drainSettle` it closes the connections
+    /// that are idle. Returns whether all of them left.
     @discardableResult
     public func drain(timeout: Duration, reason: String = "draining") -> Bool {
         state.lock()
@@ -189,8 +194,17 @@ public final class DataPlaneServer: @unchecked Sendable {
         for session in current { try? session.send(goAway) }
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
+        let settled = clock.now + min(timeout, configuration.drainSettle)
+        var idleClosed = false
         while clock.now < deadline {
             if clientCount == 0 { return true }
+            if !idleClosed, clock.now >= settled {
+                idleClosed = true
+                state.lock()
+                let idle = sessions.values.filter { !$0.isBusy }
+                state.unlock()
+                for session in idle { session.socket.shutdown() }
+            }
             Thread.sleep(forTimeInterval: 0.005)
         }
         return clientCount == 0
