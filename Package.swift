@@ -47,7 +47,12 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
-        .target(name: "AttentionWorker", dependencies: ["MoE", "Transport"]),
+        .target(name: "AttentionWorker", dependencies: [
+            "MoE", "Transport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ]),
         .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
         .target(name: "Controller", dependencies: ["Kube", "Transport"]),
         .executableTarget(name: "eaas", dependencies: [
@@ -62,6 +67,9 @@ let package = Package(
         .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
+        // The attention worker against transformers' whole-model fixtures, local and remote experts,
+        // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.
+        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "ExpertPod", "MoE", "Transport", "eaas"]),
         // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.
         .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport"]),
     ]

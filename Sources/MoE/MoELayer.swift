@@ -56,17 +56,38 @@ public final class MoELayer: Sendable {
         return (logits, routing)
     }
 
-    /// The block's output `[tokens, hidden]` for `input` `[tokens, hidden]`, with the routing used.
+    /// The block's output `[tokens, hidden]` for `input` `[tokens, hidden]`, with the routing used,
+    /// the routed experts computed here.
     public func forward(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch = ExpertScratch()) throws -> (output: [Float], routing: Routing) {
+        try forward(input, tokens: tokens, scratch: scratch) { routing, output in
+            try self.accumulateRouted(input, routing: routing, into: output, scratch: scratch)
+        }
+    }
+
+    /// The block's output with the routed experts computed by `routed`, which must add
+    /// `Σ_j weights[t, j] * expert_{ids[t, j]}(x_t)` into each (zeroed) row of its output, in
+    /// ascending expert order; the gate and the shared experts run here. One code path whether the
+    /// experts are in this process or on expert pods.
+    public func forward(
+        _ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch,
+        routed: (Routing, UnsafeMutableBufferPointer<Float>) throws -> Void
+    ) throws -> (output: [Float], routing: Routing) {
         let (_, routing) = route(input, tokens: tokens, scratch: scratch)
         guard tokens > 0 else { return ([], routing) }
         var output = [Float](repeating: 0, count: tokens * hidden)
         try output.withUnsafeMutableBufferPointer { out in
-            try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: router.experts,
-                                         activation: activation, experts: { self.experts[$0] }, output: out.baseAddress!, scratch: scratch)
+            try routed(routing, out)
             if let shared { addShared(shared, input: input.baseAddress!, tokens: tokens, output: out.baseAddress!, scratch: scratch) }
         }
         return (output, routing)
+    }
+
+    /// Adds the routed experts of `routing` into `output` `[tokens, hidden]` with the experts this
+    /// layer loaded (an error names an expert it did not).
+    public func accumulateRouted(_ input: UnsafeBufferPointer<Float>, routing: Routing, into output: UnsafeMutableBufferPointer<Float>, scratch: ExpertScratch) throws {
+        guard routing.tokens > 0 else { return }
+        try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: router.experts,
+                                     activation: activation, experts: { self.experts[$0] }, output: output.baseAddress!, scratch: scratch)
     }
 
     /// `output += g_t * shared(x_t)`, with `g_t = sigmoid(x_t · shared_expert_gate)` for Qwen2-MoE, else 1.

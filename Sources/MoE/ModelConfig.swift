@@ -101,6 +101,13 @@ public struct AttentionShape: Sendable, Equatable {
     public var latent: LatentAttentionShape?
     /// Rotary embedding base.
     public var ropeTheta: Double
+    /// `rope_type` of `rope_parameters` (or the older `rope_scaling`): "default" when absent.
+    public var ropeType: String = "default"
+    /// The scaling factor of `linear` rope scaling (positions divided by it); 1 otherwise.
+    public var ropeFactor: Double = 1
+    /// Attention looks back at most this many positions (`sliding_window`, where the
+    /// architecture applies it); nil for full attention.
+    public var slidingWindow: Int?
 }
 
 /// A bad `config.json`: the message names the file and the field (or the architecture).
@@ -143,6 +150,10 @@ public struct ModelConfig: Sendable, Equatable {
     public var tieWordEmbeddings: Bool
     /// The dtype the checkpoint says its weights are in, if it says.
     public var dtype: DType?
+    /// Longest sequence the positions were trained for (`max_position_embeddings`).
+    public var maxPositions: Int
+    /// Tokens that end a generation (`eos_token_id`, a number or a list); may be empty.
+    public var eosTokenIDs: [Int]
 
     /// Upper bounds on config values: far above any released model, low enough that no product of
     /// them can overflow or ask for an absurd allocation before a checkpoint is even opened.
@@ -196,6 +207,12 @@ public struct ModelConfig: Sendable, Equatable {
         // transformers' defaults: 1e-5 for Mixtral and OLMoE, 1e-6 for the others.
         rmsNormEps = try f.optional("rms_norm_eps", as: Double.self) ?? ([.mixtral, .olmoe].contains(architecture) ? 1e-5 : 1e-6)
         tieWordEmbeddings = try f.optional("tie_word_embeddings", as: Bool.self) ?? false
+        maxPositions = try f.optional("max_position_embeddings", as: Int.self).map { _ in try f.positive("max_position_embeddings", max: 1 << 24) } ?? 4096
+        if let single = try? f.optional("eos_token_id", as: Int.self) {
+            eosTokenIDs = [single]
+        } else {
+            eosTokenIDs = try f.optional("eos_token_id", as: [Int].self) ?? []
+        }
         dtype = (try f.optional("torch_dtype", as: String.self) ?? f.optional("dtype", as: String.self)).flatMap(DType.init(userSpelling:))
         let actName = try f.optional("hidden_act", as: String.self) ?? "silu"
         guard let activation = Activation(hfName: actName) else {
@@ -297,15 +314,32 @@ public struct ModelConfig: Sendable, Equatable {
         let ropeTheta = ropeParameters?["rope_theta"]?.double ?? legacyTheta ?? (architecture == .mixtral ? 1_000_000 : 10_000)
         var shape = AttentionShape(heads: heads, keyValueHeads: kvHeads, headDim: hidden / heads, qkvBias: false,
                                    qkNorm: .none, latent: nil, ropeTheta: ropeTheta)
+        let scaling = try ropeParameters ?? f.optional("rope_scaling", as: [String: JSONValue].self)
+        if let scaling {
+            shape.ropeType = scaling["rope_type"]?.string ?? scaling["type"]?.string ?? "default"
+            if shape.ropeType == "linear" {
+                guard let factor = scaling["factor"]?.double, factor >= 1 else {
+                    throw f.error("field 'rope_parameters': linear rope scaling needs a 'factor' of at least 1")
+                }
+                shape.ropeFactor = factor
+            }
+        }
         switch architecture {
         case .mixtral:
             shape.headDim = try f.optional("head_dim", as: Int.self).map { _ in try f.positive("head_dim", max: Limits.headDim) } ?? hidden / heads
+            shape.slidingWindow = try f.optional("sliding_window", as: Int.self).map { _ in try f.positive("sliding_window", max: 1 << 24) }
         case .qwen2Moe:
             shape.qkvBias = try f.optional("qkv_bias", as: Bool.self) ?? true
+            if try f.optional("use_sliding_window", as: Bool.self) == true {
+                throw f.error("field 'use_sliding_window': sliding-window attention of Qwen2-MoE (per-layer windows) is not supported")
+            }
         case .qwen3Moe:
             shape.headDim = try f.optional("head_dim", as: Int.self).map { _ in try f.positive("head_dim", max: Limits.headDim) } ?? hidden / heads
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
             shape.qkNorm = .perHead
+            if try f.optional("use_sliding_window", as: Bool.self) == true {
+                shape.slidingWindow = try f.positive("sliding_window", max: 1 << 24)
+            }
         case .olmoe:
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
             shape.qkNorm = .whole

@@ -11,7 +11,14 @@ inputs fed straight into every MoE block, what transformers computes:
     layers.{L}.topk_weights   [tokens, topK]     f32  their weights, in the same order
     layers.{L}.output         [tokens, hidden]   f32  the whole block's output (shared experts included)
 
-into `expected.safetensors` beside the checkpoint. Run it from anywhere (CPU torch is enough):
+into `expected.safetensors` beside the checkpoint, and for the architectures the attention worker
+runs, the whole model on a prompt and its greedy continuation:
+
+    prompt_ids        [P]              i32  the prompt (chosen so no decision below is a near tie)
+    generated_ids     [16]             i32  greedy continuation, no stop token
+    logits            [P + 15, vocab]  f32  logits at every position of prompt + generated[:-1]
+
+into `generation.safetensors`. Run it from anywhere (CPU torch is enough):
 
     pip install torch==2.13.0 transformers safetensors
     python3 Tests/Fixtures/make_fixtures.py
@@ -138,6 +145,55 @@ def record(name, model, dtype):
     return tensors
 
 
+GENERATED = 16
+# Architectures whose whole model the attention worker runs (fixture name -> prompt seed base).
+WHOLE_MODEL = ("mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe")
+
+
+def greedy_with_margins(model, prompt):
+    """Greedy continuation of `prompt` by full forwards (no cache), the smallest top-1/top-2 logit
+    gap over the steps, and the smallest routing margin over every MoE layer and position."""
+    margins = []
+    hooks = []
+    k = model.config.num_experts_per_tok
+    for _, block in moe_blocks(model):
+        def hook(module, args, output, block=block):
+            logits = output[0] if isinstance(output, tuple) else output
+            margins.append(choice_margin(block.gate, logits.detach().float().reshape(-1, logits.shape[-1]), model.config.model_type, k))
+        hooks.append(block.gate.register_forward_hook(hook))
+    ids = list(prompt)
+    gap = float("inf")
+    with torch.no_grad():
+        for _ in range(GENERATED):
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+            top = logits.topk(2).values
+            gap = min(gap, (top[0] - top[1]).item())
+            ids.append(int(logits.argmax()))
+        logits = model(torch.tensor([ids[:-1]])).logits[0].float()
+    for h in hooks:
+        h.remove()
+    return ids[len(prompt):], logits, gap, min(margins)
+
+
+def record_generation(name, model):
+    """Whole-model logits and a greedy continuation for the first seeded prompt whose decisions
+    (next token, expert choice) all clear their margins, so that rounding cannot flip them."""
+    vocab = model.config.vocab_size
+    for attempt in range(50):
+        g = torch.Generator().manual_seed(4321 + attempt)
+        length = 5 + attempt % 4
+        prompt = torch.randint(3, vocab, (length,), generator=g).tolist()
+        generated, logits, gap, route = greedy_with_margins(model, prompt)
+        if gap > 1e-3 and route > 1e-4:
+            print(f"{name}: prompt {prompt} (attempt {attempt}), token gap {gap:.2e}, routing margin {route:.2e}")
+            return {
+                "prompt_ids": torch.tensor(prompt, dtype=torch.int32),
+                "generated_ids": torch.tensor(generated, dtype=torch.int32),
+                "logits": logits.contiguous(),
+            }
+    raise SystemExit(f"{name}: no prompt without near ties in 50 attempts")
+
+
 def check_init(directories):
     from transformers import AutoModelForCausalLM
     for directory in directories:
@@ -157,6 +213,7 @@ def main():
     for name, (config_class, model_class, kwargs, how) in CASES.items():
         torch.manual_seed(sum(map(ord, name)))
         config = config_class(**{**COMMON, **kwargs})
+        config._attn_implementation = "eager"
         model = model_class(config).eval()
         if model.config.model_type == "deepseek_v3":
             # Make the correction bias matter: it is zero after init.
@@ -169,7 +226,11 @@ def main():
             # Round the weights to the stored dtype first, then compute in f32 on the rounded values.
             model = model.to(dtype)
             model.save_pretrained(out_dir)
-            model = model.float()
+            # A fresh f32 model given the rounded weights: `.to(dtype)` also rounded the rotary
+            # inverse frequencies (a non-persistent buffer), which a loader recomputes in f32.
+            rounded = model.float().state_dict()
+            model = model_class(config).eval()
+            model.load_state_dict(rounded)
         elif how.get("fused"):
             model.save_pretrained(out_dir)
             os.remove(os.path.join(out_dir, "model.safetensors"))
@@ -186,6 +247,9 @@ def main():
         save_file(expected, os.path.join(out_dir, "expected.safetensors"),
                   metadata={"transformers": transformers.__version__, "torch": torch.__version__})
         print(f"{name}: {len(expected) // 5} MoE layers -> {out_dir}")
+        if name in WHOLE_MODEL:
+            save_file(record_generation(name, model), os.path.join(out_dir, "generation.safetensors"),
+                      metadata={"transformers": transformers.__version__, "torch": torch.__version__})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+import MoE
+
+/// A bad or unsupported model for the attention worker; the message names the tensor or field.
+public struct ModelLoadError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The weights of one decoder layer's attention: projections `[out, in]` in their checkpoint dtype,
+/// small vectors (biases, norms) widened to f32.
+struct AttentionWeights {
+    let q: WeightMatrix
+    let k: WeightMatrix
+    let v: WeightMatrix
+    let o: WeightMatrix
+    let qBias: [Float]?
+    let kBias: [Float]?
+    let vBias: [Float]?
+    /// `[headDim]` (per head) or `[heads * headDim]` / `[kvHeads * headDim]` (whole), by `AttentionShape.qkNorm`.
+    let qNorm: [Float]?
+    let kNorm: [Float]?
+}
+
+/// What follows attention in a decoder layer.
+enum FeedForward {
+    /// A dense SwiGLU MLP (Qwen2-MoE's `mlp_only_layers`, DeepSeek's first layers).
+    case dense(ExpertWeights)
+    /// An MoE block: gate and shared experts here, routed experts here or on expert pods.
+    case moe(MoELayer)
+}
+
+struct DecoderLayerWeights {
+    let inputNorm: [Float]
+    let postAttentionNorm: [Float]
+    let attention: AttentionWeights
+    let feedForward: FeedForward
+}
+
+/// Every non-expert weight of a Qwen3-MoE, Qwen2-MoE, Mixtral or OLMoE checkpoint, plus the
+/// routed experts when they run in this process. Large matrices stay in the mapped checkpoint.
+final class DecoderWeights {
+    let config: ModelConfig
+    let checkpoint: Checkpoint
+    /// `[vocab, hidden]`.
+    let embedding: WeightMatrix
+    let layers: [DecoderLayerWeights]
+    let finalNorm: [Float]
+    /// `[vocab, hidden]` (the embedding when tied).
+    let lmHead: WeightMatrix
+
+    /// Loads `directory`; with `localExperts` false no routed expert weight is touched (they live on
+    /// expert pods), so a worker maps only what it computes.
+    init(directory: String, localExperts: Bool) throws {
+        let config = try ModelConfig.load(directory: directory)
+        guard [.qwen3Moe, .qwen2Moe, .mixtral, .olmoe].contains(config.architecture) else {
+            throw ModelLoadError("\(directory): \(config.architecture.rawValue) is not supported by the attention worker yet "
+                + "(multi-head latent attention is not implemented); supported: Qwen3MoeForCausalLM, Qwen2MoeForCausalLM, MixtralForCausalLM, OlmoeForCausalLM")
+        }
+        guard ["default", "linear"].contains(config.attention.ropeType) else {
+            throw ModelLoadError("\(directory)/config.json: rope_type '\(config.attention.ropeType)' is not supported (default, linear)")
+        }
+        self.config = config
+        let checkpoint = try Checkpoint(directory: directory)
+        self.checkpoint = checkpoint
+        let h = config.hiddenSize
+        func matrix(_ name: String, _ rows: Int, _ cols: Int) throws -> WeightMatrix {
+            let tensor = try checkpoint.tensor(name)
+            try tensor.expectShape([rows, cols])
+            return try WeightMatrix(tensor)
+        }
+        func vector(_ name: String, _ count: Int) throws -> [Float] {
+            let tensor = try checkpoint.tensor(name)
+            try tensor.expectShape([count])
+            return try tensor.floats()
+        }
+        embedding = try matrix("model.embed_tokens.weight", config.vocabSize, h)
+        lmHead = config.tieWordEmbeddings ? embedding : try matrix("lm_head.weight", config.vocabSize, h)
+        finalNorm = try vector("model.norm.weight", h)
+        let a = config.attention
+        let qSize = a.heads * a.headDim, kvSize = a.keyValueHeads * a.headDim
+        layers = try (0..<config.layerCount).map { layer in
+            let p = "model.layers.\(layer)"
+            let s = "\(p).self_attn"
+            let attention = AttentionWeights(
+                q: try matrix("\(s).q_proj.weight", qSize, h), k: try matrix("\(s).k_proj.weight", kvSize, h),
+                v: try matrix("\(s).v_proj.weight", kvSize, h), o: try matrix("\(s).o_proj.weight", h, qSize),
+                qBias: a.qkvBias ? try vector("\(s).q_proj.bias", qSize) : nil,
+                kBias: a.qkvBias ? try vector("\(s).k_proj.bias", kvSize) : nil,
+                vBias: a.qkvBias ? try vector("\(s).v_proj.bias", kvSize) : nil,
+                qNorm: a.qkNorm == .none ? nil : try vector("\(s).q_norm.weight", a.qkNorm == .perHead ? a.headDim : qSize),
+                kNorm: a.qkNorm == .none ? nil : try vector("\(s).k_norm.weight", a.qkNorm == .perHead ? a.headDim : kvSize))
+            let feedForward: FeedForward
+            if config.isMoE(layer: layer) {
+                feedForward = .moe(try MoELayer(checkpoint: checkpoint, config: config, layer: layer, experts: localExperts ? nil : []))
+            } else {
+                let f = config.denseFFNSize
+                feedForward = .dense(try ExpertWeights(
+                    gate: try matrix("\(p).mlp.gate_proj.weight", f, h), up: try matrix("\(p).mlp.up_proj.weight", f, h),
+                    down: try matrix("\(p).mlp.down_proj.weight", h, f), hidden: h, ffn: f, file: directory))
+            }
+            return DecoderLayerWeights(inputNorm: try vector("\(p).input_layernorm.weight", h),
+                                       postAttentionNorm: try vector("\(p).post_attention_layernorm.weight", h),
+                                       attention: attention, feedForward: feedForward)
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import MoE
+import Transport
+
+/// Where an MoE layer's routed experts run. The gate, the shared experts and the combine are the
+/// same code either way (`MoELayer.forward(_:tokens:scratch:routed:)`); only this differs.
+public enum ExpertMode: String, Sendable, CaseIterable {
+    /// In this process (the monolithic baseline).
+    case local
+    /// On expert pods, through the data plane.
+    case remote
+}
+
+/// The routed-expert computation of a step: local weights, or a dispatcher to expert pods.
+final class RoutedExpertPlacement {
+    private let dispatcher: Dispatcher?
+    private let wireDType: WireDType
+    /// The step's hidden states narrowed to the wire dtype (reused).
+    private var staging: [UInt16] = []
+
+    /// Experts in this process.
+    init() {
+        dispatcher = nil
+        wireDType = .f32
+    }
+
+    /// Experts on the pods `dispatcher` reaches, hidden states sent as `wireDType`.
+    init(dispatcher: Dispatcher, wireDType: WireDType) {
+        self.dispatcher = dispatcher
+        self.wireDType = wireDType
+    }
+
+    var mode: ExpertMode { dispatcher == nil ? .local : .remote }
+
+    /// Servers marked down since start (remote only).
+    var failovers: Int { dispatcher?.failovers ?? 0 }
+
+    /// Adds the routed experts of `routing` for `input` `[tokens, hidden]` into `output` (zeroed).
+    func run(_ block: MoELayer, input: UnsafeBufferPointer<Float>, routing: Routing, output: UnsafeMutableBufferPointer<Float>,
+             scratch: ExpertScratch) throws {
+        guard let dispatcher else {
+            try block.accumulateRouted(input, routing: routing, into: output, scratch: scratch)
+            return
+        }
+        let sums: [Float]
+        switch wireDType {
+        case .f32:
+            sums = try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
+                                       weights: routing.weights, states: UnsafeRawBufferPointer(input), hidden: block.hidden, dtype: .f32)
+        case .bf16, .f16:
+            if staging.count < input.count { staging = [UInt16](repeating: 0, count: input.count) }
+            sums = try staging.withUnsafeMutableBufferPointer { narrow in
+                if wireDType == .bf16 {
+                    BLAS.narrowBF16(input.baseAddress!, into: narrow.baseAddress!, count: input.count)
+                } else {
+                    BLAS.narrowF16(input.baseAddress!, into: narrow.baseAddress!, count: input.count)
+                }
+                return try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
+                                           weights: routing.weights, states: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(narrow).prefix(input.count * 2)),
+                                           hidden: block.hidden, dtype: wireDType)
+            }
+        }
+        _ = output.update(fromContentsOf: sums)
+    }
+
+    func close() { dispatcher?.close() }
+}
