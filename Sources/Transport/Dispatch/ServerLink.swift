@@ -76,19 +76,7 @@ public enum ServerLinks {
                 local = side
                 info = side.endpoint.encoded()
             }
-            try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
-                                                               poolToken: configuration.poolToken, backend: configuration.backend, backendInfo: info)))
-            guard try TCPLink.wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
-                throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
-            }
-            let reply: HandshakeReply
-            switch try Frame.decode(bytes, limits: configuration.limits) {
-            case .handshakeReply(let r): reply = r
-            case .error(let error) where error.code == .draining:
-                throw TransportError.unreachable(address: server.address, reason: "draining: \(error.message)")
-            case .error(let error): throw Dispatcher.StepError.refused(server: server.id, code: error.code, message: error.message)
-            default: throw WireError.invalid(frame: "handshake reply", field: "kind", reason: "is not a handshake reply")
-            }
+            let reply = try handshake(connection, server: server, backend: configuration.backend, backendInfo: info, configuration: configuration)
             switch reply.backend {
             case .tcp:
                 local?.close()
@@ -118,6 +106,39 @@ public enum ServerLinks {
             connection.close()
             throw error
         }
+    }
+}
+
+extension ServerLinks {
+    /// Sends the handshake on `connection` and returns the server's reply.
+    static func handshake(_ connection: FrameConnection, server: ServerInfo, backend: BackendKind, backendInfo: [UInt8],
+                          configuration: Dispatcher.Configuration) throws -> HandshakeReply {
+        try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
+                                                           poolToken: configuration.poolToken, backend: backend, backendInfo: backendInfo)))
+        guard try TCPLink.wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {
+            throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
+        }
+        switch try Frame.decode(bytes, limits: configuration.limits) {
+        case .handshakeReply(let reply): return reply
+        case .error(let error) where error.code == .draining:
+            throw TransportError.unreachable(address: server.address, reason: "draining: \(error.message)")
+        case .error(let error): throw Dispatcher.StepError.refused(server: server.id, code: error.code, message: error.message)
+        default: throw WireError.invalid(frame: "handshake reply", field: "kind", reason: "is not a handshake reply")
+        }
+    }
+
+    /// Asks the server at `address` what it hosts and which hidden size and wire dtype it expects,
+    /// with a plain `tcp` handshake, then closes the connection.
+    public static func probe(address: String, configuration: Dispatcher.Configuration) throws -> HandshakeReply {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw TransportError.unreachable(address: address, reason: "is not host:port")
+        }
+        let connection = try FrameConnection.connect(host: String(address[..<colon]), port: port, limits: configuration.limits,
+                                                     timeout: configuration.connectTimeout)
+        defer { connection.close() }
+        connection.socket.setIOTimeout(configuration.maximumTimeout)
+        return try handshake(connection, server: ServerInfo(id: address, address: address, experts: []), backend: .tcp, backendInfo: [],
+                             configuration: configuration)
     }
 }
 
