@@ -106,6 +106,13 @@ public final class GenerationEngine: @unchecked Sendable {
         return statistics
     }
 
+    /// Whether new requests are taken (false once shutdown began).
+    public var isAccepting: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return accepting
+    }
+
     /// Data-plane failovers so far (remote experts).
     public var failovers: Int { model.placement.failovers }
 

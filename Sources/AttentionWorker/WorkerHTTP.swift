@@ -1,0 +1,183 @@
+import Foundation
+import Hummingbird
+
+/// The worker's HTTP API: `POST /v1/completions` (OpenAI's shape, prompts as token ids, `stream`
+/// as server-sent events), `GET /v1/models`, `/healthz`, `/readyz`.
+///
+/// Overload: requests beyond the engine's running sequences queue (up to its `maxWaiting`); past
+/// that the answer is 429 with `Retry-After`, and nothing of the request is kept.
+public enum WorkerHTTP {
+    /// Largest request body read.
+    public static let maxBodyBytes = 16 << 20
+
+    public static func router(engine: GenerationEngine) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("readyz") { _, _ -> Response in
+            let ready = engine.isAccepting
+            return Response(status: ready ? .ok : .serviceUnavailable, body: ResponseBody(byteBuffer: ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
+        }
+        router.get("v1/models") { _, _ -> Response in
+            let body = ModelList(data: [.init(id: engine.modelName, created: Int(Date().timeIntervalSince1970))])
+            return json(status: .ok, (try? JSONEncoder().encode(body)) ?? Data())
+        }
+        router.post("v1/completions") { request, context -> Response in
+            let body: ByteBuffer
+            do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
+                return failure(CompletionError(status: 413, type: "invalid_request_error", message: "the body is larger than \(maxBodyBytes) bytes", param: nil))
+            }
+            let completion: CompletionRequest
+            do throws(CompletionError) { completion = try CompletionRequest(json: Data(buffer: body), seed: UInt64.random(in: 0...UInt64.max)) } catch {
+                return failure(error)
+            }
+            if let model = completion.model, model != engine.modelName {
+                return failure(CompletionError(status: 404, type: "invalid_request_error",
+                                               message: "the model '\(model)' does not exist; this worker serves '\(engine.modelName)'", param: "model"))
+            }
+            let streams: [AsyncStream<GenerationEvent>]
+            do throws(CompletionError) {
+                streams = try submitAll(completion.generationRequests, to: engine)
+            } catch {
+                return failure(error)
+            }
+            let id = "cmpl-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            let created = Int(Date().timeIntervalSince1970)
+            if completion.stream {
+                return streaming(streams, id: id, created: created, model: engine.modelName, includeUsage: completion.includeUsage)
+            }
+            return await whole(streams, id: id, created: created, model: engine.modelName)
+        }
+        return router
+    }
+
+    /// Submits every prompt or none: when one is refused, the ones already queued are cancelled.
+    private static func submitAll(_ requests: [GenerationRequest], to engine: GenerationEngine) throws(CompletionError) -> [AsyncStream<GenerationEvent>] {
+        var handles: [GenerationEngine.Handle] = []
+        var streams: [AsyncStream<GenerationEvent>] = []
+        for (index, request) in requests.enumerated() {
+            let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream()
+            do throws(SubmitError) {
+                let handle = try engine.submit(request) { event in
+                    continuation.yield(event)
+                    if case .token = event { return }
+                    continuation.finish()
+                }
+                continuation.onTermination = { reason in if case .cancelled = reason { handle.cancel() } }
+                handles.append(handle)
+                streams.append(stream)
+            } catch {
+                for handle in handles { handle.cancel() }
+                switch error {
+                case .invalid(let message):
+                    throw .invalid(requests.count > 1 ? "prompt[\(index)]: \(message)" : message, param: message.hasPrefix("max_tokens") ? "max_tokens" : "prompt")
+                case .overloaded:
+                    throw CompletionError(status: 429, type: "rate_limit_error", message: error.description, param: nil)
+                case .stopping:
+                    throw CompletionError(status: 503, type: "server_error", message: error.description, param: nil)
+                }
+            }
+        }
+        return streams
+    }
+
+    /// Waits for every sequence and answers once.
+    private static func whole(_ streams: [AsyncStream<GenerationEvent>], id: String, created: Int, model: String) async -> Response {
+        var choices: [CompletionBody.Choice] = []
+        var usage = CompletionBody.Usage()
+        for (index, stream) in streams.enumerated() {
+            var tokens: [Int] = []
+            var reason: String?
+            for await event in stream {
+                switch event {
+                case .token(let token): tokens.append(token)
+                case let .finished(finish, prompt, completion):
+                    reason = finish.rawValue
+                    usage.prompt_tokens += prompt
+                    usage.completion_tokens += completion
+                case .failed(let message):
+                    return failure(CompletionError(status: 503, type: "server_error", message: message, param: nil))
+                }
+            }
+            guard let reason else { return failure(CompletionError(status: 503, type: "server_error", message: "generation ended early", param: nil)) }
+            choices.append(.init(index: index, text: CompletionBody.text(tokens), token_ids: tokens, logprobs: nil, finish_reason: reason))
+        }
+        return json(status: .ok, CompletionBody(id: id, created: created, model: model, choices: choices, usage: usage).json())
+    }
+
+    /// Server-sent events: one chunk per token (per prompt, as tokens come), a chunk with the
+    /// finish reason, the usage chunk when asked, then `data: [DONE]`.
+    private static func streaming(_ streams: [AsyncStream<GenerationEvent>], id: String, created: Int, model: String, includeUsage: Bool) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        let body = ResponseBody { writer in
+            let (merged, continuation) = AsyncStream<(Int, GenerationEvent)>.makeStream()
+            let relay = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for (index, stream) in streams.enumerated() {
+                        group.addTask { for await event in stream { continuation.yield((index, event)) } }
+                    }
+                }
+                continuation.finish()
+            }
+            defer { relay.cancel() }
+            var usage = CompletionBody.Usage()
+            var started = Set<Int>()
+            func send(_ data: Data) async throws {
+                var buffer = ByteBuffer(string: "data: ")
+                buffer.writeBytes(data)
+                buffer.writeString("\n\n")
+                try await writer.write(buffer)
+            }
+            for await (index, event) in merged {
+                let chunk: CompletionBody
+                switch event {
+                case .token(let token):
+                    let text = (started.insert(index).inserted ? "" : " ") + String(token)
+                    chunk = CompletionBody(id: id, created: created, model: model,
+                                           choices: [.init(index: index, text: text, token_ids: [token], logprobs: nil, finish_reason: nil)], usage: nil)
+                case let .finished(reason, prompt, completion):
+                    usage.prompt_tokens += prompt
+                    usage.completion_tokens += completion
+                    chunk = CompletionBody(id: id, created: created, model: model,
+                                           choices: [.init(index: index, text: "", token_ids: [], logprobs: nil, finish_reason: reason.rawValue)], usage: nil)
+                case .failed(let message):
+                    try await send(CompletionError(status: 503, type: "server_error", message: message, param: nil).body)
+                    try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                    try await writer.finish(nil)
+                    return
+                }
+                try await send(chunk.json())
+            }
+            if includeUsage {
+                try await send(CompletionBody(id: id, created: created, model: model, choices: [], usage: usage).json())
+            }
+            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: headers, body: body)
+    }
+
+    private static func json(status: HTTPResponse.Status, _ data: Data) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    private static func failure(_ error: CompletionError) -> Response {
+        var response = json(status: HTTPResponse.Status(code: error.status), error.body)
+        if error.status == 429 { response.headers[.retryAfter] = "1" }
+        return response
+    }
+
+    struct ModelList: Encodable {
+        struct Model: Encodable {
+            let id: String
+            var object = "model"
+            let created: Int
+            var owned_by = "eaas"
+        }
+        var object = "list"
+        let data: [Model]
+    }
+}

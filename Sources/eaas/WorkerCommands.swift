@@ -1,0 +1,214 @@
+import ArgumentParser
+import AttentionWorker
+import Foundation
+import Hummingbird
+import Logging
+import MoE
+import ServiceLifecycle
+import Transport
+
+/// Where a worker's routed experts run, shared by `eaas generate`, `eaas worker` and the e2e bench.
+struct ExpertOptions: ParsableArguments {
+    @Option(help: "Where routed experts run: local (in this process, monolithic) or remote (expert pods).") var experts: String = "local"
+    @Option(help: "Remote: membership file ({\"servers\": [{id, address, experts, ready}]}), re-read when it changes.") var membership: String?
+    @Option(help: "Remote: expert pod addresses HOST:PORT, comma-separated; each is asked what it hosts.") var expertServers: String?
+    @Option(help: "Remote: data-plane backend to ask pods for: tcp, shm or verbs.") var transport: String = "shm"
+    @Option(help: "Remote: file holding the pool token (default: $EAAS_POOL_TOKEN).") var poolTokenFile: String?
+    @Option(help: "Remote: hidden-state dtype on the wire: auto (what the pods expect), f32, bf16 or f16.") var wireDtype: String = "auto"
+
+    func validate() throws {
+        guard let mode = ExpertMode(rawValue: experts) else { throw ValidationError("--experts '\(experts)' is not local or remote") }
+        guard ["tcp", "shm", "verbs"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not tcp, shm or verbs") }
+        guard wireDtype == "auto" || ["f32", "bf16", "f16"].contains(wireDtype) else {
+            throw ValidationError("--wire-dtype '\(wireDtype)' is not auto, f32, bf16 or f16")
+        }
+        switch mode {
+        case .local:
+            guard membership == nil, expertServers == nil else { throw ValidationError("--membership and --expert-servers need --experts remote") }
+        case .remote:
+            guard (membership == nil) != (expertServers == nil) else {
+                throw ValidationError("--experts remote needs one of --membership FILE or --expert-servers HOST:PORT,…")
+            }
+        }
+    }
+
+    /// The engine's expert source; remote sources are checked against the pods now.
+    func source(modelDirectory: String, clientID: UInt64 = UInt64.random(in: 1...UInt64.max)) throws -> ExpertSource {
+        guard experts == "remote" else { return .local }
+        let config = try ModelConfig.load(directory: modelDirectory)
+        var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: clientID)
+        dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
+        let source: MembershipSource
+        if let expertServers {
+            let addresses = expertServers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            source = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
+        } else {
+            let file = try FileMembership(path: membership!)
+            let missing = ExpertPods.missingExperts(config: config, view: file.current())
+            if !missing.isEmpty {
+                FileHandle.standardError.write(Data("warning: \(missing.count) experts have no ready pod in \(membership!) yet; steps wait for them\n".utf8))
+            }
+            source = file
+        }
+        let dtype: WireDType
+        if let fixed = ["f32": WireDType.f32, "bf16": .bf16, "f16": .f16][wireDtype] {
+            dtype = fixed
+        } else if let asked = try ExpertPods.wireDType(of: source.current(), config: config, dispatcher: dispatcher) {
+            dtype = asked
+        } else {
+            throw ValidationError("--wire-dtype auto: no expert pod answered; give --wire-dtype to start before the pods")
+        }
+        return .remote(membership: source, dispatcher: dispatcher, wireDType: dtype)
+    }
+}
+
+/// Sampling flags of `eaas generate`.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Sampling temperature (0: greedy).") var temperature: Double = 0
+    @Option(help: "Nucleus sampling threshold in (0, 1].") var topP: Double = 1
+    @Option(help: "Keep only the K most likely tokens (0: all).") var topK: Int = 0
+    @Option(help: "Seed of the sampler (the same seed gives the same tokens).") var seed: UInt64 = 0
+
+    var parameters: SamplingParameters { SamplingParameters(temperature: temperature, topP: topP, topK: topK, seed: seed) }
+
+    func validate() throws {
+        if let problem = parameters.problem { throw ValidationError(problem) }
+    }
+}
+
+/// `eaas generate`: run prompts (token ids) through the model once and print the tokens.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate tokens for prompts given as token ids, experts local or on expert pods.",
+        discussion: "Repeat --prompt-ids for several sequences: they are generated together with continuous batching."
+    )
+
+    @Option(help: "Checkpoint directory (config.json + safetensors).") var model: String
+    @Option(help: "A prompt as comma-separated token ids; repeat for more sequences.") var promptIds: [String]
+    @Option(help: "Most tokens to generate per sequence.") var maxTokens: Int = 16
+    @Flag(help: "Keep generating through the model's end-of-sequence tokens.") var ignoreEos = false
+    @Flag(help: "Print JSON instead of one line of ids per sequence.") var json = false
+    @OptionGroup var experts: ExpertOptions
+    @OptionGroup var sampling: SamplingOptions
+
+    func validate() throws {
+        _ = try prompts()
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
+    }
+
+    func prompts() throws -> [[Int]] {
+        try promptIds.map { text in
+            let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            let ids = parts.compactMap { Int($0) }
+            guard !parts.isEmpty, ids.count == parts.count, ids.allSatisfy({ $0 >= 0 }) else {
+                throw ValidationError("--prompt-ids '\(text)' is not a comma-separated list of token ids")
+            }
+            return ids
+        }
+    }
+
+    func run() throws {
+        let engine: GenerationEngine
+        do {
+            engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model))
+        } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
+        let requests = try prompts().map {
+            GenerationRequest(prompt: $0, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos)
+        }
+        let started = ContinuousClock.now
+        let results: [GenerationResult]
+        do { results = try engine.generate(requests) } catch { throw CommandFailure("\(error)") }
+        let seconds = (ContinuousClock.now - started).seconds
+        let generated = results.map(\.tokens.count).reduce(0, +)
+        if json {
+            let body: JSONValue = .object([
+                "experts": .string(engine.expertMode.rawValue),
+                "sequences": .array(results.enumerated().map { index, result in
+                    .object(["prompt_ids": .array(requests[index].prompt.map { .int($0) }), "token_ids": .array(result.tokens.map { .int($0) }),
+                             "finish_reason": .string(result.finishReason.rawValue)])
+                }),
+                "generated_tokens": .int(generated), "seconds": .double(seconds),
+            ])
+            print(body.serialized())
+        } else {
+            for result in results { print(result.tokens.map(String.init).joined(separator: ",")) }
+            FileHandle.standardError.write(Data(String(format: "%d tokens in %.2f s (%.1f tok/s), experts %@\n", generated, seconds,
+                                                       Double(generated) / max(seconds, 1e-9), engine.expertMode.rawValue).utf8))
+        }
+    }
+}
+
+/// A failure at run time (not a usage mistake): printed as `Error: …` without the usage text.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+/// `eaas worker`: the attention worker serving `POST /v1/completions`.
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Serve an MoE model's attention side with an OpenAI-shaped /v1/completions API (prompts as token ids).",
+        discussion: """
+        Prints 'listening HOST:PORT' once the API is up. Requests beyond --max-running queue, up to \
+        --max-waiting; past that the worker answers 429 with Retry-After. SIGTERM: /readyz turns 503, \
+        new requests get 503, accepted ones finish, then the worker exits.
+        """
+    )
+
+    @Option(help: "Checkpoint directory (config.json + safetensors).") var model: String
+    @Option(help: "HTTP address to bind.") var host: String = "0.0.0.0"
+    @Option(help: "HTTP port (0 picks a free one).") var port: Int = 8000
+    @Option(help: "Sequences generating at once.") var maxRunning: Int = 64
+    @Option(help: "Tokens per step (decodes first, then prompt chunks).") var maxBatchTokens: Int = 512
+    @Option(help: "Requests that may wait for a running place before new ones get 429.") var maxWaiting: Int = 1024
+    @Option(help: "Longest prompt + generation (default: the model's max_position_embeddings).") var maxContext: Int?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @OptionGroup var experts: ExpertOptions
+
+    func validate() throws {
+        guard (0...65_535).contains(port) else { throw ValidationError("--port \(port) is not a port") }
+        if let problem = engineConfiguration().problem { throw ValidationError(problem) }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+    }
+
+    func engineConfiguration() -> GenerationEngine.Configuration {
+        var configuration = GenerationEngine.Configuration()
+        configuration.maxRunning = maxRunning
+        configuration.maxBatchTokens = maxBatchTokens
+        configuration.maxWaiting = maxWaiting
+        configuration.maxContext = maxContext
+        return configuration
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "eaas.worker")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let engine: GenerationEngine
+        do {
+            engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model), configuration: engineConfiguration())
+        } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
+        let announced = ManagedFlag()
+        let application = Application(
+            router: WorkerHTTP.router(engine: engine),
+            configuration: .init(address: .hostname(host, port: port), serverName: "eaas-worker"),
+            onServerRunning: { channel in
+                guard announced.setOnce() else { return }
+                FileHandle.standardOutput.write(Data("listening \(host):\(channel.localAddress?.port ?? port) experts \(engine.expertMode.rawValue)\n".utf8))
+            },
+            logger: logger
+        )
+        // The engine shuts down first (drains accepted requests) while HTTP still streams them.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: application), .init(service: EngineService(engine: engine))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+}
