@@ -117,6 +117,12 @@ enum PoolTokenSource {
 final class ManagedFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var set = false
+    var isSet: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return set
+    }
+
     func setOnce() -> Bool {
         lock.lock()
         defer { lock.unlock() }

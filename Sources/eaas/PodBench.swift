@@ -302,6 +302,12 @@ final class ChildProcess {
         return String(decoding: buffered, as: UTF8.self)
     }
 
+    /// SIGKILL, then waits.
+    func kill() {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
     /// SIGTERM, then waits.
     func stop() {
         if process.isRunning { process.terminate() }

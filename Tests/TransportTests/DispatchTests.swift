@@ -113,18 +113,35 @@ struct DispatchTests {
     @Test("The adaptive timeout follows measured round trips, stays within bounds and backs off")
     func adaptiveTimeout() {
         var t = AdaptiveTimeout(minimum: .milliseconds(20), maximum: .seconds(5))
-        #expect(t.current == .seconds(5), "no sample yet: the maximum")
+        #expect(t.current() == .seconds(5), "no sample yet: the maximum")
         for _ in 0..<50 { t.record(.microseconds(300)) }
-        #expect(t.current == .milliseconds(20), "fast round trips: the minimum")
+        #expect(t.current() == .milliseconds(20), "fast round trips: the minimum")
         for _ in 0..<100 { t.record(.milliseconds(100)) }
-        #expect(t.current > .milliseconds(100) && t.current < .milliseconds(130))
-        let base = t.current
+        #expect(t.current() > .milliseconds(100) && t.current() < .milliseconds(130))
+        let base = t.current()
         t.recordTimeout()
-        #expect(t.current >= base * 2 - .microseconds(1) && t.current <= base * 2 + .microseconds(1))
+        #expect(t.current() >= base * 2 - .microseconds(1) && t.current() <= base * 2 + .microseconds(1))
         for _ in 0..<10 { t.recordTimeout() }
-        #expect(t.current == .seconds(5))
+        #expect(t.current() == .seconds(5))
         t.record(.milliseconds(100))
-        #expect(t.current < .milliseconds(200), "a response ends the back-off")
+        #expect(t.current() < .milliseconds(200), "a response ends the back-off")
+    }
+
+    @Test("Timeouts scale with request size: a prefill-sized request is not timed by decode-sized round trips", arguments: [
+        // (pairs of the request, expected timeout in ms after decode requests of 6 pairs took 10 ms)
+        (6, 10...15), (5, 10...15), (8, 10...15),  // same size class (5-8 pairs)
+        (16, 20...30), (3072, 3840...5760),        // larger classes, scaled up from the nearest smaller one
+        (1, 10...15),                               // smaller: bounded by the nearest larger class
+    ] as [(Int, ClosedRange<Int>)])
+    func timeoutBySize(pairs: Int, milliseconds: ClosedRange<Int>) {
+        var t = AdaptiveTimeout(minimum: .milliseconds(1), maximum: .seconds(30))
+        for _ in 0..<200 { t.record(.milliseconds(10), pairs: 6) }
+        let timeout = t.current(pairs: pairs)
+        #expect(timeout >= .milliseconds(milliseconds.lowerBound) && timeout <= .milliseconds(milliseconds.upperBound), "\(pairs) pairs: \(timeout)")
+        // Once its own size class is measured, that estimate is used.
+        t.record(.milliseconds(400), pairs: 3000)
+        #expect(t.current(pairs: 3072) >= .milliseconds(400) && t.current(pairs: 3072) < .milliseconds(1300))
+        #expect(abs((t.typical(pairs: 6) - .milliseconds(10)) / .microseconds(1)) < 2)
     }
 
     @Test("A membership file is re-read when it changes; a broken edit keeps the last good view and says why")

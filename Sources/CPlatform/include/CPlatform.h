@@ -10,4 +10,14 @@ int eaas_pin_to_current_cpu(void);
 /// How many CPUs the calling thread may run on (its affinity mask), at least 1.
 int eaas_allowed_cpu_count(void);
 
+#include <stdint.h>
+
+/// Sleeps while `*word == expected`, at most `timeout_ns` nanoseconds, on a futex that may live in
+/// memory shared between processes. Returns 0 when woken (or the value already differed), -1 with
+/// errno (ETIMEDOUT, EINTR, EAGAIN) otherwise.
+int eaas_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+
+/// Wakes every thread, in any process, sleeping on `word`. Returns how many woke, or -1.
+int eaas_futex_wake_all(uint32_t *word);
+
 #endif

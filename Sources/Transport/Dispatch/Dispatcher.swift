@@ -180,9 +180,9 @@ public final class Dispatcher {
                     id == RequestHeader.emptySlot || view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
                 }
                 do {
-                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, hidden: hidden, from: link, server: flight.server,
+                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden, from: link, server: flight.server,
                                            patient: !hasAlternative, stepStarted: started, sent: flight.sent)
-                    timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent)
+                    timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent, pairs: flight.pairs.count)
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
                     if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
@@ -267,12 +267,12 @@ public final class Dispatcher {
 
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
-    private func receive(sequence: UInt64, tokens: Int, hidden: Int, from link: ServerLink, server: ServerInfo,
+    private func receive(sequence: UInt64, tokens: Int, pairs: Int, hidden: Int, from link: ServerLink, server: ServerInfo,
                          patient: Bool, stepStarted: ContinuousClock.Instant, sent: ContinuousClock.Instant) throws -> [Float] {
         // Answers from this server usually take `typical`: the first half of that is slept
         // through (more would leave the server idle between batches when answers come early).
-        let likelyBy = sent + (timeouts[server.id]?.typical ?? .zero) / 2
-        var timeout = timeouts[server.id, default: newTimeout()].current
+        let likelyBy = sent + (timeouts[server.id]?.typical(pairs: pairs) ?? .zero) / 2
+        var timeout = timeouts[server.id, default: newTimeout()].current(pairs: pairs)
         var deadline = clock.now + timeout
         while true {
             guard let frame = try link.receive(sequence: sequence, until: deadline, likelyBy: likelyBy) else {
@@ -280,7 +280,7 @@ public final class Dispatcher {
                     throw TransportError.timedOut(sequence: sequence, after: timeout)
                 }
                 timeouts[server.id, default: newTimeout()].recordTimeout()
-                timeout = timeouts[server.id, default: newTimeout()].current
+                timeout = timeouts[server.id, default: newTimeout()].current(pairs: pairs)
                 deadline = min(clock.now + timeout, stepStarted + configuration.stepDeadline)
                 continue
             }

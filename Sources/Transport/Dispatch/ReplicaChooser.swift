@@ -69,34 +69,60 @@ public struct ReplicaChooser: Sendable {
 public struct AdaptiveTimeout: Sendable, Equatable {
     public let minimum: Duration
     public let maximum: Duration
-    private var smoothed: Double?
-    private var deviation: Double = 0
+    /// Round-trip estimates per request size class (⌈log2(pairs)⌉): a prefill chunk of hundreds of
+    /// token-expert pairs takes far longer than a decode step's few, and one estimate for both
+    /// would time out the large ones or wait too long on the small ones.
+    private var estimates: [Int: Estimate] = [:]
     private var backoff: Double = 1
+
+    struct Estimate: Sendable, Equatable {
+        var smoothed: Double
+        var deviation: Double
+    }
 
     public init(minimum: Duration = .milliseconds(20), maximum: Duration = .seconds(5)) {
         self.minimum = minimum
         self.maximum = maximum
     }
 
-    /// The timeout for the next request.
-    public var current: Duration {
-        guard let smoothed else { return maximum }
-        let seconds = (smoothed + 4 * deviation) * backoff
+    static func sizeClass(_ pairs: Int) -> Int { pairs <= 1 ? 0 : Int.bitWidth - (pairs - 1).leadingZeroBitCount }
+
+    /// The estimate for a request of `pairs` token-expert pairs and the factor to scale it by: its
+    /// own size class, else the nearest smaller class scaled up in proportion (pessimistic: larger
+    /// batches cost less per pair), else the nearest larger class as is.
+    private func estimate(pairs: Int) -> (Estimate, Double)? {
+        let wanted = Self.sizeClass(pairs)
+        if let own = estimates[wanted] { return (own, 1) }
+        if let smaller = estimates.keys.filter({ $0 < wanted }).max() {
+            return (estimates[smaller]!, Double(1 << Swift.min(wanted - smaller, 30)))
+        }
+        if let larger = estimates.keys.filter({ $0 > wanted }).min() { return (estimates[larger]!, 1) }
+        return nil
+    }
+
+    /// The timeout for a request of `pairs` token-expert pairs.
+    public func current(pairs: Int = 1) -> Duration {
+        guard let (estimate, scale) = estimate(pairs: pairs) else { return maximum }
+        let seconds = (estimate.smoothed + 4 * estimate.deviation) * scale * backoff
         return Swift.max(minimum, Swift.min(maximum, .nanoseconds(Int64(Swift.min(seconds, 1e6) * 1e9))))
     }
 
-    /// The smoothed round trip measured so far (zero before the first).
-    public var typical: Duration { .nanoseconds(Int64(Swift.min(smoothed ?? 0, 1e6) * 1e9)) }
+    /// The round trip a request of `pairs` pairs usually takes (zero before any was measured).
+    public func typical(pairs: Int = 1) -> Duration {
+        guard let (estimate, scale) = estimate(pairs: pairs) else { return .zero }
+        return .nanoseconds(Int64(Swift.min(estimate.smoothed * scale, 1e6) * 1e9))
+    }
 
     /// Records a round trip that completed.
-    public mutating func record(_ rtt: Duration) {
+    public mutating func record(_ rtt: Duration, pairs: Int = 1) {
         let r = Double(rtt.components.seconds) + Double(rtt.components.attoseconds) * 1e-18
-        if let s = smoothed {
-            deviation = 0.75 * deviation + 0.25 * abs(s - r)
-            smoothed = 0.875 * s + 0.125 * r
+        let sizeClass = Self.sizeClass(pairs)
+        if var e = estimates[sizeClass] {
+            e.deviation = 0.75 * e.deviation + 0.25 * abs(e.smoothed - r)
+            e.smoothed = 0.875 * e.smoothed + 0.125 * r
+            estimates[sizeClass] = e
         } else {
-            smoothed = r
-            deviation = r / 2
+            estimates[sizeClass] = Estimate(smoothed: r, deviation: r / 2)
         }
         backoff = 1
     }

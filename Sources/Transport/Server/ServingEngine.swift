@@ -50,6 +50,11 @@ final class ServingEngine: @unchecked Sendable {
     private let report: (ServingReport) -> Void
 
     private let condition = NSCondition()
+    /// For shared-memory slots: idle, the engine sleeps on this futex until a client rings (or
+    /// a TCP submission, reset or stop does) instead of polling.
+    private let doorbell: Doorbell?
+    /// The doorbell counter seen when sleep was announced; nil while awake.
+    private var announcedSleep: UInt32?
     private var submissions: [Submission] = []
     private var resets: [(slot: Int, peer: SlotPeer?, done: (UInt16) -> Void)] = []
     private var running = true
@@ -68,6 +73,7 @@ final class ServingEngine: @unchecked Sendable {
         self.limits = limits
         self.check = check
         self.report = report
+        doorbell = slots?.region.map { Doorbell(regionBase: $0.base) }
         // A batch may run one request past maxBatchTokens (a taken slot request is never put back).
         routing = .allocate(byteCount: 2 * maxBatchTokens * maxSlotsPerToken * 6 + 64 * (slots?.layout.slots ?? 0) + 64, alignment: 64)
     }
@@ -81,6 +87,7 @@ final class ServingEngine: @unchecked Sendable {
             submissions.append(submission)
             condition.signal()
             condition.unlock()
+            doorbell?.ring()
         } else {
             condition.unlock()
             submission.finish(.failure(ComputeFailure(.draining, "the server is stopping")))
@@ -93,6 +100,7 @@ final class ServingEngine: @unchecked Sendable {
         resets.append((slot, peer, done))
         condition.signal()
         condition.unlock()
+        doorbell?.ring()
     }
 
     /// Stops the loop; requests still queued are answered with `draining`.
@@ -101,6 +109,7 @@ final class ServingEngine: @unchecked Sendable {
         running = false
         condition.signal()
         condition.unlock()
+        doorbell?.ring()
     }
 
     // MARK: The loop
@@ -126,6 +135,10 @@ final class ServingEngine: @unchecked Sendable {
                 continue
             }
             idleRounds = 0
+            if announcedSleep != nil {
+                announcedSleep = nil
+                doorbell?.awake()
+            }
             compute(items, views)
         }
         condition.lock()
@@ -144,6 +157,21 @@ final class ServingEngine: @unchecked Sendable {
         if rounds < Backoff.spins { return }
         if rounds < Backoff.spins + 100 {
             sched_yield()
+            return
+        }
+        if let doorbell {
+            // Announce the sleep, look at the slots once more (the loop's next gather), and only
+            // then sleep: a client that published meanwhile either is seen or rings.
+            guard let seen = announcedSleep else {
+                announcedSleep = doorbell.announceSleep()
+                return
+            }
+            condition.lock()
+            let pending = !submissions.isEmpty || !resets.isEmpty || !running
+            condition.unlock()
+            if !pending { doorbell.sleep(seen: seen, timeout: .milliseconds(100)) }
+            announcedSleep = nil
+            doorbell.awake()
             return
         }
         let step = slots == nil ? 5_000_000 : min(Backoff.maxSleepNanoseconds, 1000 << min(6, (rounds - Backoff.spins - 100) / 64))

@@ -10,6 +10,8 @@ public struct ClientSlot: @unchecked Sendable {
     let side: SlotSide
     /// Holds the memory `side` points into, so that it outlives every slot that uses it.
     let owner: AnyObject
+    /// Wakes a sleeping server (shared memory only; a `verbs` server polls).
+    let doorbell: Doorbell?
 
     /// Opens slot `slot` of the shared region `region` (mapped by the caller), in the epoch the
     /// server gave it to this client.
@@ -18,16 +20,22 @@ public struct ClientSlot: @unchecked Sendable {
         guard slot >= 0, slot < layout.slots else {
             throw TransportError.badRegion(path: region.path, reason: "has no slot \(slot) (it has \(layout.slots))")
         }
-        self.init(slot: slot, epoch: epoch, layout: layout, base: region.base + layout.requestFlag(slot), peer: nil, owner: region)
+        self.init(slot: slot, epoch: epoch, layout: layout, base: region.base + layout.requestFlag(slot), peer: nil, owner: region,
+                  doorbell: Doorbell(regionBase: region.base))
     }
 
     /// A slot whose local copy starts at `base` (`layout.slotStride` bytes, zeroed) and reaches the
     /// server's copy through `peer`.
     public init(slot: Int, epoch: UInt16, layout: SlotLayout, base: UnsafeMutableRawPointer, peer: SlotPeer?, owner: AnyObject) {
+        self.init(slot: slot, epoch: epoch, layout: layout, base: base, peer: peer, owner: owner, doorbell: nil)
+    }
+
+    init(slot: Int, epoch: UInt16, layout: SlotLayout, base: UnsafeMutableRawPointer, peer: SlotPeer?, owner: AnyObject, doorbell: Doorbell?) {
         self.slot = slot
         self.layout = layout
         side = SlotSide(base: base, layout: layout, peer: peer, epoch: epoch)
         self.owner = owner
+        self.doorbell = doorbell
     }
 
     /// Where to encode the next request frame (`layout.requestCapacity` bytes).
@@ -46,6 +54,7 @@ public struct ClientSlot: @unchecked Sendable {
     public func publishRequest(sequence: UInt64, length: Int) throws {
         precondition(length >= 0 && length <= layout.requestCapacity, "request of \(length) bytes does not fit the slot")
         try side.publish(flagOffset: 0, sequence: sequence, length: length)
+        doorbell?.ring()
     }
 
     /// The response to `sequence` if it has arrived (bytes in place, valid until the next request).

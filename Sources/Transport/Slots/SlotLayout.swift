@@ -3,6 +3,7 @@
 ///
 /// ```
 /// header (64 B): magic u64 | version u32 | slots u32 | request capacity u64 | response capacity u64
+///                | doorbell counter u32 | server sleeping u32 (see `Doorbell`)
 /// slot i:  request flag line (64 B)  | request bytes (request capacity, rounded up to 64)
 ///          response flag line (64 B) | response bytes (response capacity, rounded up to 64)
 /// ```
@@ -11,7 +12,8 @@
 /// slot's writes.
 public struct SlotLayout: Sendable, Equatable {
     public static let magic: UInt64 = 0x544f_4c53_5341_4145  // "EAASSLOT" as little-endian bytes
-    public static let version: UInt32 = 1
+    /// 2: the header holds the doorbell a sleeping server is woken by.
+    public static let version: UInt32 = 2
     /// Flags and data areas start on lines of this many bytes.
     public static let line = 64
 

@@ -1,0 +1,373 @@
+import ArgumentParser
+import AttentionWorker
+import Foundation
+import MoE
+import Transport
+
+/// `eaas bench e2e`: decode throughput of the whole serving path on a realistically shaped model,
+/// monolithic (experts in the worker) against remote experts over `shm` and `tcp`, in one run;
+/// then throughput over time while an expert pod is SIGKILLed, and the loss over the window.
+struct E2EBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "e2e",
+        abstract: "Decode throughput: monolithic vs remote experts (shm, tcp), and the loss when a pod is killed.",
+        discussion: """
+        The model is a seeded random Qwen3-MoE checkpoint of the given shape (written once into \
+        --cache-dir), or --model. Remote runs start --pods `eaas expert-pod` processes, each hosting \
+        every expert (so every expert has --pods replicas). The failure run keeps --failure-batch \
+        sequences generating for --failure-seconds and SIGKILLs one pod halfway; the loss compares \
+        tokens/s in the halves before and after the kill. With --vllm PYTHON, the same checkpoint, \
+        prompts and batch sizes run through vLLM (fp32, CPU) in the same sitting.
+        """
+    )
+
+    @Option(help: "Checkpoint directory (default: a generated one of the shape below).") var model: String?
+    @Option(help: "Hidden size.") var hidden: Int = 2048
+    @Option(help: "Routed expert FFN size.") var expertFfn: Int = 1408
+    @Option(help: "Routed experts per layer.") var experts: Int = 64
+    @Option(help: "Experts per token.") var topK: Int = 6
+    @Option(help: "Decoder layers (all MoE).") var layers: Int = 4
+    @Option(help: "Attention heads.") var heads: Int = 16
+    @Option(help: "Key/value heads.") var kvHeads: Int = 4
+    @Option(help: "Vocabulary size.") var vocab: Int = 32000
+    @Option(help: "Weight dtype of the generated checkpoint: bf16, f16 or f32.") var dtype: String = "bf16"
+    @Option(help: "Where generated checkpoints are kept between runs.") var cacheDir: String = NSTemporaryDirectory() + "eaas-bench-e2e"
+    @Option(help: "Batch sizes (sequences decoding together), comma-separated; the JSON summary uses the largest.") var batchSizes: String = "1,8,32"
+    @Option(help: "Prompt tokens per sequence.") var promptTokens: Int = 16
+    @Option(help: "Decode steps measured per sequence (after its first token).") var decodeTokens: Int = 32
+    @Option(help: "Expert pods for the remote runs (each hosts every expert).") var pods: Int = 2
+    @Option(help: "Hidden-state dtype on the wire (f32, bf16, f16).") var wireDtype: String = "bf16"
+    @Option(help: "Sequences kept generating in the failure run (default: the largest batch size).") var failureBatch: Int?
+    @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 8
+    @Option(help: "Python with vLLM (e.g. a venv's bin/python): also run vLLM on the same model and prompts.") var vllm: String?
+    @Flag(help: "Print one JSON document instead of tables.") var json = false
+
+    func validate() throws {
+        guard try !sizes().isEmpty else { throw ValidationError("--batch-sizes is empty") }
+        guard hidden >= 1, expertFfn >= 1, experts >= 1, layers >= 1, heads >= 1, kvHeads >= 1, vocab >= 2 else {
+            throw ValidationError("model sizes must be at least 1")
+        }
+        guard (1...experts).contains(topK) else { throw ValidationError("--top-k must be between 1 and --experts") }
+        guard DType(userSpelling: dtype)?.isComputeType == true else { throw ValidationError("--dtype '\(dtype)' is not bf16, f16 or f32") }
+        guard ["f32": 1, "bf16": 1, "f16": 1][wireDtype] != nil else { throw ValidationError("--wire-dtype '\(wireDtype)' is not f32, bf16 or f16") }
+        guard promptTokens >= 1, decodeTokens >= 1 else { throw ValidationError("--prompt-tokens and --decode-tokens must be at least 1") }
+        guard pods >= 2 else { throw ValidationError("--pods must be at least 2 (the failure run kills one)") }
+        guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
+    }
+
+    func sizes() throws -> [Int] {
+        try batchSizes.split(separator: ",").map {
+            guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n >= 1 else { throw ValidationError("--batch-sizes '\(batchSizes)' is not a list of positive integers") }
+            return n
+        }
+    }
+
+    func run() throws {
+        let sizes = try sizes()
+        let directory = try model ?? generatedModel()
+        let config = try ModelConfig.load(directory: directory)
+        let largest = sizes.max()!
+        var engineConfiguration = GenerationEngine.Configuration()
+        engineConfiguration.maxRunning = max(largest, failureBatch ?? largest)
+        engineConfiguration.maxBatchTokens = max(engineConfiguration.maxRunning, min(2048, largest * promptTokens))
+        let token = "bench-e2e-\(UInt64.random(in: 0...UInt64.max))"
+        log("model \(directory): \(config.architecture.cliName), hidden \(config.hiddenSize), \(config.expertCount) experts top-\(config.router.topK), \(config.layerCount) layers")
+
+        // Pods first (they map the checkpoint while the monolithic engine loads).
+        let podProcesses = try (0..<pods).map { _ in
+            try ChildProcess(arguments: ["expert-pod", "--model", directory, "--shard", "0-\(config.expertCount - 1)", "--listen", "127.0.0.1:0",
+                                         "--transport", "shm", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", wireDtype,
+                                         "--max-batch-tokens", "\(max(1024, engineConfiguration.maxBatchTokens))", "--grace-seconds", "2",
+                                         "--log-level", "error"],
+                             environment: ["EAAS_POOL_TOKEN": token])
+        }
+        defer { podProcesses.forEach { $0.stop() } }
+        let addresses = try podProcesses.map { pod -> String in
+            let words = try pod.firstLine().split(separator: " ")
+            guard words.count == 4, words[0] == "listening" else { throw CommandFailure("expert-pod did not start: \(words.joined(separator: " "))") }
+            return String(words[1])
+        }
+        func remote(_ backend: BackendKind) throws -> GenerationEngine {
+            var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
+            dispatcher.backend = backend
+            dispatcher.maxBatchTokens = UInt32(engineConfiguration.maxBatchTokens)
+            let membership = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
+            let wire: WireDType = ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype]!
+            return try GenerationEngine(modelDirectory: directory, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: wire),
+                                        configuration: engineConfiguration)
+        }
+        let engines: [(String, GenerationEngine)] = [
+            ("monolithic", try GenerationEngine(modelDirectory: directory, experts: .local, configuration: engineConfiguration)),
+            ("remote shm", try remote(.shm)),
+            ("remote tcp", try remote(.tcp)),
+        ]
+        for (_, engine) in engines { engine.start() }
+        defer { for (_, engine) in engines { engine.shutdown(drain: false) } }
+
+        // Warm up: every expert's pages in memory, connections open, buffers grown.
+        for (name, engine) in engines {
+            log("warming up \(name)")
+            _ = try DecodeRun.measure(engine, batch: largest, promptTokens: promptTokens, decodeTokens: 2, vocab: config.vocabSize, seed: 1)
+        }
+        var table = TextTable(columns: ["batch", "monolithic tok/s", "remote shm tok/s", "remote tcp tok/s", "shm/mono", "tcp/mono"])
+        var rows: [[String: Any]] = []
+        var last: [Double] = []
+        for batch in sizes {
+            let rates = try engines.map { name, engine -> Double in
+                let rate = try DecodeRun.measure(engine, batch: batch, promptTokens: promptTokens, decodeTokens: decodeTokens, vocab: config.vocabSize, seed: UInt64(batch))
+                log(String(format: "batch %d %@: %.1f tok/s", batch, name, rate))
+                return rate
+            }
+            last = rates
+            rows.append(["batch": batch, "monolithic_tok_s": rates[0], "remote_shm_tok_s": rates[1], "remote_tcp_tok_s": rates[2],
+                         "remote_shm_over_monolithic": rates[1] / rates[0], "remote_tcp_over_monolithic": rates[2] / rates[0]])
+            table.rows.append(["\(batch)"] + rates.map { String(format: "%.1f", $0) } + [String(format: "%.2f", rates[1] / rates[0]), String(format: "%.2f", rates[2] / rates[0])])
+        }
+
+        log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, pod 1 of \(pods) killed at \(failureSeconds / 2) s")
+        let failure = try FailureRun.measure(engines[1].1, batch: failureBatch ?? largest, seconds: failureSeconds, promptTokens: promptTokens,
+                                             vocab: config.vocabSize) { podProcesses[0].kill() }
+
+        var vllmRows: [[String: Any]] = []
+        if let vllm {
+            log("vLLM: \(vllm)")
+            vllmRows = try VLLMRun.measure(python: vllm, model: directory, sizes: sizes, promptTokens: promptTokens, decodeTokens: decodeTokens)
+            for (index, row) in vllmRows.enumerated() {
+                if let rate = row["vllm_tok_s"] as? Double { rows[index]["vllm_tok_s"] = rate; rows[index]["monolithic_over_vllm"] = (rows[index]["monolithic_tok_s"] as! Double) / rate }
+            }
+        }
+
+        var report = BenchReport(bench: "e2e")
+        report.results = rows
+        report.summary = [
+            "model": ["directory": directory, "architecture": config.architecture.cliName, "hidden": config.hiddenSize, "expert_ffn": config.expertFFNSize,
+                      "experts": config.expertCount, "top_k": config.router.topK, "layers": config.layerCount, "dtype": config.dtype?.rawValue ?? "?"],
+            "batch": largest, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "pods": pods, "wire_dtype": wireDtype,
+            "monolithic_tok_s": last[0], "remote_shm_tok_s": last[1], "remote_tcp_tok_s": last[2],
+            "remote_shm_over_monolithic": last[1] / last[0], "remote_tcp_over_monolithic": last[2] / last[0],
+            "failure_loss_fraction": failure.loss, "failed_requests": failure.failedRequests,
+            "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
+            "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": FailureRun.bucket, "failure_kill_at_seconds": failure.killAt,
+        ]
+        if json {
+            print(try report.json())
+            return
+        }
+        print(table.render())
+        if !vllmRows.isEmpty {
+            var comparison = TextTable(columns: ["batch", "monolithic tok/s", "vLLM tok/s", "mono/vLLM"])
+            for row in rows {
+                guard let rate = row["vllm_tok_s"] as? Double else { continue }
+                comparison.rows.append(["\(row["batch"]!)", String(format: "%.1f", row["monolithic_tok_s"] as! Double), String(format: "%.1f", rate),
+                                        String(format: "%.2f", (row["monolithic_tok_s"] as! Double) / rate)])
+            }
+            print("\n" + comparison.render())
+        }
+        print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss %.2f%%, %d failed requests, %d failovers",
+                     failureBatch ?? largest, failure.before, failure.after, failure.loss * 100, failure.failedRequests, failure.failovers))
+        print("tok/s per \(FailureRun.bucket) s: " + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))
+    }
+
+    private func log(_ text: String) {
+        FileHandle.standardError.write(Data("[e2e] \(text)\n".utf8))
+    }
+
+    /// The checkpoint of the options' shape in the cache directory, written when missing.
+    private func generatedModel() throws -> String {
+        let name = "qwen3-moe-h\(hidden)-f\(expertFfn)-e\(experts)-k\(topK)-l\(layers)-a\(heads)x\(kvHeads)-v\(vocab)-\(dtype)"
+        let directory = cacheDir + "/" + name
+        if FileManager.default.fileExists(atPath: directory + "/config.json"), (try? Checkpoint(directory: directory)) != nil { return directory }
+        log("writing \(directory) (once)")
+        var spec = RandomModelSpec(architecture: .qwen3Moe, layers: layers, experts: experts, topK: topK, hidden: hidden)
+        spec.expertFFN = expertFfn
+        spec.heads = heads
+        spec.keyValueHeads = kvHeads
+        spec.vocab = vocab
+        spec.dtype = DType(userSpelling: dtype)!
+        spec.seed = 2048
+        try? FileManager.default.removeItem(atPath: directory)
+        _ = try RandomModel.write(spec, to: directory)
+        return directory
+    }
+}
+
+/// One batch of sequences decoding together; tokens/s over the decode steps (first token of the
+/// batch's last sequence to the end).
+enum DecodeRun {
+    static func prompts(batch: Int, promptTokens: Int, vocab: Int, seed: UInt64) -> [[Int]] {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        return (0..<batch).map { _ in
+            (0..<promptTokens).map { _ in
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Int((state >> 33) % UInt64(vocab - 3)) + 3
+            }
+        }
+    }
+
+    static func measure(_ engine: GenerationEngine, batch: Int, promptTokens: Int, decodeTokens: Int, vocab: Int, seed: UInt64) throws -> Double {
+        let timeline = Timeline(sequences: batch)
+        for (index, prompt) in prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: seed).enumerated() {
+            try engine.submit(GenerationRequest(prompt: prompt, maxTokens: decodeTokens + 1, ignoreEOS: true)) { timeline.record($0, sequence: index) }
+        }
+        let (firstTokens, end, failure) = timeline.waitForAll()
+        if let failure { throw CommandFailure("generation failed: \(failure)") }
+        return Double(batch * decodeTokens) / max(end - firstTokens, 1e-9)
+    }
+}
+
+/// Timestamps of a batch's events.
+final class Timeline: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var firstToken: [Double?]
+    private var done: [Bool]
+    private var failure: String?
+    private var end = 0.0
+
+    init(sequences: Int) {
+        firstToken = Array(repeating: nil, count: sequences)
+        done = Array(repeating: false, count: sequences)
+    }
+
+    static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+    func record(_ event: GenerationEvent, sequence: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        switch event {
+        case .token: if firstToken[sequence] == nil { firstToken[sequence] = Self.now() }
+        case .finished: done[sequence] = true; end = Self.now()
+        case .failed(let message): done[sequence] = true; failure = message
+        }
+        condition.broadcast()
+    }
+
+    /// (latest first token, last finish, a failure).
+    func waitForAll() -> (Double, Double, String?) {
+        condition.lock()
+        defer { condition.unlock() }
+        while !done.allSatisfy({ $0 }) { condition.wait() }
+        return (firstToken.compactMap { $0 }.max() ?? 0, end, failure)
+    }
+}
+
+/// Keeps `batch` sequences generating (a finished one is replaced at once) for `seconds`, calls
+/// `kill` halfway, and counts tokens per time bucket.
+enum FailureRun {
+    static let bucket = 0.25
+
+    struct Outcome {
+        var before: Double
+        var after: Double
+        var loss: Double
+        var failedRequests: Int
+        var failovers: Int
+        var series: [Double]
+        var killAt: Double
+    }
+
+    static func measure(_ engine: GenerationEngine, batch: Int, seconds: Double, promptTokens: Int, vocab: Int, kill: () -> Void) throws -> Outcome {
+        let counter = TokenCounter(bucket: bucket, buckets: Int((seconds / bucket).rounded(.up)) + 1)
+        let failedBefore = engine.stats.failedRequests, failoversBefore = engine.failovers
+        let keeper = LoadKeeper(engine: engine, batch: batch, counter: counter,
+                                prompts: DecodeRun.prompts(batch: 64, promptTokens: promptTokens, vocab: vocab, seed: 77))
+        counter.start()
+        for slot in 0..<batch { keeper.submit(slot: slot) }
+        let killAt = seconds / 2
+        Thread.sleep(forTimeInterval: killAt)
+        kill()
+        let killedAt = counter.elapsed
+        Thread.sleep(forTimeInterval: max(0, seconds - counter.elapsed))
+        keeper.stop()
+        let series = counter.rates()
+        // Whole buckets only: the first second (ramp-up) is left out of "before".
+        let rampUp = Int((1.0 / bucket).rounded())
+        let killBucket = Int(killedAt / bucket)
+        let beforeBuckets = series[min(rampUp, killBucket)..<killBucket]
+        let afterBuckets = series[(killBucket + 1)..<min(series.count - 1, killBucket + 1 + beforeBuckets.count)]
+        // The bucket the kill fell in is counted on the "after" side, in full.
+        let before = beforeBuckets.reduce(0, +) / Double(max(1, beforeBuckets.count))
+        let after = (afterBuckets.reduce(0, +) + series[killBucket]) / Double(afterBuckets.count + 1)
+        return Outcome(before: before, after: after, loss: max(0, 1 - after / before),
+                       failedRequests: max(counter.failures, engine.stats.failedRequests - failedBefore),
+                       failovers: engine.failovers - failoversBefore, series: series, killAt: killedAt)
+    }
+}
+
+/// Keeps `batch` sequences in the engine: each slot submits a new sequence when its last ends.
+final class LoadKeeper: @unchecked Sendable {
+    let engine: GenerationEngine
+    let batch: Int
+    let counter: TokenCounter
+    let prompts: [[Int]]
+    private let stopped = ManagedFlag()
+    private let lock = NSLock()
+    private var submitted = 0
+
+    init(engine: GenerationEngine, batch: Int, counter: TokenCounter, prompts: [[Int]]) {
+        self.engine = engine
+        self.batch = batch
+        self.counter = counter
+        self.prompts = prompts
+    }
+
+    func stop() { _ = stopped.setOnce() }
+
+    func submit(slot: Int) {
+        guard !stopped.isSet else { return }
+        lock.lock()
+        let prompt = prompts[submitted % prompts.count]
+        submitted += 1
+        lock.unlock()
+        do {
+            try engine.submit(GenerationRequest(prompt: prompt, maxTokens: 64, ignoreEOS: true)) { [self] event in
+                switch event {
+                case .token: counter.add()
+                case .finished: submit(slot: slot)
+                case .failed:
+                    counter.fail()
+                    submit(slot: slot)
+                }
+            }
+        } catch {
+            counter.fail()
+        }
+    }
+}
+
+/// Tokens per time bucket since `start`.
+final class TokenCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private let bucket: Double
+    private var counts: [Int]
+    private var origin = 0.0
+    private(set) var failures = 0
+
+    init(bucket: Double, buckets: Int) {
+        self.bucket = bucket
+        counts = Array(repeating: 0, count: buckets)
+    }
+
+    func start() { origin = Timeline.now() }
+    var elapsed: Double { Timeline.now() - origin }
+
+    func add() {
+        let index = Int(elapsed / bucket)
+        lock.lock()
+        if index < counts.count { counts[index] += 1 }
+        lock.unlock()
+    }
+
+    func fail() {
+        lock.lock()
+        failures += 1
+        lock.unlock()
+    }
+
+    /// Tokens/s per bucket.
+    func rates() -> [Double] {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts.map { Double($0) / bucket }
+    }
+}
+

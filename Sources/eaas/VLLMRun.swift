@@ -1,0 +1,83 @@
+import Foundation
+import MoE
+
+/// vLLM on the same checkpoint and prompts, for `eaas bench e2e --vllm PYTHON`: decode tokens/s
+/// per batch size, measured as (batch × decode tokens) / (time of a full generation − time of a
+/// prefill-only generation), both greedy with end-of-sequence ignored, weights in fp32.
+enum VLLMRun {
+    static let script = #"""
+import json, os, sys, time
+
+def main():
+    with open(sys.argv[1]) as f:
+        request = json.load(f)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    sizes = request["sizes"]
+    llm = LLM(model=request["model"], dtype="float32", skip_tokenizer_init=True, max_num_seqs=max(sizes),
+              max_model_len=request["prompt_tokens"] + request["decode_tokens"] + 8, seed=0)
+
+    def run(prompts, tokens):
+        params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True, detokenize=False)
+        start = time.perf_counter()
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        assert all(len(o.outputs[0].token_ids) == tokens for o in outputs)
+        return time.perf_counter() - start
+
+    results = []
+    run(request["prompts"][str(max(sizes))], 2)
+    for batch in sizes:
+        prompts = request["prompts"][str(batch)]
+        prefill = min(run(prompts, 1) for _ in range(2))
+        total = run(prompts, request["decode_tokens"] + 1)
+        results.append({"batch": batch, "vllm_tok_s": batch * request["decode_tokens"] / max(total - prefill, 1e-9),
+                        "vllm_prefill_seconds": prefill, "vllm_total_seconds": total})
+    print("EAAS-RESULT " + json.dumps(results), flush=True)
+
+if __name__ == "__main__":
+    main()
+"""#
+
+    static func measure(python: String, model: String, sizes: [Int], promptTokens: Int, decodeTokens: Int) throws -> [[String: Any]] {
+        let vocab = try ModelConfig.load(directory: model).vocabSize
+        var prompts: [String: [[Int]]] = [:]
+        for batch in Set(sizes) {
+            prompts["\(batch)"] = DecodeRun.prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: UInt64(batch))
+        }
+        let request: [String: Any] = ["model": model, "sizes": sizes, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "prompts": prompts]
+        let scriptPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).py", requestPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).json"
+        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        try JSONSerialization.data(withJSONObject: request).write(to: URL(fileURLWithPath: requestPath))
+        defer {
+            try? FileManager.default.removeItem(atPath: scriptPath)
+            try? FileManager.default.removeItem(atPath: requestPath)
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [scriptPath, requestPath]
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        // Drain stderr as it comes so that vLLM's logging cannot fill the pipe.
+        let errorText = ErrorText()
+        let reader = Thread { errorText.append(errors.fileHandleForReading.readDataToEndOfFile()) }
+        reader.start()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("EAAS-RESULT ") }),
+              let rows = try JSONSerialization.jsonObject(with: Data(line.dropFirst(12).utf8)) as? [[String: Any]] else {
+            throw CommandFailure("vLLM run failed (exit \(process.terminationStatus)): \(errorText.tail)")
+        }
+        return rows
+    }
+
+    final class ErrorText: @unchecked Sendable {
+        private let lock = NSLock()
+        private var data = Data()
+        func append(_ more: Data) { lock.lock(); data.append(more); lock.unlock() }
+        var tail: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data.suffix(2000), as: UTF8.self) }
+    }
+}
+
