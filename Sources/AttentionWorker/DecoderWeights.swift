@@ -76,6 +76,9 @@ final class DecoderWeights {
         embedding = try matrix("model.embed_tokens.weight", config.vocabSize, h)
         lmHead = config.tieWordEmbeddings ? embedding : try matrix("lm_head.weight", config.vocabSize, h)
         finalNorm = try vector("model.norm.weight", h)
+        // Mapped now rather than at the first tokens (see `WeightMatrix.prefault`).
+        embedding.prefault()
+        if !config.tieWordEmbeddings { lmHead.prefault() }
         let a = config.attention
         let qSize = a.heads * a.headDim, kvSize = a.keyValueHeads * a.headDim
         layers = try (0..<config.layerCount).map { layer in
@@ -97,6 +100,11 @@ final class DecoderWeights {
                 feedForward = .dense(try ExpertWeights(
                     gate: try matrix("\(p).mlp.gate_proj.weight", f, h), up: try matrix("\(p).mlp.up_proj.weight", f, h),
                     down: try matrix("\(p).mlp.down_proj.weight", h, f), hidden: h, ffn: f, file: directory))
+            }
+            for matrix in [attention.q, attention.k, attention.v, attention.o] { matrix.prefault() }
+            switch feedForward {
+            case .dense(let mlp): mlp.prefault()
+            case .moe(let block): block.prefault()
             }
             return DecoderLayerWeights(inputNorm: try vector("\(p).input_layernorm.weight", h),
                                        postAttentionNorm: try vector("\(p).post_attention_layernorm.weight", h),

@@ -41,7 +41,10 @@ public final class ExpertShard: @unchecked Sendable {
         var hosted: [HostedExpert] = []
         for layer in layers {
             for expert in spec.experts {
-                weights[layer, default: [:]][expert] = try loader.expert(layer: layer, expert: expert)
+                let expertWeights = try loader.expert(layer: layer, expert: expert)
+                // Mapped now: the first requests would otherwise pay the page faults.
+                expertWeights.prefault()
+                weights[layer, default: [:]][expert] = expertWeights
                 hosted.append(HostedExpert(layer: UInt16(layer), expert: UInt16(expert)))
             }
         }
@@ -49,6 +52,6 @@ public final class ExpertShard: @unchecked Sendable {
         self.hosted = hosted
     }
 
-    /// Bytes of expert weights this shard maps (what it will have resident once every expert ran).
+    /// Bytes of expert weights this shard maps (resident from the start: they are prefaulted).
     public var weightBytes: Int { weights.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.byteCount } } }
 }

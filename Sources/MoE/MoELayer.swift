@@ -40,6 +40,12 @@ public final class MoELayer: Sendable {
         sharedGate = sharedBlock?.gate
     }
 
+    /// Maps the pages of every weight this layer holds now, instead of at the first tokens.
+    public func prefault() {
+        for expert in experts { expert?.prefault() }
+        shared?.prefault()
+    }
+
     /// Router logits `[tokens, experts]` and the routing they give.
     public func route(_ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch) -> (logits: [Float], routing: Routing) {
         precondition(input.count == tokens * hidden, "input is not [tokens, hidden]")

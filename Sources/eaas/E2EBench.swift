@@ -38,7 +38,9 @@ struct E2EBenchCommand: ParsableCommand {
     @Option(help: "Expert pods for the remote runs (each hosts every expert).") var pods: Int = 2
     @Option(help: "Hidden-state dtype on the wire (f32, bf16, f16).") var wireDtype: String = "bf16"
     @Option(help: "Sequences kept generating in the failure run (default: the largest batch size).") var failureBatch: Int?
-    @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 8
+    @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 30
+    @Option(help: "Tokens of load a pod already in a step may carry before the step adds another pod; the pods share this host's cores, so the default keeps each step on one pod.") var contactCost: Int = 1 << 20
+    @Option(help: "Rounds of the side-by-side measurement (modes interleaved); each mode's median is reported.") var repeats: Int = 3
     @Option(help: "Python with vLLM (e.g. a venv's bin/python): also run vLLM on the same model and prompts.") var vllm: String?
     @Flag(help: "Print one JSON document instead of tables.") var json = false
 
@@ -52,6 +54,7 @@ struct E2EBenchCommand: ParsableCommand {
         guard ["f32": 1, "bf16": 1, "f16": 1][wireDtype] != nil else { throw ValidationError("--wire-dtype '\(wireDtype)' is not f32, bf16 or f16") }
         guard promptTokens >= 1, decodeTokens >= 1 else { throw ValidationError("--prompt-tokens and --decode-tokens must be at least 1") }
         guard pods >= 2 else { throw ValidationError("--pods must be at least 2 (the failure run kills one)") }
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
     }
 
@@ -90,6 +93,7 @@ struct E2EBenchCommand: ParsableCommand {
         func remote(_ backend: BackendKind) throws -> GenerationEngine {
             var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
             dispatcher.backend = backend
+            dispatcher.contactCost = contactCost
             dispatcher.maxBatchTokens = UInt32(engineConfiguration.maxBatchTokens)
             let membership = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
             let wire: WireDType = ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype]!
@@ -113,11 +117,17 @@ struct E2EBenchCommand: ParsableCommand {
         var rows: [[String: Any]] = []
         var last: [Double] = []
         for batch in sizes {
-            let rates = try engines.map { name, engine -> Double in
-                let rate = try DecodeRun.measure(engine, batch: batch, promptTokens: promptTokens, decodeTokens: decodeTokens, vocab: config.vocabSize, seed: UInt64(batch))
-                log(String(format: "batch %d %@: %.1f tok/s", batch, name, rate))
-                return rate
+            // Interleaved rounds, so that a slow moment of this shared machine hits every mode alike.
+            var samples = [[Double]](repeating: [], count: engines.count)
+            for round in 0..<repeats {
+                for (index, (name, engine)) in engines.enumerated() {
+                    let rate = try DecodeRun.measure(engine, batch: batch, promptTokens: promptTokens, decodeTokens: decodeTokens,
+                                                     vocab: config.vocabSize, seed: UInt64(batch * 100 + round))
+                    log(String(format: "batch %d %@ round %d: %.1f tok/s", batch, name, round + 1, rate))
+                    samples[index].append(rate)
+                }
             }
+            let rates = samples.map(\.median)
             last = rates
             rows.append(["batch": batch, "monolithic_tok_s": rates[0], "remote_shm_tok_s": rates[1], "remote_tcp_tok_s": rates[2],
                          "remote_shm_over_monolithic": rates[1] / rates[0], "remote_tcp_over_monolithic": rates[2] / rates[0]])
@@ -147,7 +157,7 @@ struct E2EBenchCommand: ParsableCommand {
             "remote_shm_over_monolithic": last[1] / last[0], "remote_tcp_over_monolithic": last[2] / last[0],
             "failure_loss_fraction": failure.loss, "failed_requests": failure.failedRequests,
             "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
-            "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": FailureRun.bucket, "failure_kill_at_seconds": failure.killAt,
+            "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
         ]
         if json {
             print(try report.json())
@@ -165,7 +175,7 @@ struct E2EBenchCommand: ParsableCommand {
         }
         print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss %.2f%%, %d failed requests, %d failovers",
                      failureBatch ?? largest, failure.before, failure.after, failure.loss * 100, failure.failedRequests, failure.failovers))
-        print("tok/s per \(FailureRun.bucket) s: " + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))
+        print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))
     }
 
     private func log(_ text: String) {
@@ -253,7 +263,6 @@ final class Timeline: @unchecked Sendable {
 /// Keeps `batch` sequences generating (a finished one is replaced at once) for `seconds`, calls
 /// `kill` halfway, and counts tokens per time bucket.
 enum FailureRun {
-    static let bucket = 0.25
 
     struct Outcome {
         var before: Double
@@ -263,9 +272,11 @@ enum FailureRun {
         var failovers: Int
         var series: [Double]
         var killAt: Double
+        var bucket: Double
     }
 
     static func measure(_ engine: GenerationEngine, batch: Int, seconds: Double, promptTokens: Int, vocab: Int, kill: () -> Void) throws -> Outcome {
+        let bucket = max(0.25, seconds / 30)
         let counter = TokenCounter(bucket: bucket, buckets: Int((seconds / bucket).rounded(.up)) + 1)
         let failedBefore = engine.stats.failedRequests, failoversBefore = engine.failovers
         let keeper = LoadKeeper(engine: engine, batch: batch, counter: counter,
@@ -279,17 +290,13 @@ enum FailureRun {
         Thread.sleep(forTimeInterval: max(0, seconds - counter.elapsed))
         keeper.stop()
         let series = counter.rates()
-        // Whole buckets only: the first second (ramp-up) is left out of "before".
-        let rampUp = Int((1.0 / bucket).rounded())
-        let killBucket = Int(killedAt / bucket)
-        let beforeBuckets = series[min(rampUp, killBucket)..<killBucket]
-        let afterBuckets = series[(killBucket + 1)..<min(series.count - 1, killBucket + 1 + beforeBuckets.count)]
-        // The bucket the kill fell in is counted on the "after" side, in full.
-        let before = beforeBuckets.reduce(0, +) / Double(max(1, beforeBuckets.count))
-        let after = (afterBuckets.reduce(0, +) + series[killBucket]) / Double(afterBuckets.count + 1)
+        // Rates from the steps' own times (tokens of one step arrive together), not from buckets,
+        // so that a window is not off by a whole step. The first tenth (ramp-up, prefills) is left out.
+        let before = counter.stepRate(from: seconds / 10, to: killedAt)
+        let after = counter.stepRate(from: killedAt, to: seconds)
         return Outcome(before: before, after: after, loss: max(0, 1 - after / before),
                        failedRequests: max(counter.failures, engine.stats.failedRequests - failedBefore),
-                       failovers: engine.failovers - failoversBefore, series: series, killAt: killedAt)
+                       failovers: engine.failovers - failoversBefore, series: series, killAt: killedAt, bucket: bucket)
     }
 }
 
@@ -339,6 +346,7 @@ final class TokenCounter: @unchecked Sendable {
     private let lock = NSLock()
     private let bucket: Double
     private var counts: [Int]
+    private var times: [Double] = []
     private var origin = 0.0
     private(set) var failures = 0
 
@@ -351,9 +359,11 @@ final class TokenCounter: @unchecked Sendable {
     var elapsed: Double { Timeline.now() - origin }
 
     func add() {
-        let index = Int(elapsed / bucket)
+        let time = elapsed
+        let index = Int(time / bucket)
         lock.lock()
         if index < counts.count { counts[index] += 1 }
+        times.append(time)
         lock.unlock()
     }
 
@@ -361,6 +371,25 @@ final class TokenCounter: @unchecked Sendable {
         lock.lock()
         failures += 1
         lock.unlock()
+    }
+
+    /// Tokens/s between `start` and `end` (seconds since `start()`), from the steps in the window:
+    /// tokens less than a millisecond apart came out of one step. The tokens of the steps after
+    /// the first, over the time from the first step to the last.
+    func stepRate(from start: Double, to end: Double) -> Double {
+        lock.lock()
+        let window = times.filter { $0 >= start && $0 < end }.sorted()
+        lock.unlock()
+        var steps: [(time: Double, tokens: Int)] = []
+        for time in window {
+            if let last = steps.last, time - last.time < 0.001 {
+                steps[steps.count - 1].tokens += 1
+            } else {
+                steps.append((time, 1))
+            }
+        }
+        guard steps.count >= 2, steps.last!.time > steps.first!.time else { return 0 }
+        return Double(steps.dropFirst().map(\.tokens).reduce(0, +)) / (steps.last!.time - steps.first!.time)
     }
 
     /// Tokens/s per bucket.

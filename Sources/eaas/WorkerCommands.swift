@@ -15,10 +15,12 @@ struct ExpertOptions: ParsableArguments {
     @Option(help: "Remote: data-plane backend to ask pods for: tcp, shm or verbs.") var transport: String = "shm"
     @Option(help: "Remote: file holding the pool token (default: $EAAS_POOL_TOKEN).") var poolTokenFile: String?
     @Option(help: "Remote: hidden-state dtype on the wire: auto (what the pods expect), f32, bf16 or f16.") var wireDtype: String = "auto"
+    @Option(help: "Remote: tokens of load a pod already in a step may carry beyond another replica before the step adds a pod (large: one pod per step, for pods sharing this host's cores).") var contactCost: Int = 64
 
     func validate() throws {
         guard let mode = ExpertMode(rawValue: experts) else { throw ValidationError("--experts '\(experts)' is not local or remote") }
         guard ["tcp", "shm", "verbs"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not tcp, shm or verbs") }
+        guard contactCost >= 0 else { throw ValidationError("--contact-cost cannot be negative") }
         guard wireDtype == "auto" || ["f32", "bf16", "f16"].contains(wireDtype) else {
             throw ValidationError("--wire-dtype '\(wireDtype)' is not auto, f32, bf16 or f16")
         }
@@ -38,6 +40,7 @@ struct ExpertOptions: ParsableArguments {
         let config = try ModelConfig.load(directory: modelDirectory)
         var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: clientID)
         dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
+        dispatcher.contactCost = contactCost
         let source: MembershipSource
         if let expertServers {
             let addresses = expertServers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

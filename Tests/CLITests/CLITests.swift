@@ -93,6 +93,15 @@ struct CLITests {
         (["bench", "transport", "--backend", "verbs"], "--backend 'verbs' is not shm or tcp"),
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--heads", "0", "--out", "/tmp/eaas-never"], "--heads, --kv-heads"),
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--max-shard-size", "1e300GB", "--out", "/tmp/eaas-never"], "--max-shard-size '1e300GB'"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1,two"], "--prompt-ids '1,two'"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--experts", "remote"], "--membership FILE or --expert-servers"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--membership", "m.json"], "need --experts remote"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--temperature", "-1"], "temperature"),
+        (["generate", "--model", "/nonexistent/eaas-model", "--prompt-ids", "1"], "/nonexistent/eaas-model/config.json: cannot read"),
+        (["worker", "--model", "/tmp/x", "--max-running", "8", "--max-batch-tokens", "4"], "max batch tokens (4) must be at least max running sequences (8)"),
+        (["worker", "--model", "/tmp/x", "--experts", "both"], "--experts 'both' is not local or remote"),
+        (["bench", "e2e", "--batch-sizes", "1,x"], "--batch-sizes '1,x'"),
+        (["bench", "e2e", "--pods", "1"], "--pods must be at least 2"),
     ])
     func refusesBadArguments(arguments: [String], fragment: String) throws {
         let result = try Self.run(arguments)
@@ -114,6 +123,36 @@ struct CLITests {
             #expect((row["rtt_us"] as? Double ?? 0) > 0)
         }
         #expect(rows.first?["bytes"] as? Int == (16 + 24 + 4 + 4 + 64 * 2) + (16 + 16 + 64 * 4))
+    }
+
+    @Test("bench e2e --json on a tiny model prints the throughput, ratio and failure fields the issue names")
+    func e2eBenchJSON() throws {
+        let cache = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: cache) }
+        let result = try Self.run(["bench", "e2e", "--hidden", "64", "--expert-ffn", "32", "--experts", "8", "--top-k", "2", "--layers", "2",
+                                   "--heads", "4", "--kv-heads", "2", "--vocab", "256", "--batch-sizes", "1,4", "--decode-tokens", "4",
+                                   "--failure-seconds", "2", "--cache-dir", cache, "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        #expect(document?["bench"] as? String == "e2e")
+        for key in ["monolithic_tok_s", "remote_shm_tok_s", "remote_tcp_tok_s", "remote_shm_over_monolithic", "remote_tcp_over_monolithic", "failure_loss_fraction"] {
+            #expect((document?[key] as? Double ?? -1) >= 0, "\(key) missing or negative")
+        }
+        #expect(document?["failed_requests"] as? Int == 0)
+        #expect((document?["results"] as? [[String: Any]])?.map { $0["batch"] as? Int } == [1, 4])
+        #expect((document?["failure_failovers"] as? Int ?? 0) >= 1, "the killed pod was never noticed")
+    }
+
+    @Test("generate prints the greedy tokens of a fixture, as transformers does")
+    func generateFixture() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/qwen2-moe").path
+        let result = try Self.run(["generate", "--model", fixture, "--prompt-ids", "54,20,20,61,49,39,26", "--max-tokens", "16", "--ignore-eos", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        let sequence = (document?["sequences"] as? [[String: Any]])?.first
+        // Tests/Fixtures/qwen2-moe/generation.safetensors (make_fixtures.py)
+        #expect(sequence?["token_ids"] as? [Int] == [32, 52, 16, 58, 38, 25, 25, 52, 52, 52, 52, 52, 16, 13, 43, 27])
+        #expect(sequence?["finish_reason"] as? String == "length")
     }
 
     @Test("bench experts --json prints one document with the fields the issue names")

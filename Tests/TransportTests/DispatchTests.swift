@@ -142,6 +142,9 @@ struct DispatchTests {
         t.record(.milliseconds(400), pairs: 3000)
         #expect(t.current(pairs: 3072) >= .milliseconds(400) && t.current(pairs: 3072) < .milliseconds(1300))
         #expect(abs((t.typical(pairs: 6) - .milliseconds(10)) / .microseconds(1)) < 2)
+        // What a client sleeps through never comes from larger requests.
+        #expect(t.typical(pairs: 1) == .zero)
+        #expect(abs((t.typical(pairs: 64) - .milliseconds(10)) / .microseconds(1)) < 2, "a smaller class is a lower bound")
     }
 
     @Test("A membership file is re-read when it changes; a broken edit keeps the last good view and says why")

@@ -45,6 +45,11 @@ public final class Dispatcher {
         public var minimumTimeout: Duration = .milliseconds(50)
         public var maximumTimeout: Duration = .seconds(10)
         public var limits = WireLimits()
+        /// Tokens of load a server already in a step may carry beyond another replica before the
+        /// step contacts one more server (`ReplicaChooser.contactCost`). Spreading a step over
+        /// servers pays where they have their own CPUs; where pods share this host's cores, a
+        /// large value keeps each step on one pod.
+        public var contactCost = 64
 
         public init(poolToken: [UInt8], clientID: UInt64) {
             self.poolToken = poolToken
@@ -86,7 +91,7 @@ public final class Dispatcher {
     private var timeouts: [String: AdaptiveTimeout] = [:]
     /// The last failure seen per server id, for error messages.
     private var lastFailure: [String: String] = [:]
-    private var chooser = ReplicaChooser()
+    private var chooser: ReplicaChooser
     private var sequence: UInt64 = 0
     private let clock = ContinuousClock()
     /// Servers marked down since the dispatcher started, for observability and tests.
@@ -95,6 +100,7 @@ public final class Dispatcher {
     public init(membership: MembershipSource, configuration: Configuration) {
         self.membership = membership
         self.configuration = configuration
+        chooser = ReplicaChooser(contactCost: configuration.contactCost)
     }
 
     /// The backend the link to server `id` runs over, while one is open.

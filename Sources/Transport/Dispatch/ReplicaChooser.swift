@@ -107,10 +107,13 @@ public struct AdaptiveTimeout: Sendable, Equatable {
         return Swift.max(minimum, Swift.min(maximum, .nanoseconds(Int64(Swift.min(seconds, 1e6) * 1e9))))
     }
 
-    /// The round trip a request of `pairs` pairs usually takes (zero before any was measured).
+    /// A round trip a request of `pairs` pairs is not expected to beat, for sleeping through: its own
+    /// class's smoothed round trip, else a smaller class's (a lower bound), else zero. Never an
+    /// estimate from larger requests: a client would sleep through a prefill's time for a decode step.
     public func typical(pairs: Int = 1) -> Duration {
-        guard let (estimate, scale) = estimate(pairs: pairs) else { return .zero }
-        return .nanoseconds(Int64(Swift.min(estimate.smoothed * scale, 1e6) * 1e9))
+        let wanted = Self.sizeClass(pairs)
+        guard let sizeClass = estimates.keys.filter({ $0 <= wanted }).max(), let estimate = estimates[sizeClass] else { return .zero }
+        return .nanoseconds(Int64(Swift.min(estimate.smoothed, 1e6) * 1e9))
     }
 
     /// Records a round trip that completed.
