@@ -26,114 +26,99 @@ struct StepBatch {
     }
 }
 
-/// Buffers of one attention layer, reused across layers and steps.
+/// Buffers of the attention layers, reused across layers and steps (grown, never shrunk). Each
+/// is its own allocation, so that the buffers of one layer can be held at once.
 final class AttentionScratch {
-    var q: [Float] = []
-    var k: [Float] = []
-    var v: [Float] = []
-    var context: [Float] = []
-    var scores: [Float] = []
-    var cos: [Float] = []
-    var sin: [Float] = []
+    enum Name: Int, CaseIterable {
+        case query, key, value, context, scores, cosine, sine
+        /// Latent attention: the compressed query, and the compressed key/value with its rope part.
+        case queryLatent, keyValueLatent, keyValue
+    }
 
-    func reserve(tokens: Int, shape: AttentionShape) {
-        func grow(_ buffer: inout [Float], _ count: Int) { if buffer.count < count { buffer = [Float](repeating: 0, count: count) } }
-        grow(&q, tokens * shape.heads * shape.headDim)
-        grow(&k, tokens * shape.keyValueHeads * shape.headDim)
-        grow(&v, tokens * shape.keyValueHeads * shape.headDim)
-        grow(&context, tokens * shape.heads * shape.headDim)
-        grow(&cos, shape.headDim)
-        grow(&sin, shape.headDim)
+    private final class Buffer {
+        var pointer = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+        var capacity = 1
+        deinit { pointer.deallocate() }
+    }
+
+    private let buffers = Name.allCases.map { _ in Buffer() }
+
+    /// Buffer `name` with room for at least `count` floats (contents not kept when it grows).
+    func with<R>(_ name: Name, count: Int, _ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
+        let buffer = buffers[name.rawValue]
+        if buffer.capacity < count {
+            buffer.pointer.deallocate()
+            buffer.capacity = max(count, 2 * buffer.capacity)
+            buffer.pointer = .allocate(capacity: buffer.capacity)
+            buffer.pointer.initialize(repeating: 0, count: buffer.capacity)
+        }
+        return try body(buffer.pointer)
     }
 }
 
-/// Grouped-query attention over each sequence's KV cache: projections (with biases and q/k norms
-/// where the architecture has them), rotary embedding, causal (optionally sliding-window)
-/// softmax attention in f32, output projection.
-struct Attention {
-    let shape: AttentionShape
-    let rope: RotaryEmbedding
-    let eps: Float
-
-    init(config: ModelConfig) {
-        shape = config.attention
-        rope = RotaryEmbedding(headDim: config.attention.headDim, theta: config.attention.ropeTheta, linearFactor: config.attention.ropeFactor)
-        eps = Float(config.rmsNormEps)
+/// What every attention variant shares once its queries, keys and values are projected: writing
+/// keys and values into the caches, and softmax attention of each query over its cache.
+enum AttentionCore {
+    /// Floats per position of a cache's keys and values for `shape`.
+    static func cacheWidths(_ shape: AttentionShape) -> (key: Int, value: Int) {
+        if let latent = shape.latent { return (shape.heads * shape.headDim, shape.heads * latent.valueHeadDim) }
+        return (shape.keyValueHeads * shape.headDim, shape.keyValueHeads * shape.headDim)
     }
 
-    /// `output[T, hidden] = o_proj(attention(input))` for the batch's rows, after writing their keys
-    /// and values at their positions in layer `layer` of their caches.
-    func forward(layer: Int, weights w: AttentionWeights, input: UnsafePointer<Float>, hidden: Int, batch: StepBatch,
-                 output: UnsafeMutablePointer<Float>, scratch: AttentionScratch, expertScratch: ExpertScratch) {
-        let t = batch.count, d = shape.headDim, heads = shape.heads, kvHeads = shape.keyValueHeads
-        let qSize = heads * d, kvSize = kvHeads * d
-        scratch.reserve(tokens: t, shape: shape)
-        scratch.q.withUnsafeMutableBufferPointer { qb in
-        scratch.k.withUnsafeMutableBufferPointer { kb in
-        scratch.v.withUnsafeMutableBufferPointer { vb in
-        scratch.context.withUnsafeMutableBufferPointer { cb in
-        scratch.cos.withUnsafeMutableBufferPointer { cosb in
-        scratch.sin.withUnsafeMutableBufferPointer { sinb in
-            let q = qb.baseAddress!, k = kb.baseAddress!, v = vb.baseAddress!, context = cb.baseAddress!
-            Linear.apply(w.q, input: input, lda: hidden, tokens: t, output: q, ldc: qSize, scratch: expertScratch)
-            Linear.apply(w.k, input: input, lda: hidden, tokens: t, output: k, ldc: kvSize, scratch: expertScratch)
-            Linear.apply(w.v, input: input, lda: hidden, tokens: t, output: v, ldc: kvSize, scratch: expertScratch)
-            if let bias = w.qBias { addBias(bias, to: q, rows: t) }
-            if let bias = w.kBias { addBias(bias, to: k, rows: t) }
-            if let bias = w.vBias { addBias(bias, to: v, rows: t) }
-            switch shape.qkNorm {
-            case .none: break
-            case .perHead:
-                RMSNorm.apply(q, rows: t * heads, count: d, stride: d, weight: w.qNorm!, eps: eps, output: q)
-                RMSNorm.apply(k, rows: t * kvHeads, count: d, stride: d, weight: w.kNorm!, eps: eps, output: k)
-            case .whole:
-                RMSNorm.apply(q, rows: t, count: qSize, stride: qSize, weight: w.qNorm!, eps: eps, output: q)
-                RMSNorm.apply(k, rows: t, count: kvSize, stride: kvSize, weight: w.kNorm!, eps: eps, output: k)
-            }
-            for row in 0..<t {
-                rope.apply(q + row * qSize, heads: heads, position: batch.positions[row], cos: cosb.baseAddress!, sin: sinb.baseAddress!)
-                rope.apply(k + row * kvSize, heads: kvHeads, position: batch.positions[row], cos: cosb.baseAddress!, sin: sinb.baseAddress!)
-            }
-            for segment in batch.segments {
-                let keys = segment.cache.keys(layer), values = segment.cache.values(layer)
-                for i in 0..<segment.count {
-                    let row = segment.firstRow + i, position = segment.firstPosition + i
-                    (keys + position * kvSize).update(from: k + row * kvSize, count: kvSize)
-                    (values + position * kvSize).update(from: v + row * kvSize, count: kvSize)
-                }
-                for i in 0..<segment.count {
-                    let row = segment.firstRow + i, position = segment.firstPosition + i
-                    attend(query: q + row * qSize, position: position, keys: keys, values: values, into: context + row * qSize, scratch: scratch)
-                }
-            }
-            Linear.apply(w.o, input: context, lda: qSize, tokens: t, output: output, ldc: hidden, scratch: expertScratch)
-        }}}}}}
+    /// The shape of the per-head products.
+    struct Heads {
+        let heads: Int
+        let keyValueHeads: Int
+        /// Query/key size per head, and value size per head.
+        let keyDim: Int
+        let valueDim: Int
+        let slidingWindow: Int?
+        let scale: Float
     }
 
-    /// One token's attention over positions `start...position` of its cache, for every head: per
-    /// key/value head, its group of query heads as one `[group, d] · [L, d]ᵀ` product, softmax,
-    /// then `[group, L] · [L, d]`.
-    private func attend(query: UnsafePointer<Float>, position: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                        into context: UnsafeMutablePointer<Float>, scratch: AttentionScratch) {
-        let d = shape.headDim, kvHeads = shape.keyValueHeads, group = shape.heads / kvHeads, kvSize = kvHeads * d
-        let start = shape.slidingWindow.map { max(0, position - $0 + 1) } ?? 0
-        let length = position - start + 1
-        if scratch.scores.count < group * length { scratch.scores = [Float](repeating: 0, count: max(group * length, 2 * scratch.scores.count)) }
-        let scale = 1 / Float(d).squareRoot()
-        scratch.scores.withUnsafeMutableBufferPointer { sb in
-            let scores = sb.baseAddress!
-            for g in 0..<kvHeads {
-                BLAS.gemmTransposedB(m: group, n: length, k: d, a: query + g * group * d, lda: d,
-                                     b: keys + start * kvSize + g * d, ldb: kvSize, c: scores, ldc: length)
-                for r in 0..<group { softmax(scores + r * length, count: length, scale: scale) }
-                BLAS.gemm(m: group, n: d, k: length, a: scores, lda: length, b: values + start * kvSize + g * d, ldb: kvSize,
-                          c: context + g * group * d, ldc: d)
+    /// Writes the batch's keys `[T, kvHeads * keyDim]` and values `[T, kvHeads * valueDim]` into
+    /// layer `layer` of their caches, then attends every row's queries `[T, heads * keyDim]` over
+    /// its cache into `context` `[T, heads * valueDim]`.
+    static func attend(layer: Int, batch: StepBatch, heads: Heads, queries: UnsafePointer<Float>, keys k: UnsafePointer<Float>,
+                       values v: UnsafePointer<Float>, context: UnsafeMutablePointer<Float>, scratch: AttentionScratch) {
+        let keyWidth = heads.keyValueHeads * heads.keyDim, valueWidth = heads.keyValueHeads * heads.valueDim
+        for segment in batch.segments {
+            let keys = segment.cache.keys(layer), values = segment.cache.values(layer)
+            for i in 0..<segment.count {
+                let row = segment.firstRow + i, position = segment.firstPosition + i
+                (keys + position * keyWidth).update(from: k + row * keyWidth, count: keyWidth)
+                (values + position * valueWidth).update(from: v + row * valueWidth, count: valueWidth)
+            }
+            for i in 0..<segment.count {
+                let row = segment.firstRow + i
+                attendOne(query: queries + row * heads.heads * heads.keyDim, position: segment.firstPosition + i, keys: keys, values: values,
+                          heads: heads, into: context + row * heads.heads * heads.valueDim, scratch: scratch)
             }
         }
     }
 
-    /// `x = softmax(x * scale)` in place.
-    private func softmax(_ x: UnsafeMutablePointer<Float>, count: Int, scale: Float) {
+    /// One token's attention over positions `start...position` of its cache, for every head: per
+    /// key/value head, its group of query heads as one `[group, keyDim] · [L, keyDim]ᵀ` product,
+    /// softmax, then `[group, L] · [L, valueDim]`.
+    private static func attendOne(query: UnsafePointer<Float>, position: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                  heads: Heads, into context: UnsafeMutablePointer<Float>, scratch: AttentionScratch) {
+        let group = heads.heads / heads.keyValueHeads
+        let keyWidth = heads.keyValueHeads * heads.keyDim, valueWidth = heads.keyValueHeads * heads.valueDim
+        let start = heads.slidingWindow.map { max(0, position - $0 + 1) } ?? 0
+        let length = position - start + 1
+        scratch.with(.scores, count: group * length) { scores in
+            for g in 0..<heads.keyValueHeads {
+                BLAS.gemmTransposedB(m: group, n: length, k: heads.keyDim, a: query + g * group * heads.keyDim, lda: heads.keyDim,
+                                     b: keys + start * keyWidth + g * heads.keyDim, ldb: keyWidth, c: scores, ldc: length)
+                for r in 0..<group { softmax(scores + r * length, count: length, scale: heads.scale) }
+                BLAS.gemm(m: group, n: heads.valueDim, k: length, a: scores, lda: length, b: values + start * valueWidth + g * heads.valueDim,
+                          ldb: valueWidth, c: context + g * group * heads.valueDim, ldc: heads.valueDim)
+            }
+        }
+    }
+
+    /// `x = softmax(x * scale)` in place (as transformers' eager attention: scale, max, exp, divide).
+    private static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int, scale: Float) {
         var maximum = -Float.infinity
         for i in 0..<count {
             x[i] *= scale
@@ -148,10 +133,87 @@ struct Attention {
         for i in 0..<count { x[i] /= total }
     }
 
-    private func addBias(_ bias: [Float], to x: UnsafeMutablePointer<Float>, rows: Int) {
-        let n = bias.count
+    static func addBias(_ bias: [Float], to x: UnsafeMutablePointer<Float>, rows: Int, stride: Int? = nil) {
+        let n = bias.count, step = stride ?? n
         for r in 0..<rows {
-            for i in 0..<n { x[r * n + i] += bias[i] }
+            for i in 0..<n { x[r * step + i] += bias[i] }
         }
+    }
+}
+
+/// An attention layer of the model: grouped-query (Qwen, Mixtral, OLMoE) or multi-head latent
+/// (DeepSeek), by its weights.
+struct Attention {
+    let shape: AttentionShape
+    let rope: RotaryEmbedding
+    let eps: Float
+
+    init(config: ModelConfig) {
+        shape = config.attention
+        let ropeDim = config.attention.latent?.qkRopeHeadDim ?? config.attention.headDim
+        var rope = RotaryEmbedding(headDim: ropeDim, theta: config.attention.ropeTheta, linearFactor: config.attention.ropeFactor)
+        rope.interleaved = config.attention.ropeInterleaved
+        self.rope = rope
+        eps = Float(config.rmsNormEps)
+    }
+
+    /// `output[T, hidden] = o_proj(attention(input))` for the batch's rows, after writing their keys
+    /// and values at their positions in layer `layer` of their caches.
+    func forward(layer: Int, weights: AttentionWeights, input: UnsafePointer<Float>, hidden: Int, batch: StepBatch,
+                 output: UnsafeMutablePointer<Float>, scratch: AttentionScratch, expertScratch: ExpertScratch) {
+        switch weights {
+        case .grouped(let w):
+            grouped(layer: layer, weights: w, input: input, hidden: hidden, batch: batch, output: output, scratch: scratch, expertScratch: expertScratch)
+        case .latent(let w):
+            latent(layer: layer, weights: w, input: input, hidden: hidden, batch: batch, output: output, scratch: scratch, expertScratch: expertScratch)
+        }
+    }
+
+    /// Grouped-query attention: projections (with biases and q/k norms where the architecture has
+    /// them), rotary embedding, attention, output projection.
+    private func grouped(layer: Int, weights w: GroupedAttentionWeights, input: UnsafePointer<Float>, hidden: Int, batch: StepBatch,
+                         output: UnsafeMutablePointer<Float>, scratch: AttentionScratch, expertScratch: ExpertScratch) {
+        let t = batch.count, d = shape.headDim, heads = shape.heads, kvHeads = shape.keyValueHeads
+        let qSize = heads * d, kvSize = kvHeads * d
+        scratch.with(.query, count: t * qSize) { q in
+        scratch.with(.key, count: t * kvSize) { k in
+        scratch.with(.value, count: t * kvSize) { v in
+        scratch.with(.context, count: t * qSize) { context in
+            Linear.apply(w.q, input: input, lda: hidden, tokens: t, output: q, ldc: qSize, scratch: expertScratch)
+            Linear.apply(w.k, input: input, lda: hidden, tokens: t, output: k, ldc: kvSize, scratch: expertScratch)
+            Linear.apply(w.v, input: input, lda: hidden, tokens: t, output: v, ldc: kvSize, scratch: expertScratch)
+            if let bias = w.qBias { AttentionCore.addBias(bias, to: q, rows: t) }
+            if let bias = w.kBias { AttentionCore.addBias(bias, to: k, rows: t) }
+            if let bias = w.vBias { AttentionCore.addBias(bias, to: v, rows: t) }
+            switch shape.qkNorm {
+            case .none: break
+            case .perHead:
+                RMSNorm.apply(q, rows: t * heads, count: d, stride: d, weight: w.qNorm!, eps: eps, output: q)
+                RMSNorm.apply(k, rows: t * kvHeads, count: d, stride: d, weight: w.kNorm!, eps: eps, output: k)
+            case .whole:
+                RMSNorm.apply(q, rows: t, count: qSize, stride: qSize, weight: w.qNorm!, eps: eps, output: q)
+                RMSNorm.apply(k, rows: t, count: kvSize, stride: kvSize, weight: w.kNorm!, eps: eps, output: k)
+            }
+            if let clip = shape.clipQKV.map(Float.init) {
+                for (x, n) in [(q, t * qSize), (k, t * kvSize), (v, t * kvSize)] {
+                    for i in 0..<n { x[i] = min(max(x[i], -clip), clip) }
+                }
+            }
+            scratch.with(.cosine, count: d) { cos in
+                scratch.with(.sine, count: d) { sin in
+                    for row in 0..<t {
+                        rope.angles(position: batch.positions[row], cos: cos, sin: sin)
+                        for h in 0..<heads { rope.rotate(q + row * qSize + h * d, cos: cos, sin: sin) }
+                        for h in 0..<kvHeads { rope.rotate(k + row * kvSize + h * d, cos: cos, sin: sin) }
+                    }
+                }
+            }
+            AttentionCore.attend(layer: layer, batch: batch,
+                                 heads: .init(heads: heads, keyValueHeads: kvHeads, keyDim: d, valueDim: d, slidingWindow: shape.slidingWindow,
+                                              scale: 1 / Float(d).squareRoot()),
+                                 queries: q, keys: k, values: v, context: context, scratch: scratch)
+            Linear.apply(w.o, input: context, lda: qSize, tokens: t, output: output, ldc: hidden, scratch: expertScratch)
+            if let bias = w.oBias { AttentionCore.addBias(bias, to: output, rows: t) }
+        }}}}
     }
 }

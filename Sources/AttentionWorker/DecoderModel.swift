@@ -18,10 +18,12 @@ final class DecoderModel {
         attention = Attention(config: weights.config)
     }
 
-    /// Floats per position of a KV cache.
-    var cacheWidth: Int { config.attention.keyValueHeads * config.attention.headDim }
+    /// Floats per position of a KV cache's keys and values.
+    var cacheWidths: (key: Int, value: Int) { AttentionCore.cacheWidths(config.attention) }
 
-    func makeCache(capacity: Int) -> KVCache { KVCache(layers: config.layerCount, capacity: capacity, width: cacheWidth) }
+    func makeCache(capacity: Int) -> KVCache {
+        KVCache(layers: config.layerCount, capacity: capacity, keyWidth: cacheWidths.key, valueWidth: cacheWidths.value)
+    }
 
     /// Runs the batch's tokens through every layer, writing their keys and values into their
     /// caches (whose lengths then grow by the segments' counts), and returns the logits

@@ -19,11 +19,11 @@ public final class GenerationEngine: @unchecked Sendable {
         public var maxRunning = 64
         /// Tokens in one step (decodes first, then prompt chunks); at least `maxRunning`.
         public var maxBatchTokens = 512
-        /// Requests that may wait for a running place before new ones get 429.
+        /// Requests that may wait beyond the free running places before new ones get 429.
         public var maxWaiting = 1024
         /// Longest prompt + generation; nil: the model's `max_position_embeddings`.
         public var maxContext: Int?
-        /// Bytes of KV cache all running sequences may hold together.
+        /// Bytes of KV cache (f32) all running sequences may hold together.
         public var kvCacheBytes = 4 << 30
 
         public init() {}
@@ -43,6 +43,8 @@ public final class GenerationEngine: @unchecked Sendable {
         public var promptTokens = 0
         public var generatedTokens = 0
         public var failedRequests = 0
+        /// Expert servers marked down by the dispatcher (remote experts).
+        public var failovers = 0
     }
 
     /// Lets a submitter stop its sequence (a client that went away).
@@ -69,6 +71,8 @@ public final class GenerationEngine: @unchecked Sendable {
     private var statistics = Statistics()
     private var thread: Thread?
     private var finished = false
+    /// Sequences admitted and not yet retired (read by submitters, under the lock).
+    private var runningCount = 0
     /// Engine-thread state.
     private var running: [Sequence] = []
     private var cacheBytesInUse = 0
@@ -114,18 +118,23 @@ public final class GenerationEngine: @unchecked Sendable {
     }
 
     /// Data-plane failovers so far (remote experts).
-    public var failovers: Int { model.placement.failovers }
+    public var failovers: Int { stats.failovers }
 
     // MARK: Submitting
 
     /// Queues `request`; `events` receives its tokens and its end, on the engine thread.
     @discardableResult
     public func submit(_ request: GenerationRequest, events: @escaping @Sendable (GenerationEvent) -> Void) throws(SubmitError) -> Handle {
+        try submit(request, queueLimit: true, events: events)
+    }
+
+    private func submit(_ request: GenerationRequest, queueLimit: Bool, events: @escaping @Sendable (GenerationEvent) -> Void) throws(SubmitError) -> Handle {
         try validate(request)
         condition.lock()
         defer { condition.unlock() }
         guard accepting else { throw .stopping }
-        guard waiting.count < configuration.maxWaiting || running.count + waiting.count < configuration.maxRunning else {
+        // Free running places first, then up to `maxWaiting` more.
+        guard !queueLimit || runningCount + waiting.count < capacity else {
             throw .overloaded(waiting: waiting.count)
         }
         nextID += 1
@@ -133,6 +142,10 @@ public final class GenerationEngine: @unchecked Sendable {
         condition.signal()
         return Handle(id: nextID, engine: self)
     }
+
+    /// The most sequences the engine holds at once, running and waiting: a request with more
+    /// prompts can never be taken whole.
+    public var capacity: Int { configuration.maxRunning + configuration.maxWaiting }
 
     /// `submit` as an async stream; ending the stream's iteration cancels the sequence.
     public func stream(_ request: GenerationRequest) throws(SubmitError) -> AsyncStream<GenerationEvent> {
@@ -156,7 +169,7 @@ public final class GenerationEngine: @unchecked Sendable {
             throw .invalid("prompt token id \(bad) is outside the vocabulary (0..<\(config.vocabSize))")
         }
         guard request.maxTokens >= 1 else { throw .invalid("max_tokens must be at least 1 (got \(request.maxTokens))") }
-        guard request.prompt.count + request.maxTokens <= maxContext else {
+        guard request.prompt.count < maxContext, request.maxTokens <= maxContext - request.prompt.count else {
             throw .invalid("prompt (\(request.prompt.count) tokens) + max_tokens (\(request.maxTokens)) exceeds the context of \(maxContext) tokens")
         }
         if let problem = request.sampling.problem { throw .invalid(problem) }
@@ -166,7 +179,8 @@ public final class GenerationEngine: @unchecked Sendable {
     }
 
     private func cacheBytes(_ request: GenerationRequest) -> Int {
-        KVCache.byteCount(layers: config.layerCount, capacity: request.prompt.count + request.maxTokens, width: model.cacheWidth)
+        KVCache.byteCount(layers: config.layerCount, capacity: request.prompt.count + request.maxTokens,
+                          keyWidth: model.cacheWidths.key, valueWidth: model.cacheWidths.value)
     }
 
     private func cancel(_ id: UInt64) {
@@ -214,9 +228,10 @@ public final class GenerationEngine: @unchecked Sendable {
                 let abandoned = waiting
                 waiting.removeAll()
                 condition.unlock()
-                for sequence in abandoned + running { sequence.events(.failed("the worker is shutting down")) }
+                for sequence in abandoned + running where !sequence.done { sequence.events(.failed("the worker is shutting down")) }
                 running.removeAll()
                 condition.lock()
+                runningCount = 0
                 finished = true
                 condition.broadcast()
                 condition.unlock()
@@ -233,7 +248,8 @@ public final class GenerationEngine: @unchecked Sendable {
         precondition(thread == nil, "generate runs the engine on the calling thread; this one was started")
         let results = ResultBox(count: requests.count)
         for (index, request) in requests.enumerated() {
-            try submit(request) { event in results.record(event, at: index, promptTokens: request.prompt.count) }
+            // All of them are the caller's own work: they queue without the waiting limit.
+            try submit(request, queueLimit: false) { event in results.record(event, at: index, promptTokens: request.prompt.count) }
         }
         while true {
             condition.lock()
@@ -252,15 +268,26 @@ public final class GenerationEngine: @unchecked Sendable {
         condition.lock()
         let gone = cancelled
         cancelled.removeAll()
-        waiting.removeAll { gone.contains($0.id) }
+        var dropped: [Sequence] = []
+        waiting.removeAll { sequence in
+            guard gone.contains(sequence.id) else { return false }
+            dropped.append(sequence)
+            return true
+        }
         while running.count < configuration.maxRunning, let next = waiting.first,
               cacheBytesInUse + cacheBytes(next.request) <= configuration.kvCacheBytes {
             waiting.removeFirst()
             running.append(next)
+            runningCount += 1
             cacheBytesInUse += cacheBytes(next.request)
         }
         condition.unlock()
-        for sequence in running where gone.contains(sequence.id) { sequence.done = true }
+        for sequence in running where gone.contains(sequence.id) && !sequence.done {
+            sequence.done = true
+            dropped.append(sequence)
+        }
+        // Every sequence ends with one event, a cancelled one too.
+        for sequence in dropped { sequence.events(.failed("cancelled")) }
         retire()
 
         var batch = StepBatch()
@@ -324,24 +351,26 @@ public final class GenerationEngine: @unchecked Sendable {
         statistics.steps += 1
         statistics.promptTokens += promptTokens
         statistics.generatedTokens += generated
+        statistics.failovers = model.placement.failovers
         condition.unlock()
         retire()
     }
 
     /// Drops finished, failed and cancelled sequences and gives back their cache.
     private func retire() {
-        var failed = 0
+        var failed = 0, retired = 0
         running.removeAll { sequence in
             guard sequence.done else { return false }
             cacheBytesInUse -= cacheBytes(sequence.request)
             if sequence.failed { failed += 1 }
+            retired += 1
             return true
         }
-        if failed > 0 {
-            condition.lock()
-            statistics.failedRequests += failed
-            condition.unlock()
-        }
+        guard retired > 0 else { return }
+        condition.lock()
+        statistics.failedRequests += failed
+        runningCount -= retired
+        condition.unlock()
     }
 }
 

@@ -2,12 +2,14 @@
 import Glibc
 #endif
 
-/// Rotary position embedding (`rotate_half` convention) with transformers' f32 arithmetic:
-/// `inv_freq[i] = 1 / theta^(2i/d)` (divided by the factor for `linear` scaling), angle
-/// `position * inv_freq[i]` rounded to f32, then its cosine and sine.
+/// Rotary position embedding with transformers' f32 arithmetic: `inv_freq[i] = 1 / theta^(2i/d)`
+/// (divided by the factor for `linear` scaling), angle `position * inv_freq[i]` rounded to f32,
+/// then its cosine and sine. Two layouts of the rotated pairs: `(x[i], x[i + d/2])`
+/// (`rotate_half`; Qwen, Mixtral, OLMoE) or `(x[2i], x[2i + 1])` (interleaved; DeepSeek).
 struct RotaryEmbedding {
     let headDim: Int
     let inverseFrequencies: [Float]
+    var interleaved = false
 
     init(headDim: Int, theta: Double, linearFactor: Double) {
         precondition(headDim % 2 == 0, "rotary embedding needs an even head size")
@@ -19,17 +21,25 @@ struct RotaryEmbedding {
         }
     }
 
-    /// Rotates `heads` heads of `headDim` values at `vector` (contiguous) in place for `position`.
-    /// `cos`/`sin` are `[headDim / 2]` scratch, filled here.
-    func apply(_ vector: UnsafeMutablePointer<Float>, heads: Int, position: Int, cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
-        let half = headDim / 2
-        for i in 0..<half {
+    /// The cosines and sines of `position`'s angles into `cos`/`sin` (`[headDim / 2]` each).
+    func angles(position: Int, cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
+        for i in 0..<(headDim / 2) {
             let angle = Float(position) * inverseFrequencies[i]
             cos[i] = Float(Glibc.cos(Double(angle)))
             sin[i] = Float(Glibc.sin(Double(angle)))
         }
-        for h in 0..<heads {
-            let x = vector + h * headDim
+    }
+
+    /// Rotates the `headDim` values at `x` in place by the angles `angles` filled in.
+    func rotate(_ x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let half = headDim / 2
+        if interleaved {
+            for i in 0..<half {
+                let a = x[2 * i], b = x[2 * i + 1]
+                x[2 * i] = a * cos[i] - b * sin[i]
+                x[2 * i + 1] = b * cos[i] + a * sin[i]
+            }
+        } else {
             for i in 0..<half {
                 let a = x[i], b = x[i + half]
                 x[i] = a * cos[i] - b * sin[i]

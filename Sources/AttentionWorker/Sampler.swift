@@ -46,11 +46,24 @@ struct Sampler {
     mutating func next(_ logits: UnsafeBufferPointer<Float>) -> Int? {
         if logits.contains(where: { $0.isNaN }) { return nil }
         if parameters.temperature == 0 { return Self.argmax(logits) }
-        // Candidates by descending logit (ties by id), cut by top-k, then probabilities in f64.
-        var order = Array(logits.indices)
-        order.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-        if parameters.topK > 0, parameters.topK < order.count { order.removeLast(order.count - parameters.topK) }
-        let maximum = Double(logits[order[0]])
+        let maximum = Double(logits[Self.argmax(logits)])
+        let limitK = parameters.topK > 0 && parameters.topK < logits.count
+        guard limitK || parameters.topP < 1 else {
+            // Plain temperature sampling: one pass for the total, one to draw.
+            var total = 0.0
+            for logit in logits { total += exp((Double(logit) - maximum) / parameters.temperature) }
+            let draw = uniform() * total
+            var running = 0.0
+            for i in logits.indices {
+                running += exp((Double(logits[i]) - maximum) / parameters.temperature)
+                if draw < running { return i }
+            }
+            return Self.argmax(logits)
+        }
+        // Candidates by descending logit (ties by lower id): the top k only when top-k is set.
+        let before: (Int, Int) -> Bool = { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+        var order = limitK ? Self.top(parameters.topK, of: logits, by: before) : Array(logits.indices)
+        order.sort(by: before)
         var probabilities = order.map { exp((Double(logits[$0]) - maximum) / parameters.temperature) }
         let total = probabilities.reduce(0, +)
         var kept = 0, cumulative = 0.0
@@ -67,6 +80,39 @@ struct Sampler {
             if draw < running { return order[i] }
         }
         return order[kept - 1]
+    }
+
+    /// The `k` ids first in `before` order, unordered: a bounded heap, O(vocab · log k).
+    static func top(_ k: Int, of logits: UnsafeBufferPointer<Float>, by before: (Int, Int) -> Bool) -> [Int] {
+        // A min-heap under `before`: the root is the candidate that would be dropped first.
+        var heap: [Int] = []
+        heap.reserveCapacity(k)
+        func siftDown(_ start: Int) {
+            var i = start
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var worst = i
+                if l < heap.count, before(heap[worst], heap[l]) { worst = l }
+                if r < heap.count, before(heap[worst], heap[r]) { worst = r }
+                if worst == i { return }
+                heap.swapAt(i, worst)
+                i = worst
+            }
+        }
+        for id in logits.indices {
+            if heap.count < k {
+                heap.append(id)
+                var i = heap.count - 1
+                while i > 0, before(heap[(i - 1) / 2], heap[i]) {
+                    heap.swapAt(i, (i - 1) / 2)
+                    i = (i - 1) / 2
+                }
+            } else if before(id, heap[0]) {
+                heap[0] = id
+                siftDown(0)
+            }
+        }
+        return heap
     }
 
     static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {

@@ -34,6 +34,10 @@ public enum WorkerHTTP {
                 return failure(CompletionError(status: 404, type: "invalid_request_error",
                                                message: "the model '\(model)' does not exist; this worker serves '\(engine.modelName)'", param: "model"))
             }
+            guard completion.prompts.count <= engine.capacity else {
+                return failure(.invalid("\(completion.prompts.count) prompts are more than this worker ever holds at once (\(engine.capacity)); send fewer per request",
+                                        param: "prompt"))
+            }
             let streams: [AsyncStream<GenerationEvent>]
             do throws(CompletionError) {
                 streams = try submitAll(completion.generationRequests, to: engine)
@@ -95,7 +99,7 @@ public enum WorkerHTTP {
                     usage.prompt_tokens += prompt
                     usage.completion_tokens += completion
                 case .failed(let message):
-                    return failure(CompletionError(status: 503, type: "server_error", message: message, param: nil))
+                    return failure(CompletionError(status: message.contains("NaN") ? 500 : 503, type: "server_error", message: message, param: nil))
                 }
             }
             guard let reason else { return failure(CompletionError(status: 503, type: "server_error", message: "generation ended early", param: nil)) }

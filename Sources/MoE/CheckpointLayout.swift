@@ -93,6 +93,7 @@ public enum CheckpointLayout {
             add("\(p).k_proj.bias", [kv], nil)
             add("\(p).v_proj.bias", [kv], nil)
         }
+        if a.outputBias { add("\(p).o_proj.bias", [h], nil) }
         switch a.qkNorm {
         case .none: break
         case .perHead:

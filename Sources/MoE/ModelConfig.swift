@@ -94,8 +94,12 @@ public struct AttentionShape: Sendable, Equatable {
     public var keyValueHeads: Int
     /// Size of one head (q/k size for latent attention: nope + rope parts).
     public var headDim: Int
-    /// Whether q/k/v projections have biases (Qwen2-MoE).
+    /// Whether q/k/v projections have biases (Qwen2-MoE; `attention_bias` elsewhere).
     public var qkvBias: Bool
+    /// Whether the output projection has a bias (`attention_bias` of Qwen3-MoE and OLMoE).
+    public var outputBias = false
+    /// OLMoE's `clip_qkv`: q, k and v are clamped to ±this after the q/k norms.
+    public var clipQKV: Double?
     public var qkNorm: QKNorm
     /// Set for DeepSeek's latent attention, where heads/headDim describe the output side.
     public var latent: LatentAttentionShape?
@@ -105,6 +109,9 @@ public struct AttentionShape: Sendable, Equatable {
     public var ropeType: String = "default"
     /// The scaling factor of `linear` rope scaling (positions divided by it); 1 otherwise.
     public var ropeFactor: Double = 1
+    /// Whether rotary pairs are adjacent values `(x[2i], x[2i+1])` (DeepSeek) rather than the two
+    /// halves of the head (`rotate_half`).
+    public var ropeInterleaved = false
     /// Attention looks back at most this many positions (`sliding_window`, where the
     /// architecture applies it); nil for full attention.
     public var slidingWindow: Int?
@@ -336,13 +343,19 @@ public struct ModelConfig: Sendable, Equatable {
         case .qwen3Moe:
             shape.headDim = try f.optional("head_dim", as: Int.self).map { _ in try f.positive("head_dim", max: Limits.headDim) } ?? hidden / heads
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+            shape.outputBias = shape.qkvBias
             shape.qkNorm = .perHead
             if try f.optional("use_sliding_window", as: Bool.self) == true {
                 shape.slidingWindow = try f.positive("sliding_window", max: 1 << 24)
             }
         case .olmoe:
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+            shape.outputBias = shape.qkvBias
             shape.qkNorm = .whole
+            if let clip = try f.optional("clip_qkv", as: Double.self) {
+                guard clip > 0, clip.isFinite else { throw f.error("field 'clip_qkv' must be a positive number (got \(clip))") }
+                shape.clipQKV = clip
+            }
         case .deepseekV2, .deepseekV3:
             let latent = LatentAttentionShape(
                 // Absent means transformers' default 1536; an explicit null means no query compression.
@@ -355,6 +368,8 @@ public struct ModelConfig: Sendable, Equatable {
             shape.headDim = latent.qkNopeHeadDim + latent.qkRopeHeadDim
             shape.keyValueHeads = heads
             shape.qkvBias = try f.optional("attention_bias", as: Bool.self) ?? false
+            // V2 rotates adjacent pairs (complex multiplication); V3 does when `rope_interleave`.
+            shape.ropeInterleaved = architecture == .deepseekV2 ? true : try f.optional("rope_interleave", as: Bool.self) ?? true
         }
         guard shape.headDim >= 1 else { throw f.error("attention head_dim must be at least 1") }
         return shape

@@ -55,6 +55,7 @@ struct E2EBenchCommand: ParsableCommand {
         guard promptTokens >= 1, decodeTokens >= 1 else { throw ValidationError("--prompt-tokens and --decode-tokens must be at least 1") }
         guard pods >= 2 else { throw ValidationError("--pods must be at least 2 (the failure run kills one)") }
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        if let failureBatch, failureBatch < 1 { throw ValidationError("--failure-batch must be at least 1") }
         guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
     }
 
@@ -77,14 +78,16 @@ struct E2EBenchCommand: ParsableCommand {
         log("model \(directory): \(config.architecture.cliName), hidden \(config.hiddenSize), \(config.expertCount) experts top-\(config.router.topK), \(config.layerCount) layers")
 
         // Pods first (they map the checkpoint while the monolithic engine loads).
-        let podProcesses = try (0..<pods).map { _ in
-            try ChildProcess(arguments: ["expert-pod", "--model", directory, "--shard", "0-\(config.expertCount - 1)", "--listen", "127.0.0.1:0",
-                                         "--transport", "shm", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", wireDtype,
-                                         "--max-batch-tokens", "\(max(1024, engineConfiguration.maxBatchTokens))", "--grace-seconds", "2",
-                                         "--log-level", "error"],
-                             environment: ["EAAS_POOL_TOKEN": token])
-        }
+        var podProcesses: [ChildProcess] = []
         defer { podProcesses.forEach { $0.stop() } }
+        for _ in 0..<pods {
+            podProcesses.append(try ChildProcess(
+                arguments: ["expert-pod", "--model", directory, "--shard", "0-\(config.expertCount - 1)", "--listen", "127.0.0.1:0",
+                            "--transport", "shm", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", wireDtype,
+                            "--max-batch-tokens", "\(max(1024, engineConfiguration.maxBatchTokens))", "--grace-seconds", "2",
+                            "--log-level", "error"],
+                environment: ["EAAS_POOL_TOKEN": token]))
+        }
         let addresses = try podProcesses.map { pod -> String in
             let words = try pod.firstLine().split(separator: " ")
             guard words.count == 4, words[0] == "listening" else { throw CommandFailure("expert-pod did not start: \(words.joined(separator: " "))") }
@@ -136,7 +139,7 @@ struct E2EBenchCommand: ParsableCommand {
 
         log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, pod 1 of \(pods) killed at \(failureSeconds / 2) s")
         let failure = try FailureRun.measure(engines[1].1, batch: failureBatch ?? largest, seconds: failureSeconds, promptTokens: promptTokens,
-                                             vocab: config.vocabSize) { podProcesses[0].kill() }
+                                             vocab: config.vocabSize) { [podProcesses] in podProcesses[0].kill() }
 
         var vllmRows: [[String: Any]] = []
         if let vllm {
@@ -217,46 +220,59 @@ enum DecodeRun {
     static func measure(_ engine: GenerationEngine, batch: Int, promptTokens: Int, decodeTokens: Int, vocab: Int, seed: UInt64) throws -> Double {
         let timeline = Timeline(sequences: batch)
         for (index, prompt) in prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: seed).enumerated() {
-            try engine.submit(GenerationRequest(prompt: prompt, maxTokens: decodeTokens + 1, ignoreEOS: true)) { timeline.record($0, sequence: index) }
+            try engine.submit(GenerationRequest(prompt: prompt, maxTokens: decodeTokens + 1, ignoreEOS: true)) { event in
+                // Events come from inside the engine's step, before it counts that step: every token
+                // of one step carries the same number.
+                timeline.record(event, sequence: index, step: engine.stats.steps)
+            }
         }
-        let (firstTokens, end, failure) = timeline.waitForAll()
-        if let failure { throw CommandFailure("generation failed: \(failure)") }
-        return Double(batch * decodeTokens) / max(end - firstTokens, 1e-9)
+        return try timeline.decodeRate()
     }
 }
 
-/// Timestamps of a batch's events.
+/// Token events of a batch, tagged with the engine step that produced them.
 final class Timeline: @unchecked Sendable {
     private let condition = NSCondition()
-    private var firstToken: [Double?]
+    private var firstStep: [Int?]
     private var done: [Bool]
     private var failure: String?
-    private var end = 0.0
+    /// Per step: tokens and when its last token came.
+    private var steps: [Int: (tokens: Int, time: Double)] = [:]
 
     init(sequences: Int) {
-        firstToken = Array(repeating: nil, count: sequences)
+        firstStep = Array(repeating: nil, count: sequences)
         done = Array(repeating: false, count: sequences)
     }
 
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-    func record(_ event: GenerationEvent, sequence: Int) {
+    func record(_ event: GenerationEvent, sequence: Int, step: Int) {
+        let time = Self.now()
         condition.lock()
         defer { condition.unlock() }
         switch event {
-        case .token: if firstToken[sequence] == nil { firstToken[sequence] = Self.now() }
-        case .finished: done[sequence] = true; end = Self.now()
+        case .token:
+            if firstStep[sequence] == nil { firstStep[sequence] = step }
+            steps[step, default: (0, time)].tokens += 1
+            steps[step]!.time = time
+        case .finished: done[sequence] = true
         case .failed(let message): done[sequence] = true; failure = message
         }
         condition.broadcast()
     }
 
-    /// (latest first token, last finish, a failure).
-    func waitForAll() -> (Double, Double, String?) {
+    /// Waits for every sequence, then: tokens of the steps after the one in which the last
+    /// sequence got its first token, over the time from that step to the last (decode only:
+    /// prefills and staggered starts are left out).
+    func decodeRate() throws -> Double {
         condition.lock()
         defer { condition.unlock() }
         while !done.allSatisfy({ $0 }) { condition.wait() }
-        return (firstToken.compactMap { $0 }.max() ?? 0, end, failure)
+        if let failure { throw CommandFailure("generation failed: \(failure)") }
+        guard let start = firstStep.compactMap({ $0 }).max(), let startTime = steps[start]?.time,
+              let end = steps.keys.max(), end > start, let endTime = steps[end]?.time else { return 0 }
+        let tokens = steps.filter { $0.key > start }.map(\.value.tokens).reduce(0, +)
+        return Double(tokens) / max(endTime - startTime, 1e-9)
     }
 }
 
@@ -283,20 +299,26 @@ enum FailureRun {
                                 prompts: DecodeRun.prompts(batch: 64, promptTokens: promptTokens, vocab: vocab, seed: 77))
         counter.start()
         for slot in 0..<batch { keeper.submit(slot: slot) }
-        let killAt = seconds / 2
-        Thread.sleep(forTimeInterval: killAt)
+        Thread.sleep(forTimeInterval: seconds / 2)
+        let killedAt = counter.elapsed  // before the signal: what follows is the failure's cost
         kill()
-        let killedAt = counter.elapsed
         Thread.sleep(forTimeInterval: max(0, seconds - counter.elapsed))
-        keeper.stop()
-        let series = counter.rates()
-        // Rates from the steps' own times (tokens of one step arrive together), not from buckets,
-        // so that a window is not off by a whole step. The first tenth (ramp-up, prefills) is left out.
-        let before = counter.stepRate(from: seconds / 10, to: killedAt)
-        let after = counter.stepRate(from: killedAt, to: seconds)
-        return Outcome(before: before, after: after, loss: max(0, 1 - after / before),
+        keeper.stopAndWait()
+        // Both windows run from one step's end to another's, so neither is off by a partial step;
+        // "after" starts at the last step that ended before the kill, so it holds the whole stall.
+        // The first tenth of the run (ramp-up, prefills) is left out.
+        let steps = counter.stepEnds()
+        let beforeSteps = steps.filter { $0.time >= seconds / 10 && $0.time <= killedAt }
+        let afterSteps = steps.filter { $0.time > (beforeSteps.last?.time ?? killedAt) }
+        func rate(_ window: [(time: Double, tokens: Int)], from start: Double?) -> Double {
+            guard let start, let end = window.last?.time, end > start else { return 0 }
+            return Double(window.filter { $0.time > start }.map(\.tokens).reduce(0, +)) / (end - start)
+        }
+        let before = rate(beforeSteps, from: beforeSteps.first?.time)
+        let after = rate(afterSteps, from: beforeSteps.last?.time)
+        return Outcome(before: before, after: after, loss: before > 0 ? max(0, 1 - after / before) : 1,
                        failedRequests: max(counter.failures, engine.stats.failedRequests - failedBefore),
-                       failovers: engine.failovers - failoversBefore, series: series, killAt: killedAt, bucket: bucket)
+                       failovers: engine.failovers - failoversBefore, series: counter.rates(), killAt: killedAt, bucket: bucket)
     }
 }
 
@@ -317,7 +339,18 @@ final class LoadKeeper: @unchecked Sendable {
         self.prompts = prompts
     }
 
-    func stop() { _ = stopped.setOnce() }
+    private let outstanding = NSCondition()
+    private var running = 0
+
+    /// Stops resubmitting and waits (up to a minute) until the sequences still running ended, so
+    /// that they do not load the machine for what is measured next.
+    func stopAndWait() {
+        _ = stopped.setOnce()
+        outstanding.lock()
+        let deadline = Date().addingTimeInterval(60)
+        while running > 0, outstanding.wait(until: deadline) {}
+        outstanding.unlock()
+    }
 
     func submit(slot: Int) {
         guard !stopped.isSet else { return }
@@ -325,19 +358,30 @@ final class LoadKeeper: @unchecked Sendable {
         let prompt = prompts[submitted % prompts.count]
         submitted += 1
         lock.unlock()
+        outstanding.lock()
+        running += 1
+        outstanding.unlock()
         do {
             try engine.submit(GenerationRequest(prompt: prompt, maxTokens: 64, ignoreEOS: true)) { [self] event in
                 switch event {
-                case .token: counter.add()
-                case .finished: submit(slot: slot)
-                case .failed:
-                    counter.fail()
+                case .token: counter.add(step: engine.stats.steps)
+                case .finished, .failed:
+                    if case .failed = event { counter.fail() }
+                    ended()
                     submit(slot: slot)
                 }
             }
         } catch {
             counter.fail()
+            ended()
         }
+    }
+
+    private func ended() {
+        outstanding.lock()
+        running -= 1
+        outstanding.broadcast()
+        outstanding.unlock()
     }
 }
 
@@ -346,7 +390,8 @@ final class TokenCounter: @unchecked Sendable {
     private let lock = NSLock()
     private let bucket: Double
     private var counts: [Int]
-    private var times: [Double] = []
+    /// Per engine step: its tokens and when its last token came.
+    private var steps: [Int: (tokens: Int, time: Double)] = [:]
     private var origin = 0.0
     private(set) var failures = 0
 
@@ -358,12 +403,13 @@ final class TokenCounter: @unchecked Sendable {
     func start() { origin = Timeline.now() }
     var elapsed: Double { Timeline.now() - origin }
 
-    func add() {
+    func add(step: Int) {
         let time = elapsed
         let index = Int(time / bucket)
         lock.lock()
         if index < counts.count { counts[index] += 1 }
-        times.append(time)
+        steps[step, default: (0, time)].tokens += 1
+        steps[step]!.time = time
         lock.unlock()
     }
 
@@ -373,23 +419,11 @@ final class TokenCounter: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Tokens/s between `start` and `end` (seconds since `start()`), from the steps in the window:
-    /// tokens less than a millisecond apart came out of one step. The tokens of the steps after
-    /// the first, over the time from the first step to the last.
-    func stepRate(from start: Double, to end: Double) -> Double {
+    /// Each engine step's end (its last token, seconds since `start()`) and tokens, in time order.
+    func stepEnds() -> [(time: Double, tokens: Int)] {
         lock.lock()
-        let window = times.filter { $0 >= start && $0 < end }.sorted()
-        lock.unlock()
-        var steps: [(time: Double, tokens: Int)] = []
-        for time in window {
-            if let last = steps.last, time - last.time < 0.001 {
-                steps[steps.count - 1].tokens += 1
-            } else {
-                steps.append((time, 1))
-            }
-        }
-        guard steps.count >= 2, steps.last!.time > steps.first!.time else { return 0 }
-        return Double(steps.dropFirst().map(\.tokens).reduce(0, +)) / (steps.last!.time - steps.first!.time)
+        defer { lock.unlock() }
+        return steps.values.map { (time: $0.time, tokens: $0.tokens) }.sorted { $0.time < $1.time }
     }
 
     /// Tokens/s per bucket.

@@ -171,11 +171,13 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Tokens per step (decodes first, then prompt chunks).") var maxBatchTokens: Int = 512
     @Option(help: "Requests that may wait for a running place before new ones get 429.") var maxWaiting: Int = 1024
     @Option(help: "Longest prompt + generation (default: the model's max_position_embeddings).") var maxContext: Int?
+    @Option(help: "GiB of KV cache (f32) the running sequences may hold together; a request that needs more is refused.") var kvCacheGib: Double = 4
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
     @OptionGroup var experts: ExpertOptions
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port \(port) is not a port") }
+        guard kvCacheGib > 0, kvCacheGib < 1_048_576 else { throw ValidationError("--kv-cache-gib must be a positive number of GiB") }
         if let problem = engineConfiguration().problem { throw ValidationError(problem) }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
     }
@@ -186,6 +188,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.maxBatchTokens = maxBatchTokens
         configuration.maxWaiting = maxWaiting
         configuration.maxContext = maxContext
+        configuration.kvCacheBytes = Int(kvCacheGib * Double(1 << 30))
         return configuration
     }
 

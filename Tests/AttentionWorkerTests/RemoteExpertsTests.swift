@@ -42,7 +42,7 @@ final class ExpertServers {
 @Suite("Attention worker with remote experts")
 struct RemoteExpertsTests {
     @Test("remote experts over tcp and shm give the local logits within 1e-4 and the same greedy tokens",
-          arguments: ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe"], [BackendKind.tcp, .shm])
+          arguments: ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v2", "deepseek-v3"], [BackendKind.tcp, .shm])
     func remoteMatchesLocal(name: String, backend: BackendKind) throws {
         let fixture = try GenerationFixture(name)
         let config = try ModelConfig.load(directory: fixture.directory)

@@ -82,6 +82,7 @@ struct WorkerHTTPTests {
             (#"{"prompt": [1, 2, 64]}"#, 400, "outside the vocabulary"),
             (#"{"prompt": [1, 2], "max_tokens": 0}"#, 400, "max_tokens"),
             (#"{"prompt": [1, 2], "max_tokens": 500}"#, 400, "context"),
+            (#"{"prompt": [1], "max_tokens": 9223372036854775807}"#, 400, "context"),
             (#"{"prompt": [1, 2], "temperature": -1}"#, 400, "temperature"),
             (#"{"prompt": [[1, 2], "x"]}"#, 400, "prompt[1]"),
             (#"{"prompt": [1, 2], "stop": ["\n"]}"#, 400, "stop_token_ids"),

@@ -147,7 +147,7 @@ def record(name, model, dtype):
 
 GENERATED = 16
 # Architectures whose whole model the attention worker runs (fixture name -> prompt seed base).
-WHOLE_MODEL = ("mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe")
+WHOLE_MODEL = ("mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3")
 
 
 def greedy_with_margins(model, prompt):
