@@ -15,7 +15,7 @@ struct E2EBenchCommand: ParsableCommand {
         The model is a seeded random Qwen3-MoE checkpoint of the given shape (written once into \
         --cache-dir), or --model. Remote runs start --pods `eaas expert-pod` processes, each hosting \
         every expert (so every expert has --pods replicas). The failure run keeps --failure-batch \
-        sequences generating for --failure-seconds and SIGKILLs one pod halfway; the loss compares \
+        sequences generating for --failure-seconds and SIGKILLs the pod serving them halfway; the loss compares \
         tokens/s in the halves before and after the kill. With --vllm PYTHON, the same checkpoint, \
         prompts and batch sizes run through vLLM (fp32, CPU) in the same sitting.
         """
@@ -88,11 +88,12 @@ struct E2EBenchCommand: ParsableCommand {
                             "--log-level", "error"],
                 environment: ["EAAS_POOL_TOKEN": token]))
         }
-        let addresses = try podProcesses.map { pod -> String in
+        let endpoints = try podProcesses.map { pod -> (data: String, metrics: String) in
             let words = try pod.firstLine().split(separator: " ")
             guard words.count == 4, words[0] == "listening" else { throw CommandFailure("expert-pod did not start: \(words.joined(separator: " "))") }
-            return String(words[1])
+            return (String(words[1]), String(words[3]))
         }
+        let addresses = endpoints.map(\.data)
         func remote(_ backend: BackendKind) throws -> GenerationEngine {
             var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
             dispatcher.backend = backend
@@ -137,9 +138,17 @@ struct E2EBenchCommand: ParsableCommand {
             table.rows.append(["\(batch)"] + rates.map { String(format: "%.1f", $0) } + [String(format: "%.2f", rates[1] / rates[0]), String(format: "%.2f", rates[2] / rates[0])])
         }
 
-        log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, pod 1 of \(pods) killed at \(failureSeconds / 2) s")
+        log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
+        func requestsServed() -> [Double] {
+            endpoints.map { (try? PodBenchCommand.httpGet("http://\($0.metrics)/metrics")).map { PodBenchCommand.metric($0, "eaas_requests_total") } ?? 0 }
+        }
+        let servedBefore = requestsServed()
         let failure = try FailureRun.measure(engines[1].1, batch: failureBatch ?? largest, seconds: failureSeconds, promptTokens: promptTokens,
-                                             vocab: config.vocabSize) { [podProcesses] in podProcesses[0].kill() }
+                                             vocab: config.vocabSize) { [podProcesses] in
+            // The worker keeps to the replica that served last: the pod to kill is the one busy in this run.
+            let served = zip(requestsServed(), servedBefore).map { $0 - $1 }
+            podProcesses[served.indices.max { served[$0] < served[$1] }!].kill()
+        }
 
         var vllmRows: [[String: Any]] = []
         if let vllm {

@@ -18,6 +18,13 @@ struct PodFailureTests {
         }
     }
 
+    /// `eaas_requests_total` of the pod whose metrics listen at `address`.
+    static func requestsServed(metrics address: String) throws -> Int {
+        let text = try String(contentsOf: URL(string: "http://\(address)/metrics")!, encoding: .utf8)
+        let line = text.split(separator: "\n").first { $0.hasPrefix("eaas_requests_total ") }
+        return Int(Double(line?.split(separator: " ").last ?? "0") ?? 0)
+    }
+
     static let requests: [GenerationRequest] = (0..<8).map { i in
         GenerationRequest(prompt: (0..<(4 + i)).map { (7 * $0 + 3 * i) % 250 + 3 }, maxTokens: 120 + 10 * i,
                           sampling: i == 7 ? SamplingParameters(temperature: 0.8, topP: 0.95, seed: 99) : .greedy, ignoreEOS: true)
@@ -49,7 +56,11 @@ struct PodFailureTests {
         }
         let total = Self.requests.map(\.maxTokens).reduce(0, +)
         #expect(collected.wait(untilTokens: total / 5, timeout: 60), "generation did not progress")
-        pods[0].signal(SIGKILL)
+        // The worker keeps to the replicas it used last: kill the one of experts 0-3 that serves.
+        let served = try pods[0..<2].map { pod in try Self.requestsServed(metrics: pod.announcement[3]) }
+        let victim = served[0] >= served[1] ? pods[0] : pods[1]
+        #expect(served.max()! > 0)
+        victim.signal(SIGKILL)
         let killedAt = collected.tokenCount
         #expect(collected.wait(untilDone: 120), "generation did not finish after the kill")
         #expect(killedAt < total, "the pod died after generation ended")

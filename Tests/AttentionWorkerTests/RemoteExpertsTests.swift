@@ -10,9 +10,9 @@ final class ExpertServers {
     let servers: [DataPlaneServer]
     let infos: [ServerInfo]
 
-    init(directory: String, shards: [String], replicas: Int = 1, dtype: WireDType = .f32, offerShm: Bool = false) throws {
+    init(directory: String, shards: [String], replicas: Int = 1, dtype: WireDType = .f32, offerShm: Bool = false, firstID: UInt64 = 1) throws {
         var servers: [DataPlaneServer] = [], infos: [ServerInfo] = []
-        var id: UInt64 = 1
+        var id = firstID
         for shard in shards {
             for _ in 0..<replicas {
                 let computer = ShardComputer(shard: try ExpertShard(directory: directory, spec: try ShardSpec(parsing: shard)), dtype: dtype)
@@ -71,6 +71,34 @@ struct RemoteExpertsTests {
         let remoteResults = try engine.generate(requests)
         #expect(remoteResults == (try local.generate(requests)))
         #expect(remoteResults[0].tokens == fixture.generated)
+    }
+
+    @Test("a membership file is followed while generating: pods listed later take over from pods removed")
+    func membershipFileIsFollowed() throws {
+        let fixture = try GenerationFixture("qwen3-moe")
+        let first = try ExpertServers(directory: fixture.directory, shards: ["0-7"])
+        let second = try ExpertServers(directory: fixture.directory, shards: ["0-3", "4-7"], firstID: 10)
+        defer {
+            first.stop()
+            second.stop()
+        }
+        let path = NSTemporaryDirectory() + "eaas-membership-\(UUID().uuidString).json"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func list(_ servers: [ServerInfo]) throws {
+            try JSONEncoder().encode(["servers": servers]).write(to: URL(fileURLWithPath: path), options: .atomic)
+        }
+        try list(first.infos)
+        let membership = try FileMembership(path: path, pollInterval: .milliseconds(20))
+        let engine = try GenerationEngine(modelDirectory: fixture.directory,
+                                          experts: .remote(membership: membership, dispatcher: first.dispatcher(), wireDType: .f32))
+        let request = GenerationRequest(prompt: fixture.prompt, maxTokens: 16, ignoreEOS: true)
+        #expect(try engine.generate([request])[0].tokens == fixture.generated)
+        // The pods move: the file names the new ones, the old ones go away.
+        try list(second.infos)
+        Thread.sleep(forTimeInterval: 0.1)
+        first.stop()
+        #expect(try engine.generate([request])[0].tokens == fixture.generated)
+        #expect(engine.failovers == 0, "the worker followed the file instead of failing over")
     }
 
     @Test("a static list missing an expert is refused at start, naming the expert")

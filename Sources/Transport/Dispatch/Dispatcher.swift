@@ -89,6 +89,8 @@ public final class Dispatcher {
     private var downUntil: [String: ContinuousClock.Instant] = [:]
     /// Per server id, kept across reconnects so that back-off after timeouts persists.
     private var timeouts: [String: AdaptiveTimeout] = [:]
+    /// Servers marked down because an answer was late (not because the connection failed).
+    private var suspects: Set<String> = []
     /// The last failure seen per server id, for error messages.
     private var lastFailure: [String: String] = [:]
     private var chooser: ReplicaChooser
@@ -151,6 +153,12 @@ public final class Dispatcher {
             do {
                 choice = try chooser.choose(demand, view: view, outstanding: [])
             } catch let missing as NoReplica {
+                if !suspects.isEmpty {
+                    // The replicas left were only slow: try them again before waiting.
+                    for id in suspects { downUntil[id] = nil }
+                    suspects.removeAll()
+                    continue
+                }
                 let waited = clock.now - started
                 guard waited < configuration.noReplicaWait else { throw StepError.noReplica(missing.expert, waited: waited) }
                 try? sleep(.milliseconds(10))
@@ -233,6 +241,9 @@ public final class Dispatcher {
     }
 
     private func markDown(_ id: String, because error: Error) {
+        // A server that was only slow is a suspect: when no other replica is left, it is tried
+        // again at once rather than waited out (a dead one fails its connection instead).
+        if case TransportError.timedOut = error { suspects.insert(id) } else { suspects.remove(id) }
         failovers += 1
         lastFailure[id] = "\(error)"
         downUntil[id] = clock.now + configuration.downFor

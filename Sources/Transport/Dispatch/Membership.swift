@@ -105,7 +105,18 @@ public final class FileMembership: MembershipSource, @unchecked Sendable {
         self.stamp = stamp
     }
 
+    /// When the file was last looked at by `current()`.
+    private var lastLook = ContinuousClock.now
+
+    /// The current view; the file is looked at again (one `stat`) when `pollInterval` has passed
+    /// since the last look, so a reader that only calls this still follows the file.
     public func current() -> MembershipView {
+        let now = ContinuousClock.now
+        lock.lock()
+        let due = now - lastLook >= pollInterval
+        if due { lastLook = now }
+        lock.unlock()
+        if due { refresh() }
         lock.lock()
         defer { lock.unlock() }
         return view

@@ -9,12 +9,17 @@ public struct NoReplica: Error, CustomStringConvertible, Sendable, Equatable {
 /// Load-aware with the power of two choices: of two random replicas, the one with fewer
 /// outstanding tokens (counting what this step already gave it). Few servers per step: a replica
 /// the step already contacts competes too, with a bonus of `contactCost` tokens, since one more
-/// server costs one more round trip. Experts with the most tokens choose first.
+/// server costs one more round trip. Experts with the most tokens choose first. Sticky: the
+/// replica that served an expert last keeps it while it is no more loaded than the alternatives,
+/// since a worker's steps run one after another and moving between idle replicas only costs
+/// (their threads and page tables go cold); across workers, the random first choices spread load.
 public struct ReplicaChooser: Sendable {
     /// Tokens of load a server already in the step may carry beyond another before a new server is
     /// contacted instead (default 64).
     public var contactCost: Int
     private var rng: UInt64
+    /// The server id that served each expert last.
+    private var last: [HostedExpert: String] = [:]
 
     public init(contactCost: Int = 64, seed: UInt64 = 0x9e37_79b9_7f4a_7c15) {
         self.contactCost = contactCost
@@ -28,6 +33,8 @@ public struct ReplicaChooser: Sendable {
     ) throws -> [HostedExpert: Int] {
         var load = outstanding + [Int](repeating: 0, count: max(0, view.servers.count - outstanding.count))
         var contacted: [Int] = []
+        var index: [String: Int] = [:]
+        if !last.isEmpty { for (i, server) in view.servers.enumerated() { index[server.id] = i } }
         var choice: [HostedExpert: Int] = [:]
         choice.reserveCapacity(demand.count)
         for (expert, tokens) in demand.sorted(by: { ($0.tokens, $1.expert) > ($1.tokens, $0.expert) }) {
@@ -42,7 +49,12 @@ public struct ReplicaChooser: Sendable {
                 for server in contacted where replicas.contains(server) && score(server, load, contacted) < score(best, load, contacted) {
                     best = server
                 }
+                if let previous = last[expert].flatMap({ index[$0] }), previous != best, replicas.contains(previous),
+                   score(previous, load, contacted) <= score(best, load, contacted) {
+                    best = previous
+                }
             }
+            last[expert] = view.servers[best].id
             choice[expert] = best
             load[best] += tokens
             if !contacted.contains(best) { contacted.append(best) }
@@ -64,8 +76,8 @@ public struct ReplicaChooser: Sendable {
 }
 
 /// A per-server timeout that follows the measured round trips (RFC 6298's estimator): the
-/// smoothed RTT plus four deviations, within `[minimum, maximum]`, doubled after each timeout
-/// until a response arrives again.
+/// smoothed RTT plus four deviations, and at least twice the smoothed RTT, within
+/// `[minimum, maximum]`, doubled after each timeout until a response arrives again.
 public struct AdaptiveTimeout: Sendable, Equatable {
     public let minimum: Duration
     public let maximum: Duration
@@ -103,7 +115,9 @@ public struct AdaptiveTimeout: Sendable, Equatable {
     /// The timeout for a request of `pairs` token-expert pairs.
     public func current(pairs: Int = 1) -> Duration {
         guard let (estimate, scale) = estimate(pairs: pairs) else { return maximum }
-        let seconds = (estimate.smoothed + 4 * estimate.deviation) * scale * backoff
+        // At least twice the smoothed round trip: answers of compute-bound requests are steady, so
+        // the deviation term alone would put the timeout barely above the usual answer.
+        let seconds = Swift.max(estimate.smoothed + 4 * estimate.deviation, 2 * estimate.smoothed) * scale * backoff
         return Swift.max(minimum, Swift.min(maximum, .nanoseconds(Int64(Swift.min(seconds, 1e6) * 1e9))))
     }
 
