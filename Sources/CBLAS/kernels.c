@@ -136,32 +136,62 @@ static inline float load_w1(int w_type, const void *w, size_t index) {
     return v[0];
 }
 
-static inline __attribute__((always_inline)) void skinny_impl(
+// `G` activation rows (a compile-time constant at every call) against one weight row: G x 16
+// accumulators stay in registers. The arithmetic of each row is the same whatever G is.
+static inline __attribute__((always_inline)) void skinny_rows(
+    int w_type, const char *wrow, const float *x, size_t ldx, float *y, size_t ldy, size_t n, size_t k, size_t kv, const int G) {
+    float acc[4][LANES];
+    for (int m = 0; m < G; m++)
+        for (int l = 0; l < LANES; l++) acc[m][l] = 0;
+    for (size_t kk = 0; kk < kv; kk += LANES) {
+        float wv[LANES];
+        load_w16(w_type, wrow, kk, wv);
+        for (int m = 0; m < G; m++) {
+            const float *xm = x + m * ldx + kk;
+            for (int l = 0; l < LANES; l++) acc[m][l] = acc[m][l] + wv[l] * xm[l];
+        }
+    }
+    for (int m = 0; m < G; m++) {
+        float s8[8];
+        float s4[4];
+        for (int l = 0; l < 8; l++) s8[l] = acc[m][l] + acc[m][l + 8];
+        for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+        float sum = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+        for (size_t kk = kv; kk < k; kk++) sum = sum + load_w1(w_type, wrow, kk) * x[m * ldx + kk];
+        y[m * ldy + n] = sum;
+    }
+}
+
+// For each weight row, the activation rows in groups of at most 4 (the second group finds the
+// weight row in L1), each group with its accumulators in registers.
+static inline __attribute__((always_inline)) void skinny_typed(
     int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
     int rows, size_t n_begin, size_t n_end, size_t k) {
     const size_t kv = k - k % LANES;
     const size_t esize = w_type == 0 ? 4 : 2;
     for (size_t n = n_begin; n < n_end; n++) {
         const char *wrow = (const char *)w + n * ldw * esize;
-        float acc[EAAS_SKINNY_MAX_ROWS][LANES];
-        memset(acc, 0, sizeof acc);
-        for (size_t kk = 0; kk < kv; kk += LANES) {
-            float wv[LANES];
-            load_w16(w_type, wrow, kk, wv);
-            for (int m = 0; m < rows; m++) {
-                const float *xm = x + m * ldx + kk;
-                for (int l = 0; l < LANES; l++) acc[m][l] = acc[m][l] + wv[l] * xm[l];
+        for (int m0 = 0; m0 < rows; m0 += 4) {
+            const float *xg = x + m0 * ldx;
+            float *yg = y + m0 * ldy;
+            switch (rows - m0 >= 4 ? 4 : rows - m0) {
+            case 4: skinny_rows(w_type, wrow, xg, ldx, yg, ldy, n, k, kv, 4); break;
+            case 3: skinny_rows(w_type, wrow, xg, ldx, yg, ldy, n, k, kv, 3); break;
+            case 2: skinny_rows(w_type, wrow, xg, ldx, yg, ldy, n, k, kv, 2); break;
+            default: skinny_rows(w_type, wrow, xg, ldx, yg, ldy, n, k, kv, 1); break;
             }
         }
-        for (int m = 0; m < rows; m++) {
-            float s8[8];
-            float s4[4];
-            for (int l = 0; l < 8; l++) s8[l] = acc[m][l] + acc[m][l + 8];
-            for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
-            float sum = (s4[0] + s4[2]) + (s4[1] + s4[3]);
-            for (size_t kk = kv; kk < k; kk++) sum = sum + load_w1(w_type, wrow, kk) * x[m * ldx + kk];
-            y[m * ldy + n] = sum;
-        }
+    }
+}
+
+static inline __attribute__((always_inline)) void skinny_impl(
+    int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+    int rows, size_t n_begin, size_t n_end, size_t k) {
+    // The weight type as a constant in each copy, so that the widening is not a branch per load.
+    switch (w_type) {
+    case 0: skinny_typed(0, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k); break;
+    case 1: skinny_typed(1, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k); break;
+    default: skinny_typed(2, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k); break;
     }
 }
 
