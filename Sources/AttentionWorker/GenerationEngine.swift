@@ -147,8 +147,9 @@ public final class GenerationEngine: @unchecked Sendable {
     /// prompts can never be taken whole.
     public var capacity: Int { configuration.maxRunning + configuration.maxWaiting }
 
-    /// `submit` as an async stream; ending the stream's iteration cancels the sequence.
-    public func stream(_ request: GenerationRequest) throws(SubmitError) -> AsyncStream<GenerationEvent> {
+    /// `submit` as an async stream; ending the stream's iteration (or `handle.cancel()`) cancels
+    /// the sequence.
+    public func stream(_ request: GenerationRequest) throws(SubmitError) -> (events: AsyncStream<GenerationEvent>, handle: Handle) {
         let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream()
         let handle = try submit(request) { event in
             continuation.yield(event)
@@ -160,7 +161,7 @@ public final class GenerationEngine: @unchecked Sendable {
         continuation.onTermination = { reason in
             if case .cancelled = reason { handle.cancel() }
         }
-        return stream
+        return (stream, handle)
     }
 
     private func validate(_ request: GenerationRequest) throws(SubmitError) {

@@ -59,14 +59,8 @@ public enum WorkerHTTP {
         var handles: [GenerationEngine.Handle] = []
         var streams: [AsyncStream<GenerationEvent>] = []
         for (index, request) in requests.enumerated() {
-            let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream()
             do throws(SubmitError) {
-                let handle = try engine.submit(request) { event in
-                    continuation.yield(event)
-                    if case .token = event { return }
-                    continuation.finish()
-                }
-                continuation.onTermination = { reason in if case .cancelled = reason { handle.cancel() } }
+                let (stream, handle) = try engine.stream(request)
                 handles.append(handle)
                 streams.append(stream)
             } catch {
