@@ -32,8 +32,10 @@ let package = Package(
         .target(name: "CVerbs", linkerSettings: [.linkedLibrary("ibverbs")]),  // Transport
         .target(name: "CPlatform"),  // Linux calls hidden behind _GNU_SOURCE (CPU affinity); ExpertPod, eaas
 
+        // JSONValue: the one JSON type, shared by checkpoints, the worker's API and Kubernetes objects.
+        .target(name: "JSON"),
         .target(name: "MoE", dependencies: [
-            "CBLAS", .product(name: "SystemPackage", package: "swift-system"),
+            "CBLAS", "JSON", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "Transport", dependencies: [
             "CVerbs", "CPlatform", .product(name: "Atomics", package: "swift-atomics"),
@@ -48,28 +50,39 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
         .target(name: "AttentionWorker", dependencies: [
-            "MoE", "Transport",
+            "MoE", "JSON", "Transport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
-        .target(name: "Kube", dependencies: ["CCurl", "CYAML"]),
+        .target(name: "Kube", dependencies: ["CCurl", "CYAML", "JSON"]),
+        // A Kubernetes API server in memory for tests (and by hand: `swift run kube-test-apiserver`);
+        // kubectl and the official Python client are run against it to keep it faithful.
+        .target(name: "KubeTestServer", dependencies: [
+            "Kube", "JSON",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "kube-test-apiserver", dependencies: ["KubeTestServer"]),
         .target(name: "Controller", dependencies: ["Kube", "Transport"]),
         .executableTarget(name: "eaas", dependencies: [
-            "MoE", "Transport", "ExpertPod", "AttentionWorker", "Kube", "Controller", "CPlatform",
+            "MoE", "JSON", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "MoETests", dependencies: ["MoE"]),
+        .testTarget(name: "MoETests", dependencies: ["MoE", "JSON"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
         .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
+        // The Kubernetes client, informer, work queue and leader election against the test API server,
+        // and kubectl and the official Python client against the same server.
+        .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON"]),
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.
-        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "ExpertPod", "MoE", "Transport", "eaas"]),
+        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "ExpertPod", "MoE", "Transport", "eaas"]),
         // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.
         .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport"]),
     ]

@@ -1,3 +1,4 @@
+import JSON
 import Foundation
 
 /// A model directory as Hugging Face lays it out: `config.json` beside either one

@@ -1,3 +1,4 @@
+import JSON
 import Foundation
 
 /// The MoE architectures EaaS serves, by their Hugging Face class name.

@@ -1,3 +1,4 @@
+import JSON
 import Foundation
 
 /// The shape of a random model for `eaas model init`. Every field has a default derived from the

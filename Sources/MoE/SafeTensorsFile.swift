@@ -1,3 +1,4 @@
+import JSON
 import Foundation
 
 /// What a safetensors header says about one tensor.

@@ -1,3 +1,4 @@
+import JSON
 import Foundation
 import SystemPackage
 
@@ -131,21 +132,7 @@ public final class SafeTensorsWriter {
         return Array(("{" + parts.joined(separator: ",") + "}").utf8)
     }
 
-    static func jsonString(_ string: String) -> String {
-        var out = "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
+    static func jsonString(_ string: String) -> String { JSONValue.quoted(string) }
 }
 
 /// Writes a checkpoint directory's weights, split into shards of at most `maxShardBytes` (one file

@@ -1,0 +1,28 @@
+import Foundation
+import KubeTestServer
+
+// The test API server by hand: `swift run kube-test-apiserver [port]`, then
+// `kubectl --server http://127.0.0.1:<port> …` or a kubeconfig from `--kubeconfig FILE`.
+var port = 8001
+var kubeconfigPath: String?
+var arguments = CommandLine.arguments.dropFirst()
+while let argument = arguments.popFirst() {
+    switch argument {
+    case "--kubeconfig": kubeconfigPath = arguments.popFirst()
+    case "-h", "--help":
+        print("usage: kube-test-apiserver [PORT (default 8001, 0: any)] [--kubeconfig FILE (written for clients)]")
+        exit(0)
+    default:
+        guard let value = Int(argument), (0...65535).contains(value) else {
+            FileHandle.standardError.write(Data("kube-test-apiserver: \(argument) is not a port number\n".utf8))
+            exit(2)
+        }
+        port = value
+    }
+}
+var configuration = TestAPIServer.Configuration()
+configuration.port = port
+let server = try await TestAPIServer(configuration: configuration)
+if let kubeconfigPath { try server.kubeconfig().write(toFile: kubeconfigPath, atomically: true, encoding: .utf8) }
+print("kube-test-apiserver listening on \(server.url)")
+while true { try await Task.sleep(for: .seconds(3600)) }

@@ -1,0 +1,117 @@
+import Foundation
+
+/// A real client (kubectl, python) run as a child process against the test API server. Nothing
+/// here blocks a Swift concurrency thread: the pool has as few threads as the machine has cores,
+/// and the test API server in this same process needs them to answer the child.
+struct ClientProcess {
+    struct Output {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var combined: String { stdout + stderr }
+    }
+
+    /// The absolute path of `name` on PATH, if any.
+    static func find(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let path = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    /// Runs to completion (terminated after `timeout`).
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                    timeout: Duration = .seconds(90)) async throws -> Output {
+        let child = try StreamingProcess(executable, arguments, environment: environment, mergeOutput: false)
+        let killer = Task {
+            try await Task.sleep(for: timeout)
+            child.terminate()
+        }
+        let status = await child.exitStatus()
+        killer.cancel()
+        return Output(status: status, stdout: child.output, stderr: child.errorOutput)
+    }
+}
+
+/// A child process whose output is collected as it comes (by Foundation's reader threads), for
+/// `kubectl get -w` and Python electors as well as one-shot commands.
+final class StreamingProcess: @unchecked Sendable {
+    private let process = Process()
+    private let lock = NSLock()
+    private var stdout = Data()
+    private var stderr = Data()
+    private var openStreams = 2
+    private var status: Int32?
+    private var exitWaiters: [CheckedContinuation<Int32, Never>] = []
+
+    /// `mergeOutput`: stderr is collected with stdout.
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], mergeOutput: Bool = true) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardInput = FileHandle.nullDevice
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        out.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: false) }
+        err.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: !mergeOutput) }
+        process.terminationHandler = { [weak self] process in self?.exited(process.terminationStatus) }
+        try process.run()
+    }
+
+    private func consume(_ handle: FileHandle, toError: Bool) {
+        let data = handle.availableData
+        lock.withLock {
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                openStreams -= 1
+            } else if toError {
+                stderr.append(data)
+            } else {
+                stdout.append(data)
+            }
+        }
+        resumeIfDone()
+    }
+
+    private func exited(_ code: Int32) {
+        lock.withLock { status = code }
+        resumeIfDone()
+    }
+
+    /// Exit waiters are resumed once the process ended and both pipes reached end of file.
+    private func resumeIfDone() {
+        let (waiters, code): ([CheckedContinuation<Int32, Never>], Int32) = lock.withLock {
+            guard let status, openStreams == 0 else { return ([], 0) }
+            defer { exitWaiters.removeAll() }
+            return (exitWaiters, status)
+        }
+        for waiter in waiters { waiter.resume(returning: code) }
+    }
+
+    /// Waits for the exit status (and all output).
+    func exitStatus() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            let done: Int32? = lock.withLock {
+                if let status, openStreams == 0 { return status }
+                exitWaiters.append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
+
+    var output: String { lock.withLock { String(decoding: stdout, as: UTF8.self) } }
+    var errorOutput: String { lock.withLock { String(decoding: stderr, as: UTF8.self) } }
+
+    func terminate() { if process.isRunning { process.terminate() } }
+
+    /// Terminates the process (if running) and waits for it.
+    func stop() async {
+        terminate()
+        _ = await exitStatus()
+    }
+
+    deinit { if process.isRunning { process.terminate() } }
+}
