@@ -79,6 +79,8 @@ let package = Package(
         // The Kubernetes client, informer, work queue and leader election against the test API server,
         // and kubectl and the official Python client against the same server.
         .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON"]),
+        // The autoscaler's HPA arithmetic and behaviour rules, table-tested.
+        .testTarget(name: "ControllerTests", dependencies: ["Controller"]),
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.

@@ -1,0 +1,163 @@
+/// The HPA's `behavior` (autoscaling/v2 `HPAScalingRules`) for one direction: how long a
+/// recommendation is stabilized, and how fast replicas may change.
+public struct ScalingRules: Sendable, Equatable, Codable {
+    /// One rate limit: at most `value` pods, or `value` percent, per `periodSeconds`.
+    public struct Policy: Sendable, Equatable, Codable {
+        public enum Kind: String, Sendable, Codable { case pods = "Pods", percent = "Percent" }
+        public var type: Kind
+        public var value: Int
+        public var periodSeconds: Int
+        public init(type: Kind, value: Int, periodSeconds: Int) {
+            self.type = type
+            self.value = value
+            self.periodSeconds = periodSeconds
+        }
+    }
+    /// Which policy wins when several apply: the largest change, the smallest, or none at all.
+    public enum SelectPolicy: String, Sendable, Codable { case max = "Max", min = "Min", disabled = "Disabled" }
+
+    public var stabilizationWindowSeconds: Int
+    public var selectPolicy: SelectPolicy
+    public var policies: [Policy]
+
+    public init(stabilizationWindowSeconds: Int, selectPolicy: SelectPolicy = .max, policies: [Policy]) {
+        self.stabilizationWindowSeconds = stabilizationWindowSeconds
+        self.selectPolicy = selectPolicy
+        self.policies = policies
+    }
+
+    /// The HPA's default for scaling up: no stabilization; double, or add 4 pods, per 15 s, whichever is more.
+    public static let defaultScaleUp = ScalingRules(stabilizationWindowSeconds: 0, selectPolicy: .max, policies: [
+        Policy(type: .percent, value: 100, periodSeconds: 15), Policy(type: .pods, value: 4, periodSeconds: 15),
+    ])
+    /// The HPA's default for scaling down: the highest recommendation of the last 300 s; any amount per 15 s.
+    public static let defaultScaleDown = ScalingRules(stabilizationWindowSeconds: 300, selectPolicy: .max, policies: [
+        Policy(type: .percent, value: 100, periodSeconds: 15),
+    ])
+}
+
+/// What the autoscaler decided for one shard, with the HPA's reasons.
+public struct ScaleDecision: Sendable, Equatable {
+    public var replicas: Int
+    /// The recommendation after stabilization, before rate limits and bounds.
+    public var stabilized: Int
+    /// `DesiredWithinRange`, `ScaleUpLimit`, `ScaleDownLimit`, `TooManyReplicas` or `TooFewReplicas`
+    /// (the HPA's ScalingLimited reasons).
+    public var reason: String
+    /// Whether rate limits or bounds changed the recommendation (the ScalingLimited condition).
+    public var limited: Bool { reason != "DesiredWithinRange" }
+
+    public init(replicas: Int, stabilized: Int, reason: String) {
+        self.replicas = replicas
+        self.stabilized = stabilized
+        self.reason = reason
+    }
+}
+
+/// The HPA's `normalizeDesiredReplicasWithBehaviors` for one shard, as a value type that keeps
+/// its recommendation history and scale events. Time is seconds on any monotonic clock.
+public struct ShardAutoscaler: Sendable, Equatable {
+    public var scaleUp: ScalingRules
+    public var scaleDown: ScalingRules
+    private var recommendations: [(at: Double, replicas: Int)] = []
+    private var scaleUpEvents: [(at: Double, change: Int)] = []
+    private var scaleDownEvents: [(at: Double, change: Int)] = []
+
+    public init(scaleUp: ScalingRules = .defaultScaleUp, scaleDown: ScalingRules = .defaultScaleDown) {
+        self.scaleUp = scaleUp
+        self.scaleDown = scaleDown
+    }
+
+    public static func == (a: ShardAutoscaler, b: ShardAutoscaler) -> Bool {
+        a.scaleUp == b.scaleUp && a.scaleDown == b.scaleDown
+            && a.recommendations.elementsEqual(b.recommendations, by: { $0.at == $1.at && $0.replicas == $1.replicas })
+            && a.scaleUpEvents.elementsEqual(b.scaleUpEvents, by: { $0.at == $1.at && $0.change == $1.change })
+            && a.scaleDownEvents.elementsEqual(b.scaleDownEvents, by: { $0.at == $1.at && $0.change == $1.change })
+    }
+
+    /// Turns the calculator's `desired` into the replicas to set now: stabilized over the windows,
+    /// limited by the rate policies (counting changes made within each policy's period), and
+    /// clamped to `[minReplicas, maxReplicas]`. Records `desired` in the history.
+    public mutating func decide(now: Double, current: Int, desired: Int, minReplicas: Int, maxReplicas: Int) -> ScaleDecision {
+        let stabilized = stabilize(now: now, current: current, desired: desired)
+        let (replicas, reason) = limitRate(now: now, current: current, desired: stabilized, minReplicas: minReplicas, maxReplicas: maxReplicas)
+        return ScaleDecision(replicas: replicas, stabilized: stabilized, reason: reason)
+    }
+
+    /// Records that the shard was scaled from `from` to `to` at `now` (for the rate policies).
+    public mutating func recordScale(now: Double, from: Int, to: Int) {
+        let longest = Double((scaleUp.policies + scaleDown.policies).map(\.periodSeconds).max() ?? 0)
+        scaleUpEvents.removeAll { $0.at <= now - longest }
+        scaleDownEvents.removeAll { $0.at <= now - longest }
+        if to > from { scaleUpEvents.append((now, to - from)) }
+        if to < from { scaleDownEvents.append((now, from - to)) }
+    }
+
+    /// The lowest recommendation of the scale-up window bounds from below, the highest of the
+    /// scale-down window from above; the current count is moved only as far as both allow.
+    private mutating func stabilize(now: Double, current: Int, desired: Int) -> Int {
+        let upCutoff = now - Double(scaleUp.stabilizationWindowSeconds)
+        let downCutoff = now - Double(scaleDown.stabilizationWindowSeconds)
+        var up = desired, down = desired
+        for recommendation in recommendations {
+            if recommendation.at > upCutoff { up = min(up, recommendation.replicas) }
+            if recommendation.at > downCutoff { down = max(down, recommendation.replicas) }
+        }
+        recommendations.removeAll { $0.at <= upCutoff && $0.at <= downCutoff }
+        recommendations.append((now, desired))
+        var recommendation = current
+        if recommendation < up { recommendation = up }
+        if recommendation > down { recommendation = down }
+        return recommendation
+    }
+
+    private func limitRate(now: Double, current: Int, desired: Int, minReplicas: Int, maxReplicas: Int) -> (Int, String) {
+        if desired > current {
+            let limit = max(current, Self.scaleUpLimit(current: current, rules: scaleUp, now: now, up: scaleUpEvents, down: scaleDownEvents))
+            let (allowed, reason) = maxReplicas > limit ? (limit, "ScaleUpLimit") : (maxReplicas, "TooManyReplicas")
+            if desired > allowed { return (allowed, reason) }
+        } else if desired < current {
+            let limit = min(current, Self.scaleDownLimit(current: current, rules: scaleDown, now: now, up: scaleUpEvents, down: scaleDownEvents))
+            let (allowed, reason) = minReplicas < limit ? (limit, "ScaleDownLimit") : (minReplicas, "TooFewReplicas")
+            if desired < allowed { return (allowed, reason) }
+        }
+        // Bounds apply even when nothing moves (a spec edit of min/max).
+        if desired > maxReplicas { return (maxReplicas, "TooManyReplicas") }
+        if desired < minReplicas { return (minReplicas, "TooFewReplicas") }
+        return (desired, "DesiredWithinRange")
+    }
+
+    static func changes(within period: Int, of events: [(at: Double, change: Int)], now: Double) -> Int {
+        events.filter { $0.at > now - Double(period) }.reduce(0) { $0 + $1.change }
+    }
+
+    /// `calculateScaleUpLimitWithScalingRules`: per policy, the count at the start of its period
+    /// plus the allowed change; Max takes the largest, Min the smallest; Disabled allows none.
+    static func scaleUpLimit(current: Int, rules: ScalingRules, now: Double, up: [(at: Double, change: Int)],
+                             down: [(at: Double, change: Int)]) -> Int {
+        if rules.selectPolicy == .disabled || rules.policies.isEmpty { return current }
+        let proposals = rules.policies.map { policy -> Int in
+            let start = current - changes(within: policy.periodSeconds, of: up, now: now) + changes(within: policy.periodSeconds, of: down, now: now)
+            switch policy.type {
+            case .pods: return start + policy.value
+            case .percent: return Int((Double(start) * (1 + Double(policy.value) / 100)).rounded(.up))
+            }
+        }
+        return rules.selectPolicy == .min ? proposals.min()! : proposals.max()!
+    }
+
+    /// `calculateScaleDownLimitWithBehaviors`: per policy, the count at the start of its period
+    /// minus the allowed change (percent rounded down, as the HPA does); Max takes the lowest limit.
+    static func scaleDownLimit(current: Int, rules: ScalingRules, now: Double, up: [(at: Double, change: Int)],
+                               down: [(at: Double, change: Int)]) -> Int {
+        if rules.selectPolicy == .disabled || rules.policies.isEmpty { return current }
+        let proposals = rules.policies.map { policy -> Int in
+            let start = current - changes(within: policy.periodSeconds, of: up, now: now) + changes(within: policy.periodSeconds, of: down, now: now)
+            switch policy.type {
+            case .pods: return start - policy.value
+            case .percent: return Int(Double(start) * (1 - Double(policy.value) / 100))
+            }
+        }
+        return rules.selectPolicy == .min ? proposals.max()! : proposals.min()!
+    }
+}
