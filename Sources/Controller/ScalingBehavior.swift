@@ -1,9 +1,9 @@
 /// The HPA's `behavior` (autoscaling/v2 `HPAScalingRules`) for one direction: how long a
 /// recommendation is stabilized, and how fast replicas may change.
-public struct ScalingRules: Sendable, Equatable, Codable {
+public struct ScalingRules: Sendable, Equatable {
     /// One rate limit: at most `value` pods, or `value` percent, per `periodSeconds`.
-    public struct Policy: Sendable, Equatable, Codable {
-        public enum Kind: String, Sendable, Codable { case pods = "Pods", percent = "Percent" }
+    public struct Policy: Sendable, Equatable {
+        public enum Kind: String, Sendable { case pods = "Pods", percent = "Percent" }
         public var type: Kind
         public var value: Int
         public var periodSeconds: Int
@@ -14,7 +14,7 @@ public struct ScalingRules: Sendable, Equatable, Codable {
         }
     }
     /// Which policy wins when several apply: the largest change, the smallest, or none at all.
-    public enum SelectPolicy: String, Sendable, Codable { case max = "Max", min = "Min", disabled = "Disabled" }
+    public enum SelectPolicy: String, Sendable { case max = "Max", min = "Min", disabled = "Disabled" }
 
     public var stabilizationWindowSeconds: Int
     public var selectPolicy: SelectPolicy
@@ -56,6 +56,10 @@ public struct ScaleDecision: Sendable, Equatable {
 
 /// The HPA's `normalizeDesiredReplicasWithBehaviors` for one shard, as a value type that keeps
 /// its recommendation history and scale events. Time is seconds on any monotonic clock.
+/// The defaults are an HPA whose `behavior` spells out Kubernetes' defaults (an HPA with no
+/// `behavior` at all takes an older path: 300 s scale-down window, at most max(2×, 4) up per sync).
+/// Scale events expire after the longest policy period of both directions together (Kubernetes
+/// overwrites outdated ones per direction), which can only make a limit count fewer old changes.
 public struct ShardAutoscaler: Sendable, Equatable {
     public var scaleUp: ScalingRules
     public var scaleDown: ScalingRules
@@ -79,6 +83,13 @@ public struct ShardAutoscaler: Sendable, Equatable {
     /// limited by the rate policies (counting changes made within each policy's period), and
     /// clamped to `[minReplicas, maxReplicas]`. Records `desired` in the history.
     public mutating func decide(now: Double, current: Int, desired: Int, minReplicas: Int, maxReplicas: Int) -> ScaleDecision {
+        // As the HPA: out-of-bounds counts are corrected first, without looking at the metrics.
+        if current == 0 && minReplicas > 0 { return ScaleDecision(replicas: 0, stabilized: 0, reason: "ScalingDisabled") }
+        if current > maxReplicas { return ScaleDecision(replicas: maxReplicas, stabilized: desired, reason: "TooManyReplicas") }
+        if current < minReplicas { return ScaleDecision(replicas: minReplicas, stabilized: desired, reason: "TooFewReplicas") }
+        // A fresh autoscaler (a restarted controller) remembers the current count, so that the
+        // scale-down window holds the shard rather than letting it drop at once.
+        if recommendations.isEmpty { recommendations.append((now, current)) }
         let stabilized = stabilize(now: now, current: current, desired: desired)
         let (replicas, reason) = limitRate(now: now, current: current, desired: stabilized, minReplicas: minReplicas, maxReplicas: maxReplicas)
         return ScaleDecision(replicas: replicas, stabilized: stabilized, reason: reason)
@@ -121,9 +132,6 @@ public struct ShardAutoscaler: Sendable, Equatable {
             let (allowed, reason) = minReplicas < limit ? (limit, "ScaleDownLimit") : (minReplicas, "TooFewReplicas")
             if desired < allowed { return (allowed, reason) }
         }
-        // Bounds apply even when nothing moves (a spec edit of min/max).
-        if desired > maxReplicas { return (maxReplicas, "TooManyReplicas") }
-        if desired < minReplicas { return (minReplicas, "TooFewReplicas") }
         return (desired, "DesiredWithinRange")
     }
 

@@ -7,27 +7,31 @@ struct ReplicaCalculatorTests {
         let name: String
         let current: Int
         let samples: [ReplicaCalculator.PodSample]
-        let desired: Int
+        let desired: Int?
         var testDescription: String { name }
     }
-    static func ready(_ values: Double...) -> [ReplicaCalculator.PodSample] { values.map { .init(ready: true, value: $0) } }
-    static let missing = ReplicaCalculator.PodSample(ready: true, value: nil)
-    static let unready = ReplicaCalculator.PodSample(ready: false, value: nil)
+    static func ready(_ values: Double...) -> [ReplicaCalculator.PodSample] { values.map { .init(value: $0) } }
+    /// Running, but no metric could be read (not ready yet, or its scrape failed).
+    static let missing = ReplicaCalculator.PodSample(value: nil)
+    /// Pending: not running yet.
+    static let unready = ReplicaCalculator.PodSample(pending: true, value: nil)
 
     // Target 100 per pod throughout; the first cases are the HPA documentation's.
     static let cases: [Case] = [
         Case(name: "200 against 100 doubles", current: 3, samples: ready(200, 200, 200), desired: 6),
         Case(name: "50 against 100 halves", current: 4, samples: ready(50, 50, 50, 50), desired: 2),
         Case(name: "within the 10 % tolerance: no change", current: 4, samples: ready(105, 105, 105, 105), desired: 4),
+        Case(name: "exactly 110 % is within the tolerance", current: 4, samples: ready(110, 110, 110, 110), desired: 4),
         Case(name: "just past the tolerance", current: 4, samples: ready(111, 111, 111, 111), desired: 5),
         Case(name: "uneven load averages", current: 3, samples: ready(300, 0, 150), desired: 5),
         Case(name: "scale down: a missing metric counts as the target", current: 4, samples: ready(50, 50, 50) + [missing], desired: 3),
         Case(name: "scale up: a missing metric counts as 0", current: 4, samples: ready(200, 200, 200) + [missing], desired: 6),
-        Case(name: "scale up: unready pods count as 0 and can cancel it", current: 4, samples: ready(200, 200) + [unready, unready], desired: 4),
-        Case(name: "scale up: unready pods dampen it", current: 4, samples: ready(400, 400) + [unready, unready], desired: 8),
-        Case(name: "scale down: unready pods are set aside", current: 4, samples: ready(50, 50) + [unready, unready], desired: 1),
+        Case(name: "scale up: pending pods count as 0 and can cancel it", current: 4, samples: ready(200, 200) + [unready, unready], desired: 4),
+        Case(name: "scale up: pending pods dampen it", current: 4, samples: ready(400, 400) + [unready, unready], desired: 8),
+        Case(name: "scale down: pending pods are set aside", current: 4, samples: ready(50, 50) + [unready, unready], desired: 1),
         Case(name: "filling in turns a scale-down into no change", current: 2, samples: ready(80) + [missing, missing], desired: 2),
-        Case(name: "no metric at all: no change", current: 3, samples: [missing, unready, missing], desired: 3),
+        Case(name: "no metric at all: no decision", current: 3, samples: [missing, unready, missing], desired: nil),
+        Case(name: "a running pod without a metric counts as the target on scale-down", current: 4, samples: ready(50, 50) + [missing, missing], desired: 3),
         Case(name: "zero load scales to the least the math allows", current: 5, samples: ready(0, 0, 0, 0, 0), desired: 0),
     ]
 
@@ -104,7 +108,18 @@ struct ShardAutoscalerTests {
         var autoscaler = ShardAutoscaler(scaleDown: ScalingRules(stabilizationWindowSeconds: 0, policies: ScalingRules.defaultScaleDown.policies))
         #expect(autoscaler.decide(now: 0, current: 10, desired: 50, minReplicas: 1, maxReplicas: 20) == ScaleDecision(replicas: 20, stabilized: 50, reason: "TooManyReplicas"))
         #expect(autoscaler.decide(now: 100, current: 3, desired: 0, minReplicas: 1, maxReplicas: 20) == ScaleDecision(replicas: 1, stabilized: 0, reason: "TooFewReplicas"))
-        // A lowered maximum applies even when the recommendation does not move.
-        #expect(autoscaler.decide(now: 200, current: 8, desired: 8, minReplicas: 1, maxReplicas: 5).replicas == 5)
+        // A count outside the bounds (a spec edit of min/max) is corrected first, whatever the rate limits say.
+        let slow = ScalingRules(stabilizationWindowSeconds: 0, policies: [.init(type: .pods, value: 1, periodSeconds: 60)])
+        var limited = ShardAutoscaler(scaleUp: slow, scaleDown: slow)
+        #expect(limited.decide(now: 0, current: 20, desired: 12, minReplicas: 1, maxReplicas: 10).replicas == 10)
+        #expect(limited.decide(now: 0, current: 1, desired: 2, minReplicas: 10, maxReplicas: 20).replicas == 10)
+        #expect(limited.decide(now: 0, current: 0, desired: 4, minReplicas: 1, maxReplicas: 20) == ScaleDecision(replicas: 0, stabilized: 0, reason: "ScalingDisabled"))
+    }
+
+    @Test("A fresh autoscaler (a restarted controller) holds the current count through the scale-down window")
+    func restart() {
+        var autoscaler = ShardAutoscaler()
+        #expect(autoscaler.decide(now: 1000, current: 10, desired: 2, minReplicas: 1, maxReplicas: 20).replicas == 10)
+        #expect(autoscaler.decide(now: 1301, current: 10, desired: 2, minReplicas: 1, maxReplicas: 20).replicas == 2)
     }
 }
