@@ -320,6 +320,28 @@ struct KubeClientTests {
         }
     }
 
+    @Test("A racing second writer turns a read-modify-write into a 409; a re-read then succeeds; delays are applied")
+    func racingWriterAndDelay() async throws {
+        let api = try await APIFixture.start()
+        defer { Task { await api.close() } }
+        let client = api.client
+        _ = try await client.create(.configMaps, configMap("contended", data: ["owner": "none"]))
+        var mine = try await client.get(.configMaps, "contended")
+        api.server.raceNextWrite(to: .configMaps, "contended") { $0[path: ["data", "owner"]] = "them" }
+        mine[path: "data", "owner"] = "me"
+        await #expect { try await client.update(.configMaps, mine) } throws: { ($0 as? KubeAPIError)?.reason == .conflict }
+        #expect(try await client.get(.configMaps, "contended")[path: "data", "owner"]?.string == "them")
+        var fresh = try await client.get(.configMaps, "contended")
+        fresh[path: "data", "owner"] = "me"
+        #expect(try await client.update(.configMaps, fresh)[path: "data", "owner"]?.string == "me")
+
+        api.server.setDelay(.milliseconds(200))
+        let start = ContinuousClock.now
+        _ = try await client.get(.configMaps, "contended")
+        #expect(ContinuousClock.now - start >= .milliseconds(190))
+        api.server.clearFaults()
+    }
+
     @Test("Connection errors are typed; a refused port is retried and then reported")
     func connectionErrors() async throws {
         var configuration = KubeClient.Configuration.testing
