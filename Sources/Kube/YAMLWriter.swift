@@ -130,27 +130,7 @@ enum YAMLWriter {
         return text.utf8.allSatisfy { "0123456789.+-:_ eEtTzZxXoObBaAcCdDfF".utf8.contains($0) }
     }
 
-    /// A double-quoted YAML scalar with JSON's escapes, plus `\uXXXX` for the characters that
-    /// libyaml refuses in a stream or reads as line breaks (DEL, C1 controls, U+2028, U+2029, BOM).
-    static func doubleQuoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                switch scalar.value {
-                case 0..<0x20, 0x7F...0x9F, 0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF:
-                    let hex = String(scalar.value, radix: 16, uppercase: true)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                default:
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    /// A double-quoted YAML scalar: JSON's quoting, which also escapes the characters libyaml
+    /// refuses in a stream or reads as line breaks (DEL, C1 controls, U+2028, U+2029, BOM).
+    static func doubleQuoted(_ text: String) -> String { JSONValue.quoted(text) }
 }
