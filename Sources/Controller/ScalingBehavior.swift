@@ -124,11 +124,11 @@ public struct ShardAutoscaler: Sendable, Equatable {
 
     private func limitRate(now: Double, current: Int, desired: Int, minReplicas: Int, maxReplicas: Int) -> (Int, String) {
         if desired > current {
-            let limit = max(current, Self.scaleUpLimit(current: current, rules: scaleUp, now: now, up: scaleUpEvents, down: scaleDownEvents))
+            let limit = max(current, Self.limit(scalingUp: true, current: current, rules: scaleUp, now: now, up: scaleUpEvents, down: scaleDownEvents))
             let (allowed, reason) = maxReplicas > limit ? (limit, "ScaleUpLimit") : (maxReplicas, "TooManyReplicas")
             if desired > allowed { return (allowed, reason) }
         } else if desired < current {
-            let limit = min(current, Self.scaleDownLimit(current: current, rules: scaleDown, now: now, up: scaleUpEvents, down: scaleDownEvents))
+            let limit = min(current, Self.limit(scalingUp: false, current: current, rules: scaleDown, now: now, up: scaleUpEvents, down: scaleDownEvents))
             let (allowed, reason) = minReplicas < limit ? (limit, "ScaleDownLimit") : (minReplicas, "TooFewReplicas")
             if desired < allowed { return (allowed, reason) }
         }
@@ -139,33 +139,24 @@ public struct ShardAutoscaler: Sendable, Equatable {
         events.filter { $0.at > now - Double(period) }.reduce(0) { $0 + $1.change }
     }
 
-    /// `calculateScaleUpLimitWithScalingRules`: per policy, the count at the start of its period
-    /// plus the allowed change; Max takes the largest, Min the smallest; Disabled allows none.
-    static func scaleUpLimit(current: Int, rules: ScalingRules, now: Double, up: [(at: Double, change: Int)],
-                             down: [(at: Double, change: Int)]) -> Int {
+    /// The HPA's `calculateScaleUpLimitWithScalingRules` and `calculateScaleDownLimitWithBehaviors`:
+    /// per policy, the count at the start of its period (changes within it undone) moved by the
+    /// allowed change — percent rounded up when scaling up, down when scaling down, as the HPA does.
+    /// Max takes the policy allowing the largest change, Min the smallest; Disabled allows none.
+    static func limit(scalingUp: Bool, current: Int, rules: ScalingRules, now: Double, up: [(at: Double, change: Int)],
+                      down: [(at: Double, change: Int)]) -> Int {
         if rules.selectPolicy == .disabled || rules.policies.isEmpty { return current }
         let proposals = rules.policies.map { policy -> Int in
             let start = current - changes(within: policy.periodSeconds, of: up, now: now) + changes(within: policy.periodSeconds, of: down, now: now)
-            switch policy.type {
-            case .pods: return start + policy.value
-            case .percent: return Int((Double(start) * (1 + Double(policy.value) / 100)).rounded(.up))
+            switch (policy.type, scalingUp) {
+            case (.pods, true): return start + policy.value
+            case (.pods, false): return start - policy.value
+            case (.percent, true): return Int((Double(start) * (1 + Double(policy.value) / 100)).rounded(.up))
+            case (.percent, false): return Int(Double(start) * (1 - Double(policy.value) / 100))
             }
         }
-        return rules.selectPolicy == .min ? proposals.min()! : proposals.max()!
-    }
-
-    /// `calculateScaleDownLimitWithBehaviors`: per policy, the count at the start of its period
-    /// minus the allowed change (percent rounded down, as the HPA does); Max takes the lowest limit.
-    static func scaleDownLimit(current: Int, rules: ScalingRules, now: Double, up: [(at: Double, change: Int)],
-                               down: [(at: Double, change: Int)]) -> Int {
-        if rules.selectPolicy == .disabled || rules.policies.isEmpty { return current }
-        let proposals = rules.policies.map { policy -> Int in
-            let start = current - changes(within: policy.periodSeconds, of: up, now: now) + changes(within: policy.periodSeconds, of: down, now: now)
-            switch policy.type {
-            case .pods: return start - policy.value
-            case .percent: return Int(Double(start) * (1 - Double(policy.value) / 100))
-            }
-        }
-        return rules.selectPolicy == .min ? proposals.max()! : proposals.min()!
+        let largestChange = scalingUp ? proposals.max()! : proposals.min()!
+        let smallestChange = scalingUp ? proposals.min()! : proposals.max()!
+        return rules.selectPolicy == .min ? smallestChange : largestChange
     }
 }

@@ -173,9 +173,7 @@ final class APIState: @unchecked Sendable {
                     return (id, stream)
                 }
                 let replay = Watcher(matches: matches, continuation: continuation, apiVersion: apiVersion)
-                let single = ObjectCollection()
-                single.watchers = [0: replay]
-                for event in collection.log where event.revision > from { single.notify(event) }
+                for event in collection.log where event.revision > from { replay.deliver(event) }
             } else {
                 for key in collection.objects.keys.sorted() {
                     let object = collection.objects[key]!

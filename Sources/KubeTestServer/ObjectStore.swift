@@ -28,6 +28,23 @@ struct Watcher: Sendable {
     let continuation: AsyncStream<WatchMessage>.Continuation
     /// The API version the client watches (objects are stored version-independently).
     let apiVersion: String
+
+    /// Sends `event` if this watcher sees it: a change in or out of its selector is an ADDED or
+    /// DELETED for it, as the API server's cache does it.
+    func deliver(_ event: StoredEvent) {
+        let before = event.old.map(matches) ?? false
+        let after = event.kind == .deleted ? false : matches(event.new)
+        let type: String
+        switch (event.kind, before, after) {
+        case (.deleted, true, _): type = "DELETED"
+        case (.deleted, false, _): return
+        case (_, false, true): type = "ADDED"
+        case (_, true, true): type = "MODIFIED"
+        case (_, true, false): type = "DELETED"
+        default: return
+        }
+        continuation.yield(.event(type: type, object: withAPIVersion(event.new, apiVersion)))
+    }
 }
 
 /// The objects of one resource (across its served versions), in key order, with the change log
@@ -61,23 +78,9 @@ final class ObjectCollection: @unchecked Sendable {
         log.removeFirst(dropped)
     }
 
-    /// Sends `event` to each watcher that sees it: a change in or out of a watcher's selector is
-    /// an ADDED or DELETED for that watcher, as the API server's cache does it.
+    /// Sends `event` to each watcher that sees it.
     func notify(_ event: StoredEvent) {
-        for watcher in watchers.values {
-            let before = event.old.map(watcher.matches) ?? false
-            let after = event.kind == .deleted ? false : watcher.matches(event.new)
-            let type: String
-            switch (event.kind, before, after) {
-            case (.deleted, true, _): type = "DELETED"
-            case (.deleted, false, _): continue
-            case (_, false, true): type = "ADDED"
-            case (_, true, true): type = "MODIFIED"
-            case (_, true, false): type = "DELETED"
-            default: continue
-            }
-            watcher.continuation.yield(.event(type: type, object: withAPIVersion(event.new, watcher.apiVersion)))
-        }
+        for watcher in watchers.values { watcher.deliver(event) }
     }
 }
 
