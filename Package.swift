@@ -64,7 +64,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kube-test-apiserver", dependencies: ["KubeTestServer"]),
-        .target(name: "Controller", dependencies: ["Kube", "Transport"]),
+        .target(name: "Controller", dependencies: [
+            "Kube", "JSON", "MoE", "Transport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         .executableTarget(name: "eaas", dependencies: [
             "MoE", "JSON", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -79,8 +83,13 @@ let package = Package(
         // The Kubernetes client, informer, work queue and leader election against the test API server,
         // and kubectl and the official Python client against the same server.
         .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON"]),
-        // The autoscaler's HPA arithmetic and behaviour rules, table-tested.
-        .testTarget(name: "ControllerTests", dependencies: ["Controller"]),
+        // The operator against the test API server with the local runtime (pods as in-process HTTP
+        // servers): children, status, scaling, rollout, GC, leader election; the spec, CRD and plan tables.
+        .testTarget(name: "ControllerTests", dependencies: [
+            "Controller", "Kube", "KubeTestServer", "JSON", "Transport",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "CLITests", dependencies: ["eaas"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.

@@ -3,7 +3,7 @@
 public struct ScalingRules: Sendable, Equatable {
     /// One rate limit: at most `value` pods, or `value` percent, per `periodSeconds`.
     public struct Policy: Sendable, Equatable {
-        public enum Kind: String, Sendable { case pods = "Pods", percent = "Percent" }
+        public enum Kind: String, Sendable, CaseIterable { case pods = "Pods", percent = "Percent" }
         public var type: Kind
         public var value: Int
         public var periodSeconds: Int
@@ -14,7 +14,7 @@ public struct ScalingRules: Sendable, Equatable {
         }
     }
     /// Which policy wins when several apply: the largest change, the smallest, or none at all.
-    public enum SelectPolicy: String, Sendable { case max = "Max", min = "Min", disabled = "Disabled" }
+    public enum SelectPolicy: String, Sendable, CaseIterable { case max = "Max", min = "Min", disabled = "Disabled" }
 
     public var stabilizationWindowSeconds: Int
     public var selectPolicy: SelectPolicy

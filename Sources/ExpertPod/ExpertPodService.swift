@@ -55,21 +55,46 @@ public final class ExpertPodService: Service, @unchecked Sendable {
         logger.info("serving", metadata: ["port": "\(server.port)", "experts": "\(server.computer.experts.count)"])
         // Sleeps until SIGTERM (or the group ends); cancellation means the same.
         try? await gracefulShutdown()
-        status.ready = false
-        logger.info("draining", metadata: ["grace": "\(gracePeriod)", "clients": "\(server.clientCount)"])
-        // Draining blocks (it waits for clients to leave), so it runs on a thread of its own, not
-        // on the cooperative pool that HTTP and the service group need meanwhile. It keeps a
-        // margin of the grace period for stopping, so the pod exits before Kubernetes kills it.
+        let allLeft = await drain()
+        // Stopping joins the server's threads: off the cooperative pool too.
         let server = self.server
-        let margin = min(gracePeriod / 5, .seconds(3))
-        let drainFor = gracePeriod - margin
-        let allLeft: Bool = await withCheckedContinuation { continuation in
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread {
-                let left = server.drain(timeout: drainFor, reason: "SIGTERM: draining")
                 server.stop()
-                continuation.resume(returning: left)
+                continuation.resume()
             }.start()
         }
         logger.info("stopped", metadata: ["clients_left": "\(allLeft)", "served": "\(server.served)", "failed": "\(server.failed)"])
+    }
+
+    private let drainLock = NSLock()
+    private var drainTask: Task<Bool, Never>?
+
+    /// Marks the pod not ready, sends GOAWAY and waits (on a thread of its own) until clients have
+    /// left or most of the grace period has passed; true if they all left. The preStop hook
+    /// (`/drain`) and SIGTERM both come here: the second caller waits for the first drain.
+    public func drain() async -> Bool {
+        let task: Task<Bool, Never> = drainLock.withLock {
+            if let drainTask { return drainTask }
+            let server = self.server
+            let status = self.status
+            let logger = self.logger
+            let gracePeriod = self.gracePeriod
+            let task = Task<Bool, Never> {
+                status.ready = false
+                logger.info("draining", metadata: ["grace": "\(gracePeriod)", "clients": "\(server.clientCount)"])
+                // Draining blocks (it waits for clients to leave), so it runs on a thread of its own, not
+                // on the cooperative pool that HTTP and the service group need meanwhile. It keeps a
+                // margin of the grace period for stopping, so the pod exits before Kubernetes kills it.
+                let margin = min(gracePeriod / 5, .seconds(3))
+                let drainFor = gracePeriod - margin
+                return await withCheckedContinuation { continuation in
+                    Thread { continuation.resume(returning: server.drain(timeout: drainFor, reason: "draining")) }.start()
+                }
+            }
+            drainTask = task
+            return task
+        }
+        return await task.value
     }
 }

@@ -1,4 +1,6 @@
 import JSON
+import Kube
+import Controller
 import ArgumentParser
 import AttentionWorker
 import Foundation
@@ -13,6 +15,8 @@ struct ExpertOptions: ParsableArguments {
     @Option(help: "Where routed experts run: local (in this process, monolithic) or remote (expert pods).") var experts: String = "local"
     @Option(help: "Remote: membership file ({\"servers\": [{id, address, experts, ready}]}), re-read when it changes.") var membership: String?
     @Option(help: "Remote: expert pod addresses HOST:PORT, comma-separated; each is asked what it hosts.") var expertServers: String?
+    @Option(help: "Remote, in Kubernetes: the ExpertPool whose pods to use (its Service's EndpointSlices and shard-plan ConfigMap, watched; `eaas worker` only).") var pool: String?
+    @Option(help: "Remote: the pool's namespace (default: $POD_NAMESPACE, else the kubeconfig's).") var poolNamespace: String?
     @Option(help: "Remote: data-plane backend to ask pods for: tcp, shm or verbs.") var transport: String = "shm"
     @Option(help: "Remote: file holding the pool token (default: $EAAS_POOL_TOKEN).") var poolTokenFile: String?
     @Option(help: "Remote: hidden-state dtype on the wire: auto (what the pods expect), f32, bf16 or f16.") var wireDtype: String = "auto"
@@ -27,23 +31,44 @@ struct ExpertOptions: ParsableArguments {
         }
         switch mode {
         case .local:
-            guard membership == nil, expertServers == nil else { throw ValidationError("--membership and --expert-servers need --experts remote") }
+            guard membership == nil, expertServers == nil, pool == nil else { throw ValidationError("--membership, --expert-servers and --pool need --experts remote") }
         case .remote:
-            guard (membership == nil) != (expertServers == nil) else {
-                throw ValidationError("--experts remote needs one of --membership FILE or --expert-servers HOST:PORT,…")
+            guard [membership, expertServers, pool].compactMap({ $0 }).count == 1 else {
+                throw ValidationError("--experts remote needs one of --membership FILE, --expert-servers HOST:PORT,… or --pool NAME")
             }
         }
     }
 
-    /// The engine's expert source; remote sources are checked against the pods now.
-    func source(modelDirectory: String, clientID: UInt64 = UInt64.random(in: 1...UInt64.max)) throws -> ExpertSource {
+    /// With `--pool`: the pool's membership from Kubernetes, its caches filled.
+    func kubernetesMembership(modelDirectory: String, logger: Logger) async throws -> MembershipSource? {
+        guard let pool else { return nil }
+        let config = try ModelConfig.load(directory: modelDirectory)
+        let connection: ClusterConnection
+        do { connection = try ClusterConnection.automatic() } catch { throw CommandFailure("--pool \(pool): cannot connect to Kubernetes: \(error)") }
+        let namespace = poolNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? connection.namespace
+        let membership = KubernetesMembership(client: KubeClient(connection: connection), pool: pool, namespace: namespace,
+                                              layers: config.moeLayers, logger: logger)
+        guard await membership.start() else { throw CommandFailure("--pool \(pool): watching its EndpointSlices did not start") }
+        return membership
+    }
+
+    /// The engine's expert source; remote sources are checked against the pods now. `kubernetes`
+    /// is the membership `kubernetesMembership` made.
+    func source(modelDirectory: String, kubernetes: MembershipSource? = nil, clientID: UInt64 = UInt64.random(in: 1...UInt64.max)) throws -> ExpertSource {
         guard experts == "remote" else { return .local }
+        if pool != nil, kubernetes == nil { throw ValidationError("--pool is for `eaas worker`") }
         let config = try ModelConfig.load(directory: modelDirectory)
         var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: clientID)
         dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
         dispatcher.contactCost = contactCost
         let source: MembershipSource
-        if let expertServers {
+        if let kubernetes {
+            source = kubernetes
+            let missing = ExpertPods.missingExperts(config: config, view: kubernetes.current())
+            if !missing.isEmpty {
+                FileHandle.standardError.write(Data("warning: \(missing.count) experts have no ready pod in pool \(pool ?? "") yet; steps wait for them\n".utf8))
+            }
+        } else if let expertServers {
             let addresses = expertServers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             source = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
         } else {
@@ -81,9 +106,19 @@ struct SamplingOptions: ParsableArguments {
 }
 
 /// `eaas generate`: run prompts (token ids) through the model once and print the tokens.
+/// `eaas generate`: tokens (the default) or the CRD.
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
+        abstract: "Generate tokens (the default: `eaas generate --model … --prompt-ids …`) or the ExpertPool CRD (`eaas generate crd`).",
+        subcommands: [GenerateTokensCommand.self, GenerateCRDCommand.self],
+        defaultSubcommand: GenerateTokensCommand.self
+    )
+}
+
+struct GenerateTokensCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokens",
         abstract: "Generate tokens for prompts given as token ids, experts local or on expert pods.",
         discussion: "Repeat --prompt-ids for several sequences: they are generated together with continuous batching."
     )
@@ -198,7 +233,9 @@ struct WorkerCommand: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let engine: GenerationEngine
         do {
-            engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model), configuration: engineConfiguration())
+            let kubernetes = try await experts.kubernetesMembership(modelDirectory: model, logger: Logger(label: "eaas.worker.membership"))
+            engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model, kubernetes: kubernetes),
+                                          configuration: engineConfiguration())
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
         let announced = ManagedFlag()
         let application = Application(

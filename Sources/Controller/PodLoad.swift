@@ -1,0 +1,118 @@
+import Foundation
+
+/// The counters the autoscaler reads from one scrape of an expert pod's `/metrics`.
+public struct PodCounters: Sendable, Equatable {
+    /// `eaas_expert_tokens_total`, summed over the pod's experts.
+    public var tokens: Double
+    /// `eaas_busy_seconds_total`.
+    public var busySeconds: Double
+    /// Tokens per expert (`layer/expert` → count), for per-expert load.
+    public var perExpert: [String: Double]
+
+    public init(tokens: Double, busySeconds: Double, perExpert: [String: Double] = [:]) {
+        self.tokens = tokens
+        self.busySeconds = busySeconds
+        self.perExpert = perExpert
+    }
+
+    /// Reads the Prometheus text exposition; nil when the expert token counter is absent (not an
+    /// expert pod, or a broken answer), so that it counts as a missing metric.
+    public init?(prometheusText text: String) {
+        var tokens = 0.0
+        var busy = 0.0
+        var sawTokens = false
+        var perExpert: [String: Double] = [:]
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) where !line.hasPrefix("#") {
+            // name{labels} value [timestamp]
+            let nameEnd = line.firstIndex { $0 == "{" || $0 == " " } ?? line.endIndex
+            let name = line[..<nameEnd]
+            guard name == "eaas_expert_tokens_total" || name == "eaas_busy_seconds_total" else { continue }
+            var labels = Substring("")
+            var rest = line[nameEnd...]
+            if rest.first == "{", let close = rest.lastIndex(of: "}") {
+                labels = rest[rest.index(after: rest.startIndex)..<close]
+                rest = rest[rest.index(after: close)...]
+            }
+            guard let valueText = rest.split(separator: " ").first, let value = Double(valueText), value.isFinite else { continue }
+            if name == "eaas_busy_seconds_total" {
+                busy += value
+            } else {
+                sawTokens = true
+                tokens += value
+                let fields = Self.labels(labels)
+                perExpert["\(fields["layer"] ?? "?")/\(fields["expert"] ?? "?")", default: 0] += value
+            }
+        }
+        guard sawTokens else { return nil }
+        self.init(tokens: tokens, busySeconds: busy, perExpert: perExpert)
+    }
+
+    private static func labels(_ text: Substring) -> [String: String] {
+        var fields: [String: String] = [:]
+        for pair in text.split(separator: ",") {
+            guard let equals = pair.firstIndex(of: "=") else { continue }
+            let key = pair[..<equals].trimmingCharacters(in: .whitespaces)
+            let value = pair[pair.index(after: equals)...].trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+            fields[key] = value
+        }
+        return fields
+    }
+}
+
+/// A pod's load over the last scrape interval.
+public struct PodLoad: Sendable, Equatable {
+    public var tokensPerSecond: Double
+    /// Fraction of wall time spent computing, 0…1 (above 1 only with parallel compute).
+    public var busyFraction: Double
+
+    public func value(of metric: LoadMetric) -> Double {
+        switch metric {
+        case .tokensPerSecond: tokensPerSecond
+        case .busyFraction: busyFraction
+        }
+    }
+}
+
+/// Turns successive counter readings per pod into rates, as Prometheus' `rate` does for two
+/// points: a counter that went down was reset (the container restarted) and counts from zero.
+/// A pod's first reading gives no rate yet; pods not seen for a while are forgotten.
+public final class LoadTracker: @unchecked Sendable {
+    private struct Reading {
+        var counters: PodCounters
+        var at: Double
+        var load: PodLoad?
+    }
+    private let lock = NSLock()
+    private var readings: [String: Reading] = [:]
+
+    public init() {}
+
+    /// Records `counters` read from pod `uid` at `now` (seconds, monotonic) and returns its load
+    /// since the previous reading.
+    @discardableResult
+    public func record(pod uid: String, counters: PodCounters, now: Double) -> PodLoad? {
+        lock.withLock {
+            guard let previous = readings[uid], now > previous.at else {
+                readings[uid] = Reading(counters: counters, at: now, load: readings[uid]?.load)
+                return readings[uid]?.load
+            }
+            let elapsed = now - previous.at
+            let tokens = counters.tokens >= previous.counters.tokens ? counters.tokens - previous.counters.tokens : counters.tokens
+            let busy = counters.busySeconds >= previous.counters.busySeconds ? counters.busySeconds - previous.counters.busySeconds : counters.busySeconds
+            let load = PodLoad(tokensPerSecond: tokens / elapsed, busyFraction: busy / elapsed)
+            readings[uid] = Reading(counters: counters, at: now, load: load)
+            return load
+        }
+    }
+
+    /// The pod's last measured load, if it has one.
+    public func load(of uid: String) -> PodLoad? { lock.withLock { readings[uid]?.load } }
+
+    /// Marks a failed scrape: the pod's metric is missing until two readings succeed again.
+    public func markMissing(pod uid: String) { _ = lock.withLock { readings.removeValue(forKey: uid) } }
+
+    /// Drops pods not in `alive`.
+    public func retain(_ alive: Set<String>) {
+        lock.withLock { readings = readings.filter { alive.contains($0.key) } }
+    }
+}

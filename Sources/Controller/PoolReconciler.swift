@@ -1,0 +1,356 @@
+import Foundation
+import JSON
+import Kube
+import Logging
+
+/// What a reconcile asks of the loop that called it (kube-rs' `Action`).
+public enum ReconcileAction: Sendable, Equatable {
+    /// Nothing to do until something changes.
+    case awaitChange
+    /// Look again after this long even if nothing changes (scraped load, a rollout in progress).
+    case requeue(after: Duration)
+}
+
+/// How the controller runs, with documented defaults.
+public struct ControllerConfiguration: Sendable {
+    /// Watch only this namespace (nil: all namespaces).
+    public var namespace: String?
+    /// Image for pools whose template names none.
+    public var expertImage = "ghcr.io/eaas-dev/eaas:0.1.0"
+    /// The server-side apply field manager and the `managed-by` label value.
+    public var fieldManager = PoolLabels.manager
+    /// Reconciles running at once (never two for one pool).
+    public var workers = 2
+    /// How long one pod's `/metrics` may take.
+    public var scrapeTimeout: Duration = .seconds(5)
+    /// How often a pool whose Secret was missing (or present) is checked again; Secrets are not watched.
+    public var secretRecheck: Duration = .seconds(30)
+    /// How often a pool with a rollout in progress is looked at even without events.
+    public var progressRecheck: Duration = .seconds(5)
+    /// Leader election; nil runs without (one replica only).
+    public var leaderElection: LeaderElector.Configuration?
+    public init() {}
+}
+
+/// Reconciles one `ExpertPool`: reads the pool and its children from the informers' stores,
+/// writes what differs (server-side apply), decides each shard's replicas from scraped load, and
+/// publishes status, conditions and scaling Events. Level-triggered: every call looks at the
+/// whole state, so a missed event costs nothing but latency.
+public final class PoolReconciler: @unchecked Sendable {
+    let client: KubeClient
+    let pools: InformerStore
+    let deployments: InformerStore
+    let pods: InformerStore
+    let services: InformerStore
+    let configMaps: InformerStore
+    let configuration: ControllerConfiguration
+    public let loads: LoadTracker
+    let logger: Logger
+    let clock = ContinuousClock()
+    let start = ContinuousClock.now
+
+    private let lock = NSLock()
+    private var autoscalers: [String: ShardAutoscaler] = [:]
+    private var secretChecks: [String: (problem: SpecProblem?, at: ContinuousClock.Instant)] = [:]
+
+    public init(client: KubeClient, pools: InformerStore, deployments: InformerStore, pods: InformerStore, services: InformerStore,
+                configMaps: InformerStore, loads: LoadTracker, configuration: ControllerConfiguration, logger: Logger) {
+        self.client = client
+        self.pools = pools
+        self.deployments = deployments
+        self.pods = pods
+        self.services = services
+        self.configMaps = configMaps
+        self.loads = loads
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Seconds since the reconciler started, the autoscaler's clock.
+    var now: Double {
+        let elapsed = ContinuousClock.now - start
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+    }
+
+    /// Reconciles the pool `namespace/name`.
+    public func reconcile(key: String) async throws -> ReconcileAction {
+        guard let pool = pools.get(key), pool.deletionTimestamp == nil, let name = pool.name else {
+            // Gone (or going): the garbage collector removes the children through their owner references.
+            forget(key: key)
+            return .awaitChange
+        }
+        let namespace = pool.namespace ?? "default"
+        var status = (try? pool.json["status"].map { try ExpertPoolStatus(specJSON: $0, path: "status") } ?? ExpertPoolStatus()) ?? ExpertPoolStatus()
+        let generation = pool.generation ?? 0
+
+        // A spec the schema let through but that cannot be served is reported; what runs stays.
+        let spec: ExpertPoolSpec
+        let plan: ShardPlan
+        do {
+            spec = try ExpertPoolSpec(pool: pool.json)
+        } catch {
+            try await publishProblem(SpecProblem(reason: "InvalidSpec", message: error.description), pool: pool, status: &status, generation: generation)
+            return .awaitChange
+        }
+        switch spec.plan(poolName: name) {
+        case .failure(let problem):
+            try await publishProblem(problem, pool: pool, status: &status, generation: generation)
+            return .awaitChange
+        case .success(let resolved): plan = resolved
+        }
+        if let problem = try await secretProblem(spec: spec, namespace: namespace) {
+            try await publishProblem(problem, pool: pool, status: &status, generation: generation)
+            return .requeue(after: configuration.secretRecheck)
+        }
+
+        let children = PoolChildren(pool: pool, spec: spec, plan: plan, defaultImage: configuration.expertImage)
+        try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)))
+        try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name))
+
+        var shardStatuses: [ShardStatus] = []
+        var limited: [(String, ScaleDecision)] = []
+        var progressing: [String] = []
+        for shard in plan.shards {
+            let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name)
+            let existing = deployments.get(namespace: namespace, name: deploymentName)
+            let current = existing?.json[path: ["spec", "replicas"]]?.int ?? spec.replicas.min
+            let (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
+            if decision.limited { limited.append((shard.name, decision)) }
+            if existing != nil, decision.replicas != current {
+                try await recordScaling(pool: pool, shard: shard.name, from: current, to: decision.replicas, load: load, spec: spec)
+            }
+            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas)
+
+            let observed = existing?.json["status"]
+            var entry = ShardStatus()
+            entry.name = shard.name
+            entry.experts = shard.expertRanges
+            entry.replicas = observed?["replicas"]?.int ?? 0
+            entry.readyReplicas = observed?["readyReplicas"]?.int ?? 0
+            entry.desiredReplicas = decision.replicas
+            entry.load = (load * 10).rounded() / 10
+            shardStatuses.append(entry)
+            let updated = observed?["updatedReplicas"]?.int ?? 0
+            let upToDate = existing != nil && (observed?["observedGeneration"]?.int ?? 0) >= (existing?.generation ?? 1)
+                && existing?.json[path: ["spec", "replicas"]]?.int == decision.replicas
+            if !upToDate || updated < decision.replicas || entry.replicas != decision.replicas || entry.readyReplicas < decision.replicas {
+                progressing.append(shard.name)
+            }
+        }
+        try await deleteRemovedShards(pool: pool, plan: plan)
+
+        // Status.
+        status.observedGeneration = generation
+        status.shards = shardStatuses
+        status.shardCount = plan.shards.count
+        status.replicas = shardStatuses.reduce(0) { $0 + $1.replicas }
+        status.readyReplicas = shardStatuses.reduce(0) { $0 + $1.readyReplicas }
+        status.desiredReplicas = shardStatuses.reduce(0) { $0 + $1.desiredReplicas }
+        status.load = (shardStatuses.reduce(0) { $0 + $1.load } * 10).rounded() / 10
+        status.selector = "\(PoolLabels.pool)=\(name)"
+        let timestamp = Self.timestamp()
+        let unserved = shardStatuses.filter { $0.readyReplicas == 0 }.map(\.name)
+        status.conditions.set(unserved.isEmpty
+            ? condition("Ready", .true, "AllShardsServing", "\(plan.shards.count) shard\(plan.shards.count == 1 ? "" : "s"), \(status.readyReplicas) ready pods", generation)
+            : condition("Ready", .false, "ShardsUnavailable", "no ready pod in shard\(unserved.count == 1 ? "" : "s") \(Self.list(unserved))", generation), now: timestamp)
+        status.conditions.set(progressing.isEmpty
+            ? condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation)
+            : condition("Progressing", .true, "RollingOut", "shard\(progressing.count == 1 ? "" : "s") \(Self.list(progressing)) not yet at the current spec and desired replicas", generation), now: timestamp)
+        status.conditions.set(condition("Degraded", .false, "AsExpected", "the spec is valid and its Secret exists", generation), now: timestamp)
+        if let (shard, decision) = limited.first {
+            status.conditions.set(condition("ScalingLimited", .true, decision.reason,
+                                            "shard \(shard): recommended \(decision.stabilized), held at \(decision.replicas)" + (limited.count > 1 ? " (and \(limited.count - 1) more shards)" : ""), generation), now: timestamp)
+        } else {
+            status.conditions.set(condition("ScalingLimited", .false, "DesiredWithinRange", "every shard's recommendation is within its bounds and rate limits", generation), now: timestamp)
+        }
+        try await publish(status: status, pool: pool)
+
+        var recheck: Duration? = spec.autoscaling.enabled ? .seconds(spec.autoscaling.scrapeIntervalSeconds) : nil
+        if !progressing.isEmpty { recheck = min(recheck ?? configuration.progressRecheck, configuration.progressRecheck) }
+        return recheck.map { .requeue(after: $0) } ?? .awaitChange
+    }
+
+    // MARK: Autoscaling
+
+    /// The shard's replicas for now, and its measured load.
+    private func decide(pool: KubeObject, spec: ExpertPoolSpec, shard: ShardPlan.Shard, current: Int) -> (ScaleDecision, Double) {
+        let shardPods = podsOf(pool: pool, shard: shard.name)
+        let metric = spec.autoscaling.metric
+        var load = 0.0
+        let samples = shardPods.map { pod -> ReplicaCalculator.PodSample in
+            let uid = pod.uid ?? ""
+            let value = Self.isReady(pod) ? loads.load(of: uid)?.value(of: metric) : nil
+            load += value ?? 0
+            return ReplicaCalculator.PodSample(pending: Self.phase(pod) == "Pending", value: value)
+        }
+        let bounds = spec.replicas
+        let recommendation: Int
+        if !spec.autoscaling.enabled {
+            recommendation = bounds.min
+        } else {
+            recommendation = ReplicaCalculator.desiredReplicas(currentReplicas: current, samples: samples, target: spec.autoscaling.target,
+                                                               tolerance: spec.autoscaling.tolerance) ?? current
+        }
+        let key = autoscalerKey(pool: pool, shard: shard.name)
+        let behavior = spec.autoscaling.behavior.resolved
+        let decision: ScaleDecision = lock.withLock {
+            var autoscaler = autoscalers[key] ?? ShardAutoscaler(scaleUp: behavior.up, scaleDown: behavior.down)
+            autoscaler.scaleUp = behavior.up
+            autoscaler.scaleDown = behavior.down
+            let decision = autoscaler.decide(now: now, current: current, desired: recommendation, minReplicas: bounds.min, maxReplicas: bounds.max)
+            autoscalers[key] = autoscaler
+            return decision
+        }
+        return (decision, load)
+    }
+
+    private func recordScaling(pool: KubeObject, shard: String, from: Int, to: Int, load: Double, spec: ExpertPoolSpec) async throws {
+        let key = autoscalerKey(pool: pool, shard: shard)
+        lock.withLock { autoscalers[key]?.recordScale(now: now, from: from, to: to) }
+        let unit = spec.autoscaling.metric == .tokensPerSecond ? "tokens/s" : "busy"
+        let message = "shard \(shard): \(from) → \(to) replicas (load \(String(format: "%.1f", load)) \(unit), target \(String(format: "%g", spec.autoscaling.target)) per replica)"
+        logger.info("scaling", metadata: ["pool": "\(pool.key)", "shard": "\(shard)", "from": "\(from)", "to": "\(to)", "load": "\(load)"])
+        await recordEvent(pool: pool, reason: to > from ? "ScaledUp" : "ScaledDown", message: message)
+    }
+
+    private func autoscalerKey(pool: KubeObject, shard: String) -> String { "\(pool.uid ?? pool.key)/\(shard)" }
+
+    private func forget(key: String) {
+        lock.withLock {
+            secretChecks[key] = nil
+            // Autoscalers are keyed by uid; drop those of pools no longer in the store.
+            let live = Set(pools.list().compactMap(\.uid))
+            autoscalers = autoscalers.filter { live.contains(String($0.key.split(separator: "/").first ?? "")) }
+        }
+    }
+
+    /// The pods of one shard that count: not being deleted, not finished.
+    func podsOf(pool: KubeObject, shard: String) -> [KubeObject] {
+        pods.byIndex(InformerStore.namespaceIndex.name, pool.namespace ?? "").filter { pod in
+            pod.labels[PoolLabels.pool] == pool.name && pod.labels[PoolLabels.shard] == shard && pod.deletionTimestamp == nil
+                && !["Succeeded", "Failed"].contains(Self.phase(pod))
+        }
+    }
+
+    static func phase(_ pod: KubeObject) -> String { pod.json[path: ["status", "phase"]]?.string ?? "Pending" }
+
+    /// Running with the Ready condition true.
+    public static func isReady(_ pod: KubeObject) -> Bool {
+        guard phase(pod) == "Running", pod.deletionTimestamp == nil else { return false }
+        return pod.json[path: ["status", "conditions"]]?.array?.contains { $0["type"]?.string == "Ready" && $0["status"]?.string == "True" } ?? false
+    }
+
+    // MARK: Writes
+
+    /// Server-side applies `desired` unless the object already carries the same applied hash
+    /// (and, for Deployments, the same replicas): no write, and no watch event, when nothing changed.
+    private func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil) async throws {
+        let hash = Self.hash(desired)
+        if let existing, existing.annotations[Self.appliedAnnotation] == hash,
+           replicas == nil || existing.json[path: ["spec", "replicas"]]?.int == replicas {
+            return
+        }
+        var object = desired
+        var annotations = object[path: ["metadata", "annotations"]]?.object ?? [:]
+        annotations[Self.appliedAnnotation] = .string(hash)
+        object[path: ["metadata", "annotations"]] = .object(annotations)
+        let name = object[path: ["metadata", "name"]]?.string ?? ""
+        let namespace = object[path: ["metadata", "namespace"]]?.string
+        _ = try await client.patch(type, name, namespace: namespace, .apply(object, fieldManager: configuration.fieldManager, force: true))
+    }
+
+    static let appliedAnnotation = "eaas.dev/applied-hash"
+
+    /// FNV-1a over the object's canonical text (keys sorted).
+    static func hash(_ value: JSONValue) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in value.description.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        return String(hash, radix: 16)
+    }
+
+    private func deleteRemovedShards(pool: KubeObject, plan: ShardPlan) async throws {
+        guard let uid = pool.uid, let name = pool.name else { return }
+        let wanted = Set(plan.shards.map { PoolLabels.deployment(pool: name, shard: $0.name) })
+        for deployment in deployments.byIndex(InformerStore.ownerIndex.name, uid) where !wanted.contains(deployment.name ?? "") {
+            logger.info("removing shard", metadata: ["pool": "\(pool.key)", "deployment": "\(deployment.name ?? "")"])
+            do {
+                _ = try await client.delete(.deployments, deployment.name ?? "", namespace: deployment.namespace,
+                                            options: DeleteOptions(propagationPolicy: .background, preconditionUID: deployment.uid))
+            } catch let error as KubeAPIError where error.reason == .notFound {}
+        }
+    }
+
+    private func secretProblem(spec: ExpertPoolSpec, namespace: String) async throws -> SpecProblem? {
+        let reference = spec.poolTokenSecret
+        let key = "\(namespace)/\(reference.name)#\(reference.key)"
+        if let cached = lock.withLock({ secretChecks[key] }), ContinuousClock.now - cached.at < configuration.secretRecheck, cached.problem == nil {
+            return nil
+        }
+        var problem: SpecProblem?
+        do {
+            let secret = try await client.get(.secrets, reference.name, namespace: namespace)
+            if secret.json[path: ["data", reference.key]] == nil && secret.json[path: ["stringData", reference.key]] == nil {
+                problem = SpecProblem(reason: "SecretKeyMissing", message: "Secret \(namespace)/\(reference.name) has no key '\(reference.key)'")
+            }
+        } catch let error as KubeAPIError where error.reason == .notFound {
+            problem = SpecProblem(reason: "SecretNotFound", message: "Secret \(namespace)/\(reference.name) (poolTokenSecret) does not exist")
+        }
+        lock.withLock { secretChecks[key] = (problem, ContinuousClock.now) }
+        return problem
+    }
+
+    private func publishProblem(_ problem: SpecProblem, pool: KubeObject, status: inout ExpertPoolStatus, generation: Int) async throws {
+        logger.warning("pool spec problem", metadata: ["pool": "\(pool.key)", "reason": "\(problem.reason)", "message": "\(problem.message)"])
+        let before = status.condition("Degraded")
+        status.observedGeneration = generation
+        status.conditions.set(condition("Degraded", .true, problem.reason, problem.message + "; running shards are left as they are", generation), now: Self.timestamp())
+        if before?.reason != problem.reason || before?.status != .true {
+            await recordEvent(pool: pool, reason: problem.reason, message: problem.message, type: "Warning")
+        }
+        try await publish(status: status, pool: pool)
+    }
+
+    private func publish(status: ExpertPoolStatus, pool: KubeObject) async throws {
+        let json = status.specJSON
+        if let existing = pool.json["status"], existing == json { return }
+        _ = try await client.patchStatus(ExpertPoolCRD.resource, pool.name ?? "", namespace: pool.namespace, .merge(["status": json]))
+    }
+
+    private func condition(_ type: String, _ status: ConditionStatus, _ reason: String, _ message: String, _ generation: Int) -> PoolCondition {
+        var condition = PoolCondition(type: type, status: status, reason: reason, message: message)
+        condition.observedGeneration = generation
+        return condition
+    }
+
+    /// Posts a core/v1 Event about the pool; failing to is logged, never fatal.
+    private func recordEvent(pool: KubeObject, reason: String, message: String, type: String = "Normal") async {
+        let timestamp = Self.timestamp()
+        let event: JSONValue = [
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": ["name": .string("\(pool.name ?? "pool").\(String(UInt64(Date().timeIntervalSince1970 * 1e9), radix: 16))"),
+                         "namespace": .string(pool.namespace ?? "default")],
+            "involvedObject": ["apiVersion": .string(ExpertPoolCRD.resource.apiVersion), "kind": .string(ExpertPoolCRD.kind),
+                               "name": .string(pool.name ?? ""), "namespace": .string(pool.namespace ?? "default"), "uid": .string(pool.uid ?? "")],
+            "reason": .string(reason), "message": .string(message), "type": .string(type),
+            "source": ["component": .string(configuration.fieldManager)],
+            "reportingComponent": .string(configuration.fieldManager),
+            "firstTimestamp": .string(timestamp), "lastTimestamp": .string(timestamp), "count": 1,
+        ]
+        do { _ = try await client.create(.events, KubeObject(event), namespace: pool.namespace) } catch {
+            logger.warning("event not recorded", metadata: ["pool": "\(pool.key)", "reason": "\(reason)", "error": "\(error)"])
+        }
+    }
+
+    static func timestamp() -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: Date())
+    }
+
+    static func list(_ names: [String]) -> String {
+        names.count <= 5 ? names.joined(separator: ", ") : names.prefix(5).joined(separator: ", ") + " and \(names.count - 5) more"
+    }
+}

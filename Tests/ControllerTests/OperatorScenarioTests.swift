@@ -1,0 +1,310 @@
+import Controller
+import Foundation
+import Hummingbird
+import JSON
+import Kube
+import KubeTestServer
+import Logging
+import Testing
+
+/// Load each shard receives (tokens/s, shared by its running fake pods), set by the test.
+final class ShardLoad: @unchecked Sendable {
+    private let lock = NSLock()
+    private var rates: [String: Double] = [:]
+    private var pods: [String: Set<String>] = [:]
+    func set(_ shard: String, _ rate: Double) { lock.withLock { rates[shard] = rate } }
+    func join(_ shard: String, _ pod: String) { _ = lock.withLock { pods[shard, default: []].insert(pod) } }
+    func leave(_ shard: String, _ pod: String) { _ = lock.withLock { pods[shard]?.remove(pod) } }
+    func perPod(_ shard: String) -> Double { lock.withLock { (rates[shard] ?? 0) / Double(max(1, pods[shard]?.count ?? 1)) } }
+}
+
+/// A launcher whose "containers" are HTTP servers in this process on the pod's address: `/metrics`
+/// with an expert token counter growing at the shard's load divided among its pods, `/readyz`, `/drain`.
+struct FakeExpertLauncher: PodLauncher {
+    let load: ShardLoad
+
+    func launch(_ pod: LocalPod) throws -> any LaunchedContainer {
+        guard let portIndex = pod.args.firstIndex(of: "--metrics-port"), let port = Int(pod.args[portIndex + 1]) else {
+            throw LocalRuntimeError("no --metrics-port in \(pod.args)")
+        }
+        let shard = pod.name.split(separator: "-").dropFirst().first.map(String.init) ?? "?"
+        return FakeContainer(pod: pod, port: port, shard: shard, load: load)
+    }
+}
+
+final class FakeContainer: LaunchedContainer, @unchecked Sendable {
+    private let lock = NSLock()
+    private var status: Int32?
+    private var task: Task<Void, Never>?
+    private var tokens = 0.0
+    private var last = ContinuousClock.now
+    let shard: String
+    let name: String
+    let load: ShardLoad
+
+    init(pod: LocalPod, port: Int, shard: String, load: ShardLoad) {
+        self.shard = shard
+        self.name = pod.name
+        self.load = load
+        load.join(shard, pod.name)
+        let router = Router()
+        router.get("metrics") { [weak self] _, _ -> String in
+            guard let self else { return "" }
+            let total: Double = self.lock.withLock {
+                let now = ContinuousClock.now
+                let elapsed = now - self.last
+                self.tokens += load.perPod(shard) * (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+                self.last = now
+                return self.tokens
+            }
+            return "eaas_expert_tokens_total{layer=\"1\",expert=\"0\"} \(Int(total))\neaas_busy_seconds_total 0\n"
+        }
+        router.get("readyz") { _, _ in "ready\n" }
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("drain") { _, _ in "drained\n" }
+        let app = Application(router: router, configuration: .init(address: .hostname(pod.ip, port: port)), logger: { var logger = Logger(label: "fake-pod"); logger.logLevel = .critical; return logger }())
+        task = Task { try? await app.runService() }
+    }
+
+    var exitStatus: Int32? { lock.withLock { status } }
+
+    func terminate(grace: Duration) async { stop(0) }
+    func kill() { stop(137) }
+
+    private func stop(_ code: Int32) {
+        let task: Task<Void, Never>? = lock.withLock {
+            guard status == nil else { return nil }
+            status = code
+            return self.task
+        }
+        load.leave(shard, name)
+        task?.cancel()
+    }
+}
+
+/// The operator against the test API server, with the local runtime running pods as in-process
+/// HTTP servers: children and status, load-driven scaling with a stabilized scale-down, an edit
+/// rolled out, a bad edit reported without tearing anything down, deletion by garbage collection.
+@Suite("ExpertPool operator", .serialized)
+struct OperatorScenarioTests {
+    static let namespace = "default"
+
+    static func pool(name: String = "tiny", minReplicas: Int = 1, maxReplicas: Int = 3, label: String? = nil) -> KubeObject {
+        var template: JSONValue = ["image": "eaas:test"]
+        if let label { template["labels"] = ["edit": .string(label)] }
+        return KubeObject(ExpertPoolCRD.resource, name: name, namespace: namespace, fields: ["spec": [
+            "model": ["path": "/models/tiny", "experts": 2],
+            "shards": ["expertsPerShard": 1],
+            "replicas": ["min": .int(minReplicas), "max": .int(maxReplicas)],
+            "autoscaling": ["target": 100, "scrapeIntervalSeconds": 1,
+                            "behavior": ["scaleDown": ["stabilizationWindowSeconds": 4]]],
+            "transport": ["backend": "tcp", "port": 7070, "metricsPort": 9090],
+            "poolTokenSecret": ["name": "tiny-token"],
+            "drainSeconds": 1,
+            "template": template,
+        ]])
+    }
+
+    final class Rig: @unchecked Sendable {
+        let server: TestAPIServer
+        let client: KubeClient
+        let load = ShardLoad()
+        private let lock = NSLock()
+        private var tasks: [Task<Void, Never>] = []
+
+        init(server: TestAPIServer, client: KubeClient) {
+            self.server = server
+            self.client = client
+        }
+
+        func track(_ task: Task<Void, Never>) { lock.withLock { tasks.append(task) } }
+
+        static func start(controllers: Int = 1) async throws -> Rig {
+            let server = try await TestAPIServer()
+            var configuration = KubeClient.Configuration()
+            configuration.qps = 0
+            configuration.retryDelay = .milliseconds(5)
+            let client = KubeClient(connection: server.connection, configuration: configuration)
+            _ = try await client.create(.customResourceDefinitions, KubeObject(ExpertPoolCRD.definition))
+            _ = try await client.create(.secrets, KubeObject(.secrets, name: "tiny-token", namespace: namespace, fields: ["data": ["token": "c2VjcmV0"]]))
+            let rig = Rig(server: server, client: client)
+            let runtime = LocalRuntime(client: client, launcher: FakeExpertLauncher(load: rig.load),
+                                       configuration: .init(namespace: namespace, directory: NSTemporaryDirectory() + "eaas-operator-test-\(UUID().uuidString)"),
+                                       logger: { var logger = Logger(label: "runtime"); logger.logLevel = .warning; return logger }())
+            rig.track(Task { try? await runtime.run() })
+            return rig
+        }
+
+        func controller(election: LeaderElector.Configuration? = nil) -> ExpertPoolController {
+            var configuration = ControllerConfiguration()
+            configuration.leaderElection = election
+            configuration.scrapeTimeout = .seconds(2)
+            var logger = Logger(label: "controller")
+            logger.logLevel = .error
+            return ExpertPoolController(client: client, configuration: configuration, logger: logger)
+        }
+
+        func stop() async {
+            let tasks = lock.withLock { self.tasks }
+            for task in tasks { task.cancel() }
+            for task in tasks { await task.value }
+            await server.shutdown()
+        }
+
+        func pool(_ name: String = "tiny") -> KubeObject? { server.object(ExpertPoolCRD.resource, name, namespace: OperatorScenarioTests.namespace) }
+        func status(_ name: String = "tiny") -> ExpertPoolStatus? {
+            pool(name)?.json["status"].flatMap { try? ExpertPoolStatus(specJSON: $0, path: "status") }
+        }
+        func replicas(_ deployment: String) -> Int? {
+            server.object(.deployments, deployment, namespace: OperatorScenarioTests.namespace)?.json[path: ["spec", "replicas"]]?.int
+        }
+        func events(reason: String) async throws -> [KubeObject] {
+            try await client.list(.events, namespace: OperatorScenarioTests.namespace).items.filter { $0.json["reason"]?.string == reason }
+        }
+    }
+
+    static func until(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        if try await condition() { return }
+        Issue.record("timed out waiting for: \(what)")
+        throw CancellationError()
+    }
+
+    @Test("a pool gets its children and status; load scales a shard up, a quiet shard down after the window; edits roll out; bad edits keep what runs; deletion collects")
+    func lifecycle() async throws {
+        let rig = try await Rig.start()
+        let controller = rig.controller()
+        rig.track(Task { try? await controller.run() })
+        do { try await lifecycleSteps(rig) } catch {
+            await rig.stop()
+            throw error
+        }
+        await rig.stop()
+    }
+
+    func lifecycleSteps(_ rig: Rig) async throws {
+        let client = rig.client
+        _ = try await client.create(ExpertPoolCRD.resource, Self.pool(), namespace: Self.namespace)
+
+        // Children and status.
+        try await Self.until("both shards ready") { rig.status()?.readyReplicas == 2 && rig.status()?.condition("Ready")?.status == .true }
+        let status = try #require(rig.status())
+        #expect(status.observedGeneration == 1)
+        #expect(status.shards.map(\.name) == ["s0", "s1"])
+        #expect(status.shards.map(\.experts) == ["0", "1"])
+        #expect(status.selector == "eaas.dev/pool=tiny")
+        let poolUID = try #require(rig.pool()?.uid)
+        for name in ["tiny-s0", "tiny-s1"] {
+            let deployment = try #require(rig.server.object(.deployments, name, namespace: Self.namespace))
+            #expect(deployment.ownerReferences.first?["uid"]?.string == poolUID)
+        }
+        #expect(rig.server.object(.services, "tiny", namespace: Self.namespace)?.json[path: ["spec", "clusterIP"]] == "None")
+        #expect(rig.server.object(.configMaps, "tiny-shard-plan", namespace: Self.namespace) != nil)
+        try await Self.until("the EndpointSlice lists both ready pods") {
+            let slice = rig.server.object(.endpointSlices, "tiny-local", namespace: Self.namespace)
+            return slice?.json["endpoints"]?.array?.filter { $0[path: ["conditions", "ready"]] == true }.count == 2
+        }
+
+        // Attention workers' membership straight from the API: both shards' experts, ready.
+        let membership = KubernetesMembership(client: client, pool: "tiny", namespace: Self.namespace, layers: [1], logger: Logger(label: "membership"))
+        #expect(await membership.start())
+        try await Self.until("membership has both shards") { membership.current().hostedExperts.count == 2 }
+        membership.stop()
+
+        // Load rises on s0: 250 tokens/s against a target of 100 per replica → 3 replicas (the max).
+        rig.load.set("s0", 250)
+        try await Self.until("s0 scales up to 3") { rig.replicas("tiny-s0") == 3 }
+        try await Self.until("three s0 pods ready") { rig.status()?.shards.first?.readyReplicas == 3 }
+        #expect(rig.replicas("tiny-s1") == 1)
+        #expect(try await !rig.events(reason: "ScaledUp").isEmpty)
+
+        // More load than the max allows: held at 3 with ScalingLimited.
+        rig.load.set("s0", 600)
+        try await Self.until("ScalingLimited TooManyReplicas") { rig.status()?.condition("ScalingLimited")?.reason == "TooManyReplicas" }
+        #expect(rig.replicas("tiny-s0") == 3)
+
+        // Load falls: the scale-down waits for the 4 s stabilization window.
+        rig.load.set("s0", 0)
+        let quiet = ContinuousClock.now
+        try await Self.until("the pool reports s0's load gone") { rig.status()?.shards.first?.load == 0 }
+        #expect(rig.replicas("tiny-s0") == 3, "scaled down before the stabilization window passed")
+        try await Self.until("s0 scales down to 1", timeout: .seconds(40)) { rig.replicas("tiny-s0") == 1 }
+        #expect(ContinuousClock.now - quiet >= .seconds(3))
+        #expect(try await !rig.events(reason: "ScaledDown").isEmpty)
+
+        // An edit rolls out: generation 2 observed, the pods replaced by ones of the new template.
+        let before = Set(try await client.list(.pods, namespace: Self.namespace).items.compactMap(\.name))
+        var edited = try #require(rig.pool())
+        edited.json["spec"] = Self.pool(label: "v2").json["spec"]
+        _ = try await client.update(ExpertPoolCRD.resource, edited, namespace: Self.namespace)
+        try await Self.until("observedGeneration 2 and rolled out") {
+            guard let status = rig.status(), status.observedGeneration == 2, status.condition("Progressing")?.status == .false, status.readyReplicas == 2 else { return false }
+            let pods = try await client.list(.pods, namespace: Self.namespace).items
+            return pods.count == 2 && pods.allSatisfy { $0.labels["edit"] == "v2" }
+        }
+        #expect(Set(try await client.list(.pods, namespace: Self.namespace).items.compactMap(\.name)).isDisjoint(with: before))
+
+        // A bad edit (min > max) is reported; nothing running changes.
+        var bad = try #require(rig.pool())
+        bad.json["spec"] = Self.pool(minReplicas: 5, maxReplicas: 2, label: "v2").json["spec"]
+        _ = try await client.update(ExpertPoolCRD.resource, bad, namespace: Self.namespace)
+        try await Self.until("Degraded InvalidReplicaBounds") {
+            rig.status()?.condition("Degraded")?.reason == "InvalidReplicaBounds" && rig.status()?.observedGeneration == 3
+        }
+        #expect(rig.replicas("tiny-s0") == 1)
+        #expect(rig.replicas("tiny-s1") == 1)
+        #expect(try await client.list(.pods, namespace: Self.namespace).items.count == 2)
+
+        // Deletion: the garbage collector removes every child through its owner reference.
+        _ = try await client.delete(ExpertPoolCRD.resource, "tiny", namespace: Self.namespace)
+        try await Self.until("children collected") {
+            rig.server.object(.deployments, "tiny-s0", namespace: Self.namespace) == nil
+                && rig.server.object(.services, "tiny", namespace: Self.namespace) == nil
+                && rig.server.object(.configMaps, "tiny-shard-plan", namespace: Self.namespace) == nil
+        }
+    }
+
+    @Test("two controllers: one leads; when it dies without releasing, the other takes over within the lease")
+    func leaderKilledAndReplaced() async throws {
+        let rig = try await Rig.start()
+        do { try await leaderSteps(rig) } catch {
+            await rig.stop()
+            throw error
+        }
+        await rig.stop()
+    }
+
+    func leaderSteps(_ rig: Rig) async throws {
+        func election(_ identity: String) -> LeaderElector.Configuration {
+            var election = LeaderElector.Configuration(leaseName: "eaas-controller", namespace: Self.namespace, identity: identity)
+            election.leaseDuration = .seconds(3)
+            election.renewDeadline = .seconds(2)
+            election.retryPeriod = .milliseconds(300)
+            election.releaseOnCancel = false  // a killed process releases nothing
+            return election
+        }
+        let first = rig.controller(election: election("first"))
+        let firstTask = Task { try? await first.run() }
+        try await Self.until("first leads") { first.isLeader && first.isSynced }
+        let second = rig.controller(election: election("second"))
+        let secondTask = Task { try? await second.run() }
+        _ = try await rig.client.create(ExpertPoolCRD.resource, Self.pool(name: "one"), namespace: Self.namespace)
+        try await Self.until("first reconciles pool one") { rig.status("one")?.shardCount == 2 }
+        #expect(!second.isLeader)
+
+        firstTask.cancel()
+        let killed = ContinuousClock.now
+        await firstTask.value
+        try await Self.until("second leads", timeout: .seconds(15)) { second.isLeader && second.isSynced }
+        let takeover = ContinuousClock.now - killed
+        #expect(takeover < .seconds(3) + .seconds(3), "took over after \(takeover), the lease is 3 s")
+        _ = try await rig.client.create(ExpertPoolCRD.resource, Self.pool(name: "two"), namespace: Self.namespace)
+        try await Self.until("second reconciles pool two") { rig.status("two")?.shardCount == 2 }
+        secondTask.cancel()
+        await secondTask.value
+    }
+}
