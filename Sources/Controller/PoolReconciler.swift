@@ -344,7 +344,8 @@ public final class PoolReconciler: @unchecked Sendable {
         }
     }
 
-    static func timestamp() -> String {
+    /// Now in RFC 3339, as Kubernetes writes times.
+    public static func timestamp() -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]
         return formatter.string(from: Date())

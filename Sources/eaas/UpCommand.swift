@@ -1,7 +1,218 @@
 import ArgumentParser
+import AttentionWorker
+import Controller
+import Foundation
+import JSON
+import Kube
+import KubeTestServer
+import Logging
+import MoE
+import ServiceLifecycle
+import Transport
 
-/// `eaas up`: placeholder replaced below.
+/// `eaas up`: the whole system on one machine, no cluster. An API server in this process, the
+/// same controller and autoscaler as in a cluster, a local runtime that runs pods as `eaas
+/// expert-pod` processes on loopback addresses of their own, and an attention worker (finding
+/// pods through the pool's EndpointSlices, as in a cluster) under a synthetic load.
 struct UpCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "up", abstract: "Run the whole system on this machine.")
-    func run() async throws {}
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Run the whole system on this machine: API server, controller, expert pods, an attention worker under load.",
+        discussion: """
+        Without -f it serves an embedded pool of a small seeded model it writes first. The load is \
+        phases of SECONDS:SEQUENCES (sequences generating at once); the last phase lasts until Ctrl-C \
+        or --duration. kubectl works against it: `kubectl --kubeconfig WORKDIR/kubeconfig get expertpools`.
+        """
+    )
+
+    @Option(name: .shortAndLong, help: "ExpertPool manifest (YAML; Secrets in it are created too). Default: the embedded pool.") var file: String?
+    @Option(help: "Synthetic load: SECONDS:SEQUENCES phases, e.g. 20:1,40:12,60:1.") var load = "20:1,60:12,90:1"
+    @Option(help: "Stop after this many seconds (default: at Ctrl-C).") var duration: Double?
+    @Option(help: "Tokens each synthetic request generates.") var requestTokens = 32
+    @Option(help: "Working directory: model, pod logs, kubeconfig (default: a temporary one).") var workdir: String?
+    @Option(help: "Port of the embedded API server (0 picks a free one).") var apiPort = 0
+    @Flag(help: "Print a line per shard every 5 s instead of redrawing the table.") var plain = false
+    @Option(help: "Log level of the components (their logs go to WORKDIR/eaas.log).") var logLevel = "info"
+
+    func validate() throws {
+        _ = try phases()
+        guard duration.map({ $0 > 0 }) ?? true else { throw ValidationError("--duration must be positive") }
+        guard (1...4096).contains(requestTokens) else { throw ValidationError("--request-tokens must be between 1 and 4096") }
+        guard (0...65_535).contains(apiPort) else { throw ValidationError("--api-port \(apiPort) is not a port") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+    }
+
+    /// The load phases: (start second, sequences at once).
+    func phases() throws -> [(start: Double, sequences: Int)] {
+        var start = 0.0
+        var result: [(Double, Int)] = []
+        for part in load.split(separator: ",") {
+            let fields = part.split(separator: ":")
+            guard fields.count == 2, let seconds = Double(fields[0]), seconds > 0, let sequences = Int(fields[1]), (0...256).contains(sequences) else {
+                throw ValidationError("--load '\(part)' is not SECONDS:SEQUENCES (seconds > 0, sequences 0-256)")
+            }
+            result.append((start, sequences))
+            start += seconds
+        }
+        guard !result.isEmpty else { throw ValidationError("--load needs at least one SECONDS:SEQUENCES phase") }
+        return result
+    }
+
+    func run() async throws {
+        let directory = workdir ?? NSTemporaryDirectory() + "eaas-up-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let logger = try Self.fileLogger(path: directory + "/eaas.log", level: Logger.Level(rawValue: logLevel) ?? .info)
+        let (pool, extraObjects) = try manifests(directory: directory)
+        let spec: ExpertPoolSpec
+        do { spec = try ExpertPoolSpec(pool: pool.json) } catch { throw ValidationError("\(file ?? "embedded pool"): \(error)") }
+        if case .failure(let problem) = spec.plan(poolName: pool.name ?? "") { throw ValidationError("\(file ?? "embedded pool"): \(problem.message)") }
+        guard spec.transport.backend != .verbs || !((try? RDMADevices.names()) ?? []).isEmpty else {
+            throw ValidationError("\(file ?? "pool"): transport.backend verbs needs an RDMA device, and this machine has none; use shm or tcp")
+        }
+        let config: ModelConfig
+        do { config = try ModelConfig.load(directory: spec.model.path) } catch {
+            throw ValidationError("spec.model.path \(spec.model.path): \(error)")
+        }
+        let namespace = pool.namespace ?? "default"
+        let name = pool.name ?? "local"
+
+        // The API server, with the CRD, the pool token Secret and the pool.
+        var serverConfiguration = TestAPIServer.Configuration()
+        serverConfiguration.port = apiPort
+        let server = try await TestAPIServer(configuration: serverConfiguration)
+        try server.kubeconfig(namespace: namespace).write(toFile: directory + "/kubeconfig", atomically: true, encoding: .utf8)
+        let client = KubeClient(connection: server.connection)
+        _ = try await client.create(.customResourceDefinitions, KubeObject(ExpertPoolCRD.definition))
+        if namespace != "default" { _ = try? await client.create(.namespaces, KubeObject(.namespaces, name: namespace)) }
+        for object in extraObjects { _ = try await client.create(.secrets, object, namespace: namespace) }
+        let tokenSecret = spec.poolTokenSecret
+        let token: String
+        if let existing = try? await client.get(.secrets, tokenSecret.name, namespace: namespace),
+           let encoded = existing.json[path: ["data", tokenSecret.key]]?.string, let data = Data(base64Encoded: encoded) {
+            token = String(decoding: data, as: UTF8.self)
+        } else {
+            token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
+            _ = try await client.create(.secrets, KubeObject(.secrets, name: tokenSecret.name, namespace: namespace,
+                                                             fields: ["data": .object([tokenSecret.key: .string(Data(token.utf8).base64EncodedString())])]))
+        }
+        _ = try await client.create(ExpertPoolCRD.resource, pool, namespace: namespace)
+
+        // The same controller as in a cluster, and the runtime standing in for the cluster.
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let runtime = LocalRuntime(client: client, launcher: ProcessLauncher(executable: executable),
+                                   configuration: .init(namespace: namespace, directory: directory + "/pods"), logger: logger)
+        var controllerConfiguration = ControllerConfiguration()
+        controllerConfiguration.namespace = namespace
+        let controller = ExpertPoolController(client: client, configuration: controllerConfiguration, logger: logger)
+        let membership = KubernetesMembership(client: client, pool: name, namespace: namespace, layers: config.moeLayers, logger: logger)
+        _ = await membership.start()
+        var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
+        dispatcher.backend = spec.transport.backend == .tcp ? .tcp : .shm
+        let engine = try GenerationEngine(modelDirectory: spec.model.path, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .bf16))
+        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize)
+        let table = UpTable(server: server, pool: name, namespace: namespace, load: loadGenerator, redraw: !plain && isatty(1) == 1,
+                            directory: directory)
+        FileHandle.standardOutput.write(Data("""
+            eaas up: pool \(namespace)/\(name), \(spec.model.experts) experts in \(try spec.plan(poolName: name).get().shards.count) shards, model \(spec.model.path)
+            API server \(server.url)  (kubectl --kubeconfig \(directory)/kubeconfig get expertpools,deployments,pods)
+            logs in \(directory); Ctrl-C stops everything.\n
+            """.utf8))
+
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: runtime), .init(service: controller),
+            .init(service: EngineService(engine: engine)),
+            .init(service: loadGenerator, successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: table),
+            .init(service: StopAfter(seconds: duration), successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do { try await group.run() } catch { logger.error("stopped with an error", metadata: ["error": "\(error)"]) }
+        membership.stop()
+        await server.shutdown()
+        table.printSummary()
+    }
+
+    /// The pool (and Secrets) to create: from -f, or the embedded default on a seeded model.
+    func manifests(directory: String) throws -> (KubeObject, [KubeObject]) {
+        guard let file else {
+            let model = directory + "/model"
+            if !FileManager.default.fileExists(atPath: model + "/config.json") {
+                var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 256)
+                spec.expertFFN = 512
+                spec.seed = 7
+                try RandomModel.write(spec, to: model)
+            }
+            let pool = KubeObject(ExpertPoolCRD.resource, name: "local", namespace: "default", fields: ["spec": [
+                "model": ["path": .string(model), "experts": 8],
+                "shards": ["expertsPerShard": 4],
+                "replicas": ["min": 1, "max": 3],
+                "autoscaling": ["target": 400, "scrapeIntervalSeconds": 2, "behavior": ["scaleDown": ["stabilizationWindowSeconds": 20]]],
+                "transport": ["backend": "shm", "port": 7070, "metricsPort": 9090],
+                "poolTokenSecret": ["name": "local-pool-token"],
+                "drainSeconds": 5,
+            ]])
+            return (pool, [])
+        }
+        let text: String
+        do { text = try String(contentsOfFile: file, encoding: .utf8) } catch { throw ValidationError("-f \(file): cannot read (\(error.localizedDescription))") }
+        let documents: [JSONValue]
+        do { documents = try YAML.parseDocuments(text) } catch { throw ValidationError("-f \(file): \(error)") }
+        let objects = documents.filter { $0 != .null }.map(KubeObject.init)
+        let pools = objects.filter { $0.kind == ExpertPoolCRD.kind }
+        guard pools.count == 1, var pool = pools.first else { throw ValidationError("-f \(file): needs exactly one ExpertPool, found \(pools.count)") }
+        let others = objects.filter { $0.kind != ExpertPoolCRD.kind }
+        if let other = others.first(where: { $0.kind != "Secret" }) {
+            throw ValidationError("-f \(file): only an ExpertPool and Secrets run locally, not \(other.kind ?? "an object without kind")")
+        }
+        guard pool.apiVersion == ExpertPoolCRD.resource.apiVersion else {
+            throw ValidationError("-f \(file): apiVersion must be \(ExpertPoolCRD.resource.apiVersion), got \(pool.apiVersion ?? "none")")
+        }
+        if pool.namespace == nil { pool.json[path: ["metadata", "namespace"]] = "default" }
+        return (pool, others)
+    }
+
+    static func fileLogger(path: String, level: Logger.Level) throws -> Logger {
+        FileManager.default.createFile(atPath: path, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        var logger = Logger(label: "eaas.up") { label in FileLogHandler(handle: handle, label: label, level: level) }
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// A log handler appending lines to a file (the terminal belongs to the table).
+struct FileLogHandler: LogHandler {
+    let handle: FileHandle
+    let label: String
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+
+    init(handle: FileHandle, label: String, level: Logger.Level) {
+        self.handle = handle
+        self.label = label
+        logLevel = level
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        let all = metadata.merging(extra ?? [:]) { $1 }
+        let fields = all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " ")
+        handle.write(Data("\(PoolReconciler.timestamp()) \(level) \(label): \(message) \(fields)\n".utf8))
+    }
+}
+
+/// Ends the group after a number of seconds (or never).
+struct StopAfter: Service {
+    let seconds: Double?
+    func run() async throws {
+        guard let seconds else {
+            try? await gracefulShutdown()
+            return
+        }
+        try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(seconds * 1000))) }
+    }
 }

@@ -36,6 +36,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
     private var appliedSlices: [String: String] = [:]
     private var creationBackoff: [String: (failures: Int, until: ContinuousClock.Instant)] = [:]
     private var draining: [Task<Void, Never>] = []
+    private var shuttingDown = false
     private let wake = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
     final class Container: @unchecked Sendable {
@@ -86,11 +87,12 @@ public final class LocalRuntime: Service, @unchecked Sendable {
             group.addTask {
                 await withGracefulShutdownHandler {
                     for informer in [deployments, pods, services] { guard await informer.waitForSync() else { return } }
-                    while !Task.isCancelled {
+                    while !Task.isCancelled, !self.lock.withLock({ self.shuttingDown }) {
                         await self.sync(deployments: deployments.store, pods: pods.store, services: services.store)
                         await self.waitForWork()
                     }
                 } onGracefulShutdown: {
+                    self.lock.withLock { self.shuttingDown = true }
                     self.wake.continuation.finish()
                 }
             }
@@ -109,8 +111,6 @@ public final class LocalRuntime: Service, @unchecked Sendable {
             await group.next()
             group.cancelAll()
         }
-        // A finished stream (shutdown) ends the loop.
-        if Task.isCancelled { return }
     }
 
     func sync(deployments: InformerStore, pods: InformerStore, services: InformerStore) async {

@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+
+/// `eaas up` as a user runs it: the embedded pool under a load that rises and falls, one expert
+/// pod SIGKILLed on the way, Ctrl-C at the end. Reads the `--plain` table from a file, so no
+/// concurrency thread ever blocks on a pipe.
+@Suite("eaas up")
+struct UpScenarioTests {
+    /// One shard row of the table: replicas, desired, ready.
+    struct Row: Equatable {
+        var replicas: Int
+        var desired: Int
+        var ready: Int
+    }
+
+    /// The last complete table in the output: shard → row.
+    static func lastTable(_ text: String) -> [String: Row] {
+        var table: [String: Row] = [:]
+        var current: [String: Row] = [:]
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("SHARD") {
+                if !current.isEmpty { table = current }
+                current = [:]
+                continue
+            }
+            let fields = line.split(separator: " ")
+            guard fields.count == 5, fields[0].hasPrefix("s"), let ready = Int(fields[3]) else { continue }
+            let counts = fields[2].split(separator: "/").compactMap { Int($0) }
+            guard counts.count == 2 else { continue }
+            current[String(fields[0])] = Row(replicas: counts[0], desired: counts[1], ready: ready)
+        }
+        return current.isEmpty ? table : current
+    }
+
+    /// Expert pod processes whose parent is `parent`: pid → the experts they serve (`--shard`).
+    static func podProcesses(parent: Int32) -> [Int32: String] {
+        var pods: [Int32: String] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, Int32(fields[1]) == parent,
+                  let raw = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let arguments = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard arguments.contains("expert-pod"), let index = arguments.firstIndex(of: "--shard"), index + 1 < arguments.count else { continue }
+            pods[pid] = arguments[index + 1]
+        }
+        return pods
+    }
+
+    static func until(_ what: String, timeout: Duration, _ condition: () throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try condition() { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        if try condition() { return }
+        Issue.record("timed out waiting for: \(what)")
+        throw CancellationError()
+    }
+
+    @Test("load rises: a shard scales up; a pod SIGKILLed under load is replaced with no failed request; load falls: back down after the window; Ctrl-C stops cleanly")
+    func upScalesAndSurvivesAKill() async throws {
+        let directory = try CLITests.temporaryDirectory()
+        let output = directory + "/out.txt"
+        FileManager.default.createFile(atPath: output, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        // 1 sequence, then 8 (about 3x a replica's target on this model), then 1 again.
+        process.arguments = ["up", "--workdir", directory + "/up", "--plain", "--load", "5:1,40:8,600:1", "--duration", "240"]
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        func text() -> String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        defer { if process.isRunning { process.interrupt() } }
+
+        do {
+            // Load rises: some shard gets more than one ready replica.
+            try await Self.until("a shard scales up", timeout: .seconds(90)) {
+                Self.lastTable(text()).values.contains { $0.ready >= 2 }
+            }
+            let table = Self.lastTable(text())
+            let (shard, row) = try #require(table.first { $0.value.ready >= 2 })
+            let experts = shard == "s0" ? "0-3" : "4-7"
+
+            // SIGKILL one of its pods while the load goes on.
+            let pods = Self.podProcesses(parent: process.processIdentifier)
+            let victim = try #require(pods.first { $0.value == experts }?.key, "no expert-pod process for \(shard) among \(pods)")
+            kill(victim, SIGKILL)
+            try await Self.until("the killed pod is replaced", timeout: .seconds(60)) {
+                let now = Self.podProcesses(parent: process.processIdentifier)
+                return now[victim] == nil && now.filter { $0.value == experts }.count >= row.ready
+                    && (Self.lastTable(text())[shard]?.ready ?? 0) >= row.ready
+            }
+            let log = (try? String(contentsOfFile: directory + "/up/eaas.log", encoding: .utf8)) ?? ""
+            #expect(log.contains("replacing the pod"))
+
+            // Load falls: every shard back to one replica once the 20 s window has passed.
+            try await Self.until("every shard back to 1 replica", timeout: .seconds(120)) {
+                let table = Self.lastTable(text())
+                return table.count == 2 && table.values.allSatisfy { $0 == Row(replicas: 1, desired: 1, ready: 1) }
+            }
+        } catch {
+            Issue.record("eaas up output:\n\(text().suffix(3000))")
+            throw error
+        }
+
+        // Ctrl-C: everything stops, and no request failed along the way.
+        process.interrupt()
+        try await Self.until("eaas up exits", timeout: .seconds(60)) { !process.isRunning }
+        #expect(process.terminationStatus == 0)
+        let summary = text().split(separator: "\n").last { $0.hasPrefix("eaas up stopped") }.map(String.init) ?? ""
+        #expect(summary.contains(" 0 failed"), "\(summary)")
+        #expect(Self.podProcesses(parent: process.processIdentifier).isEmpty)
+    }
+}
