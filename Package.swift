@@ -84,9 +84,10 @@ let package = Package(
         // and kubectl and the official Python client against the same server.
         .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON"]),
         // The operator against the test API server with the local runtime (pods as in-process HTTP
-        // servers): children, status, scaling, rollout, GC, leader election; the spec, CRD and plan tables.
+        // servers): children, status, scaling, rollout, GC, leader election; the spec, CRD and plan
+        // tables; the chart against Manifests; kubectl applying Manifests with `eaas controller` processes.
         .testTarget(name: "ControllerTests", dependencies: [
-            "Controller", "Kube", "KubeTestServer", "JSON", "Transport",
+            "Controller", "Kube", "KubeTestServer", "JSON", "Transport", "eaas",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),

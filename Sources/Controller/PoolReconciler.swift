@@ -24,7 +24,7 @@ public struct ControllerConfiguration: Sendable {
     /// How long one pod's `/metrics` may take.
     public var scrapeTimeout: Duration = .seconds(5)
     /// How often a pool whose Secret was missing (or present) is checked again; Secrets are not watched.
-    public var secretRecheck: Duration = .seconds(30)
+    public var secretRecheck: Duration = .seconds(5)
     /// How often a pool with a rollout in progress is looked at even without events.
     public var progressRecheck: Duration = .seconds(5)
     /// Leader election; nil runs without (one replica only).

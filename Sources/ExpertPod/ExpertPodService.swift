@@ -55,7 +55,7 @@ public final class ExpertPodService: Service, @unchecked Sendable {
         logger.info("serving", metadata: ["port": "\(server.port)", "experts": "\(server.computer.experts.count)"])
         // Sleeps until SIGTERM (or the group ends); cancellation means the same.
         try? await gracefulShutdown()
-        let allLeft = await drain()
+        let allLeft = await drain(reason: "SIGTERM: draining")
         // Stopping joins the server's threads: off the cooperative pool too.
         let server = self.server
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -73,7 +73,7 @@ public final class ExpertPodService: Service, @unchecked Sendable {
     /// Marks the pod not ready, sends GOAWAY and waits (on a thread of its own) until clients have
     /// left or most of the grace period has passed; true if they all left. The preStop hook
     /// (`/drain`) and SIGTERM both come here: the second caller waits for the first drain.
-    public func drain() async -> Bool {
+    public func drain(reason: String = "preStop: draining") async -> Bool {
         let task: Task<Bool, Never> = drainLock.withLock {
             if let drainTask { return drainTask }
             let server = self.server
@@ -89,7 +89,7 @@ public final class ExpertPodService: Service, @unchecked Sendable {
                 let margin = min(gracePeriod / 5, .seconds(3))
                 let drainFor = gracePeriod - margin
                 return await withCheckedContinuation { continuation in
-                    Thread { continuation.resume(returning: server.drain(timeout: drainFor, reason: "draining")) }.start()
+                    Thread { continuation.resume(returning: server.drain(timeout: drainFor, reason: reason)) }.start()
                 }
             }
             drainTask = task

@@ -47,11 +47,17 @@ public struct ResourceType: Hashable, Sendable, CustomStringConvertible {
     public static let endpointSlices = ResourceType(group: "discovery.k8s.io", version: "v1", plural: "endpointslices", kind: "EndpointSlice", namespaced: true)
     public static let customResourceDefinitions = ResourceType(
         group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false)
+    public static let serviceAccounts = ResourceType(group: "", version: "v1", plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true)
+    public static let clusterRoles = ResourceType(group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", kind: "ClusterRole", namespaced: false)
+    public static let clusterRoleBindings = ResourceType(
+        group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false)
+    public static let roles = ResourceType(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", kind: "Role", namespaced: true)
+    public static let roleBindings = ResourceType(group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", kind: "RoleBinding", namespaced: true)
 
     /// The built-in kinds above, in the order discovery lists them.
     public static let builtIn: [ResourceType] = [
-        .pods, .services, .configMaps, .secrets, .events, .namespaces, .deployments, .leases, .endpointSlices,
-        .customResourceDefinitions,
+        .pods, .services, .configMaps, .secrets, .events, .namespaces, .serviceAccounts, .deployments, .leases, .endpointSlices,
+        .customResourceDefinitions, .clusterRoles, .clusterRoleBindings, .roles, .roleBindings,
     ]
 }
 

@@ -9,6 +9,7 @@ import NIOCore
 struct APIResponder: Sendable {
     let state: APIState
     let faults: FaultInjector
+    let audit: AuditLog
     let configuration: TestAPIServer.Configuration
     let port = PortBox()
 
@@ -83,7 +84,7 @@ struct APIResponder: Sendable {
             guard segments[1] == "v1" else { throw APIError.pathNotFound() }
             if segments.count == 2 { return Self.json(Discovery.resourceList(group: "", version: "v1", state.allServed)) }
             return try await resourceRequest(group: "", version: "v1", rest: Array(segments.dropFirst(2)), method: method,
-                                             query: query, body: body, contentType: contentType, userAgent: userAgent)
+                                             query: query, body: body, contentType: contentType, userAgent: userAgent, accept: accept)
         case "apis":
             if segments.count == 1 { return Self.json(Discovery.groupList(state.allServed)) }
             let group = segments[1]
@@ -97,7 +98,7 @@ struct APIResponder: Sendable {
                 return Self.json(Discovery.resourceList(group: group, version: version, state.allServed))
             }
             return try await resourceRequest(group: group, version: version, rest: Array(segments.dropFirst(3)), method: method,
-                                             query: query, body: body, contentType: contentType, userAgent: userAgent)
+                                             query: query, body: body, contentType: contentType, userAgent: userAgent, accept: accept)
         default:
             throw APIError.pathNotFound()
         }
@@ -116,7 +117,9 @@ struct APIResponder: Sendable {
 
     /// `[namespaces/{ns}/]{plural}[/{name}[/{subresource}]]` under a group version.
     private func resourceRequest(group: String, version: String, rest: [String], method: String, query: [String: String],
-                                 body: [UInt8], contentType: String?, userAgent: String?) async throws -> Response {
+                                 body: [UInt8], contentType: String?, userAgent: String?, accept: String? = nil) async throws -> Response {
+        // kubectl asks for a Table to print; custom resources with printer columns get one.
+        let wantsTable = accept?.contains("as=Table") == true
         var rest = rest
         var namespace: String?
         // `namespaces/x` alone (or with a subresource) is the Namespace object; with a plural after it, a scope.
@@ -140,6 +143,20 @@ struct APIResponder: Sendable {
         }
         if resource.type.namespaced, name != nil, namespace == nil { throw APIError.pathNotFound() }
 
+        let agent = userAgent.map { String($0.split(separator: "/").first ?? "") } ?? ""
+        func record(_ verb: String) {
+            audit.append(.init(verb: verb, group: group, resource: plural + (subresource.map { "/\($0.rawValue)" } ?? ""),
+                               namespace: namespace, userAgent: agent))
+        }
+        switch (method, name) {
+        case ("GET", nil): record(query["watch"] == "true" || query["watch"] == "1" ? "watch" : "list")
+        case ("GET", _): record("get")
+        case ("POST", _): record("create")
+        case ("PUT", _): record("update")
+        case ("PATCH", _): record("patch")
+        case ("DELETE", _): record("delete")
+        default: break
+        }
         let manager = query["fieldManager"].flatMap { $0.isEmpty ? nil : $0 }
             ?? userAgent.map { String($0.split(separator: "/").first ?? "unknown").prefix(128).description } ?? "unknown"
         let write = WriteRequest(manager: manager, dryRun: query["dryRun"] == "All", force: query["force"] == "true")
@@ -158,10 +175,17 @@ struct APIResponder: Sendable {
                 while faults.newWatchesPaused { try await Task.sleep(for: .milliseconds(1)) }
                 return watchResponse(resource, namespace: namespace, labels: labels, fields: fields, query: query)
             }
-            return Self.json(try state.list(resource, namespace: namespace, labels: labels, fields: fields,
-                                            limit: query["limit"].flatMap { Int($0) }, continueToken: query["continue"]))
+            let list = try state.list(resource, namespace: namespace, labels: labels, fields: fields,
+                                      limit: query["limit"].flatMap { Int($0) }, continueToken: query["continue"])
+            if wantsTable, resource.isCustom, subresource == nil {
+                return Self.json(PrinterTable.table(resource, objects: list["items"]?.array ?? [], metadata: list["metadata"] ?? [:]))
+            }
+            return Self.json(list)
         case ("GET", let name?):
             let object = try state.get(resource, namespace: namespace, name: name)
+            if wantsTable, resource.isCustom, subresource == nil {
+                return Self.json(PrinterTable.table(resource, objects: [object], metadata: [:]))
+            }
             return Self.json(subresource == .scale ? state.scaleView(resource, object) : object)
         case ("POST", nil):
             return Self.json(try state.create(resource, namespace: namespace, body: try Self.decode(body, contentType: contentType),
@@ -175,6 +199,8 @@ struct APIResponder: Sendable {
             }
             let patchBody = type == .apply ? try Self.decodeYAML(body) : try Self.decode(body, contentType: "application/json")
             let existed = (try? state.get(resource, namespace: namespace, name: name)) != nil
+            // Server-side apply that makes a new object needs `create` as well as `patch`.
+            if !existed, type == .apply { record("create") }
             let result = try state.patch(resource, namespace: namespace, name: name, type: type, body: patchBody,
                                          subresource: subresource, request: write)
             return Self.json(result, status: existed ? .ok : .created)

@@ -57,6 +57,7 @@ extension APIState {
             if resource.hasStatus && resource.type != .customResourceDefinitions && resource.type != .namespaces { object["status"] = nil }
             if resource.type == .pods { object["status"] = ["phase": "Pending"] }
             if resource.type == .namespaces { object["status"] = ["phase": "Active"] }
+            object = try checkedAgainstSchema(resource, object)
             if object["metadata"]?["managedFields"] == nil {
                 object = recordUpdate(old: nil, new: object, manager: manager, apiVersion: resource.type.apiVersion, now: now(),
                                       schema: StrategicMergeSchema.forKind(resource.type.kind))
@@ -68,6 +69,17 @@ extension APIState {
             }
             return withAPIVersion(stored, resource.type.apiVersion)
         }
+    }
+
+    /// A custom resource pruned, defaulted and validated by its CRD's structural schema.
+    func checkedAgainstSchema(_ resource: ServedResource, _ object: JSONValue) throws(APIError) -> JSONValue {
+        guard resource.isCustom, let schema = resource.schema else { return object }
+        let (checked, causes) = StructuralSchema.apply(schema, to: object)
+        guard causes.isEmpty else {
+            throw .invalid(kind: resource.type.kind, name: object[path: ["metadata", "name"]]?.string ?? "", group: resource.type.group,
+                           causes: causes.map { ($0.field, $0.message) })
+        }
+        return checked
     }
 
     /// The body of a create or update, checked against the URL: kind, apiVersion, name, namespace.
@@ -203,6 +215,7 @@ extension APIState {
             }
         }
         if resource.type == .customResourceDefinitions { new = try acceptCRD(new) }
+        new = try checkedAgainstSchema(resource, new)
         if resource.tracksGeneration, Self.specChanged(old, new) {
             new["metadata"]?["generation"] = .int((KubeObject(old).generation ?? 0) + 1)
         }

@@ -26,6 +26,8 @@ struct ServedResource: Sendable {
     /// Custom resources: served from a CRD, no strategic merge patch, generation on every spec change.
     var isCustom = false
     var categories: [String] = []
+    /// Custom resources: the version's `openAPIV3Schema` (pruning, defaults, validation).
+    var schema: JSONValue?
 
     /// Built-in kinds whose strategies track metadata.generation.
     var tracksGeneration: Bool { isCustom || hasStatus }
@@ -43,6 +45,12 @@ struct ServedResource: Sendable {
         ServedResource(type: .leases, singular: "lease", hasStatus: false),
         ServedResource(type: .endpointSlices, singular: "endpointslice", hasStatus: false),
         ServedResource(type: .customResourceDefinitions, shortNames: ["crd", "crds"], singular: "customresourcedefinition", hasStatus: true),
+        // Stored as written: this server authorizes nothing, so roles are only kept for clients to read.
+        ServedResource(type: .serviceAccounts, shortNames: ["sa"], singular: "serviceaccount", hasStatus: false),
+        ServedResource(type: .clusterRoles, singular: "clusterrole", hasStatus: false),
+        ServedResource(type: .clusterRoleBindings, singular: "clusterrolebinding", hasStatus: false),
+        ServedResource(type: .roles, singular: "role", hasStatus: false),
+        ServedResource(type: .roleBindings, singular: "rolebinding", hasStatus: false),
     ]
 
     /// The resources a CRD defines, one per served version; nil if the CRD is malformed (the
@@ -68,7 +76,8 @@ struct ServedResource: Sendable {
                 shortNames: (names["shortNames"]?.array ?? []).compactMap(\.string),
                 singular: names["singular"]?.string ?? kind.lowercased(),
                 hasStatus: subresources?["status"] != nil, scale: scale, printerColumns: columns, isCustom: true,
-                categories: (names["categories"]?.array ?? []).compactMap(\.string))
+                categories: (names["categories"]?.array ?? []).compactMap(\.string),
+                schema: version[path: ["schema", "openAPIV3Schema"]])
         }
     }
 

@@ -28,6 +28,8 @@ public final class TestAPIServer: Sendable {
 
     let state: APIState
     let faults = FaultInjector()
+    /// Every resource request, as RBAC would see it.
+    public let audit = AuditLog()
     public let configuration: Configuration
     private let runTask = ManagedTask()
     private let boundPort = PortBox()
@@ -36,7 +38,7 @@ public final class TestAPIServer: Sendable {
     public init(configuration: Configuration = Configuration()) async throws {
         self.configuration = configuration
         state = APIState(logLimit: configuration.logLimit)
-        let responder = APIResponder(state: state, faults: faults, configuration: configuration)
+        let responder = APIResponder(state: state, faults: faults, audit: audit, configuration: configuration)
         let ready = AsyncStream<Int>.makeStream()
         let application = Application(
             responder: CallbackResponder { request, context in try await responder.respond(to: request, context: context) },
@@ -242,4 +244,26 @@ final class FaultInjector: @unchecked Sendable {
             return races.remove(at: index)
         }
     }
+}
+
+/// What each client asked of the API, in RBAC's terms, so tests can check that a role grants
+/// exactly what a component uses.
+public final class AuditLog: @unchecked Sendable {
+    /// One request: `verb` as RBAC names it (`get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete`), the resource with its subresource (`expertpools/status`), and the client's
+    /// User-Agent (its product token).
+    public struct Record: Sendable, Hashable {
+        public var verb: String
+        public var group: String
+        public var resource: String
+        public var namespace: String?
+        public var userAgent: String
+    }
+    private let lock = NSLock()
+    private var entries: [Record] = []
+
+    func append(_ record: Record) { lock.withLock { entries.append(record) } }
+
+    /// Everything recorded so far.
+    public var records: [Record] { lock.withLock { entries } }
 }

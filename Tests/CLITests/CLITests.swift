@@ -94,7 +94,7 @@ struct CLITests {
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--heads", "0", "--out", "/tmp/eaas-never"], "--heads, --kv-heads"),
         (["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--max-shard-size", "1e300GB", "--out", "/tmp/eaas-never"], "--max-shard-size '1e300GB'"),
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1,two"], "--prompt-ids '1,two'"),
-        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--experts", "remote"], "--membership FILE or --expert-servers"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--experts", "remote"], "--membership FILE, --expert-servers HOST:PORT,… or --pool NAME"),
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--membership", "m.json"], "need --experts remote"),
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--temperature", "-1"], "temperature"),
         (["generate", "--model", "/nonexistent/eaas-model", "--prompt-ids", "1"], "/nonexistent/eaas-model/config.json: cannot read"),

@@ -128,7 +128,9 @@ struct OperatorScenarioTests {
             _ = try await client.create(.customResourceDefinitions, KubeObject(ExpertPoolCRD.definition))
             _ = try await client.create(.secrets, KubeObject(.secrets, name: "tiny-token", namespace: namespace, fields: ["data": ["token": "c2VjcmV0"]]))
             let rig = Rig(server: server, client: client)
-            let runtime = LocalRuntime(client: client, launcher: FakeExpertLauncher(load: rig.load),
+            var runtimeConfiguration = configuration
+            runtimeConfiguration.userAgent = "eaas-local-runtime/1"
+            let runtime = LocalRuntime(client: KubeClient(connection: server.connection, configuration: runtimeConfiguration), launcher: FakeExpertLauncher(load: rig.load),
                                        configuration: .init(namespace: namespace, directory: NSTemporaryDirectory() + "eaas-operator-test-\(UUID().uuidString)"),
                                        logger: { var logger = Logger(label: "runtime"); logger.logLevel = .warning; return logger }())
             rig.track(Task { try? await runtime.run() })
@@ -139,9 +141,15 @@ struct OperatorScenarioTests {
             var configuration = ControllerConfiguration()
             configuration.leaderElection = election
             configuration.scrapeTimeout = .seconds(2)
+            configuration.secretRecheck = .seconds(1)
+            var clientConfiguration = KubeClient.Configuration()
+            clientConfiguration.qps = 0
+            clientConfiguration.retryDelay = .milliseconds(5)
+            clientConfiguration.userAgent = "eaas-controller/1"
+            let controllerClient = KubeClient(connection: server.connection, configuration: clientConfiguration)
             var logger = Logger(label: "controller")
             logger.logLevel = .error
-            return ExpertPoolController(client: client, configuration: configuration, logger: logger)
+            return ExpertPoolController(client: controllerClient, configuration: configuration, logger: logger)
         }
 
         func stop() async {
@@ -248,16 +256,52 @@ struct OperatorScenarioTests {
         }
         #expect(Set(try await client.list(.pods, namespace: Self.namespace).items.compactMap(\.name)).isDisjoint(with: before))
 
-        // A bad edit (min > max) is reported; nothing running changes.
-        var bad = try #require(rig.pool())
-        bad.json["spec"] = Self.pool(minReplicas: 5, maxReplicas: 2, label: "v2").json["spec"]
-        _ = try await client.update(ExpertPoolCRD.resource, bad, namespace: Self.namespace)
-        try await Self.until("Degraded InvalidReplicaBounds") {
-            rig.status()?.condition("Degraded")?.reason == "InvalidReplicaBounds" && rig.status()?.observedGeneration == 3
+        // What the schema can catch, the API server refuses (min > max by the CEL rule, an unknown backend by the enum).
+        var refused = try #require(rig.pool())
+        refused.json["spec"] = Self.pool(minReplicas: 5, maxReplicas: 2, label: "v2").json["spec"]
+        await #expect(throws: KubeAPIError.self) { _ = try await client.update(ExpertPoolCRD.resource, refused, namespace: Self.namespace) }
+        do { _ = try await client.update(ExpertPoolCRD.resource, refused, namespace: Self.namespace) } catch let error as KubeAPIError {
+            #expect(error.code == 422)
+            #expect(error.message.contains("replicas.min must not exceed replicas.max"))
         }
+        refused.json[path: ["spec", "replicas"]] = ["min": 1, "max": 3]
+        refused.json[path: ["spec", "transport", "backend"]] = "udp"
+        do {
+            _ = try await client.update(ExpertPoolCRD.resource, refused, namespace: Self.namespace)
+            Issue.record("an unknown backend was accepted")
+        } catch let error as KubeAPIError {
+            #expect(error.causes.contains { $0.field == "spec.transport.backend" })
+        }
+
+        // What it cannot (explicit shards that miss an expert) is reported; nothing running changes.
+        var bad = try #require(rig.pool())
+        bad.json["spec"] = Self.pool(label: "v2").json["spec"]
+        bad.json[path: ["spec", "shards"]] = ["explicit": [["name": "a", "experts": [0]]]]
+        _ = try await client.update(ExpertPoolCRD.resource, bad, namespace: Self.namespace)
+        try await Self.until("Degraded InvalidShardPlan") {
+            rig.status()?.condition("Degraded")?.reason == "InvalidShardPlan" && rig.status()?.observedGeneration == 3
+        }
+        #expect(rig.status()?.condition("Degraded")?.message.contains("no shard serves expert 1") == true)
         #expect(rig.replicas("tiny-s0") == 1)
         #expect(rig.replicas("tiny-s1") == 1)
         #expect(try await client.list(.pods, namespace: Self.namespace).items.count == 2)
+
+        // Fixed with another grouping: one shard of both experts; the old shards' Deployments go.
+        var regrouped = try #require(rig.pool())
+        regrouped.json["spec"] = Self.pool(label: "v2").json["spec"]
+        regrouped.json[path: ["spec", "shards"]] = ["explicit": [["name": "both", "experts": [0, 1]]]]
+        _ = try await client.update(ExpertPoolCRD.resource, regrouped, namespace: Self.namespace)
+        try await Self.until("one shard serving both experts") {
+            guard let status = rig.status(), status.observedGeneration == 4, status.condition("Degraded")?.status == .false,
+                  status.shards.map(\.name) == ["both"], status.readyReplicas == 1 else { return false }
+            return rig.replicas("tiny-s0") == nil && rig.replicas("tiny-s1") == nil
+        }
+
+        // The controller used exactly what its ClusterRole grants: no verb missing, none unused.
+        let used = Set(rig.server.audit.records.filter { $0.userAgent == "eaas-controller" }.map { "\($0.group)/\($0.resource):\($0.verb)" })
+        let granted = try RBACRules.granted(file: "Manifests/rbac/cluster-role.yaml")
+        #expect(used.subtracting(granted).isEmpty, "used but not granted: \(used.subtracting(granted).sorted())")
+        #expect(granted.subtracting(used).isEmpty, "granted but never used: \(granted.subtracting(used).sorted())")
 
         // Deletion: the garbage collector removes every child through its owner reference.
         _ = try await client.delete(ExpertPoolCRD.resource, "tiny", namespace: Self.namespace)
@@ -306,5 +350,12 @@ struct OperatorScenarioTests {
         try await Self.until("second reconciles pool two") { rig.status("two")?.shardCount == 2 }
         secondTask.cancel()
         await secondTask.value
+
+        // Leader election used only what the leader-election Role grants.
+        let used = Set(rig.server.audit.records.filter { $0.userAgent == "eaas-controller" && $0.resource == "leases" }
+            .map { "\($0.group)/\($0.resource):\($0.verb)" })
+        let granted = try RBACRules.granted(file: "Manifests/rbac/leader-election-role.yaml")
+        #expect(!used.isEmpty)
+        #expect(used.subtracting(granted).isEmpty, "used but not granted: \(used.subtracting(granted).sorted())")
     }
 }

@@ -32,7 +32,9 @@ public final class LocalRuntime: Service, @unchecked Sendable {
     let logger: Logger
     private let lock = NSLock()
     private var containers: [String: Container] = [:]
-    private var nextAddress = 0
+    /// Where address allocation goes on: a random start, so that two runtimes on one machine
+    /// (two `eaas up`, or tests) rarely meet, and a bind probe for when they do.
+    private var nextAddress = Int.random(in: 0..<(1 << 22))
     private var appliedSlices: [String: String] = [:]
     private var creationBackoff: [String: (failures: Int, until: ContinuousClock.Instant)] = [:]
     private var draining: [Task<Void, Never>] = []
@@ -221,7 +223,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
 
     private func start(_ pod: KubeObject) async {
         guard let uid = pod.uid, let name = pod.name else { return }
-        let ip = allocateAddress()
+        let ip = allocateAddress(ports: Self.containerPorts(pod))
         let directory = "\(configuration.directory)/\(name)"
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -294,12 +296,21 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         for task in tasks { await task.value }
     }
 
-    private func allocateAddress() -> String {
+    /// A loopback address (the whole of 127/8 is loopback on Linux) on which `ports` are free.
+    private func allocateAddress(ports: [Int]) -> String {
         lock.withLock {
-            // 127.1.0.1 upwards, skipping .0 and .255; the whole of 127/8 is loopback on Linux.
-            repeat { nextAddress += 1 } while nextAddress % 256 == 0 || nextAddress % 256 == 255
-            return "127.\(1 + nextAddress / 65_536).\((nextAddress / 256) % 256).\(nextAddress % 256)"
+            for _ in 0..<256 {
+                // 127.1.0.1 to 127.64.255.254, skipping .0 and .255.
+                repeat { nextAddress = (nextAddress + 1) % (1 << 22) } while nextAddress % 256 == 0 || nextAddress % 256 == 255
+                let ip = "127.\(1 + nextAddress / 65_536).\((nextAddress / 256) % 256).\(nextAddress % 256)"
+                if ports.allSatisfy({ LoopbackPorts.isFree(ip: ip, port: $0) }) { return ip }
+            }
+            return "127.0.0.1"
         }
+    }
+
+    static func containerPorts(_ pod: KubeObject) -> [Int] {
+        (pod.json[path: ["spec", "containers"]]?.array ?? []).flatMap { $0["ports"]?.array ?? [] }.compactMap { $0["containerPort"]?.int }
     }
 
     /// The container's command line with the pod's view of the world made local: volume mount paths
@@ -423,4 +434,20 @@ public final class LocalRuntime: Service, @unchecked Sendable {
 public struct LocalRuntimeError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Whether a TCP port can be bound on an address (another runtime's pod may hold it).
+enum LoopbackPorts {
+    static func isFree(ip: String, port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, ip, &address.sin_addr) == 1 else { return false }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
 }

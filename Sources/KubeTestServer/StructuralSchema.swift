@@ -1,0 +1,297 @@
+import Foundation
+import JSON
+
+/// What the API server does to a custom resource with its CRD's structural schema before storing
+/// it: unknown fields pruned (unless `x-kubernetes-preserve-unknown-fields`), defaults filled in,
+/// then validation (type, required, enum, bounds, lengths, item counts, pattern, and the simple
+/// CEL rules of `x-kubernetes-validations`), every failure a cause of one 422 Invalid.
+enum StructuralSchema {
+    typealias Cause = (field: String, message: String)
+
+    /// Prunes, defaults and validates `object` (the whole resource) against `schema`
+    /// (`openAPIV3Schema`); returns the object to store, or the causes.
+    static func apply(_ schema: JSONValue, to object: JSONValue) -> (JSONValue, [Cause]) {
+        var object = object
+        var causes: [Cause] = []
+        guard case .object(var members) = object else { return (object, [("", "must be an object")]) }
+        // apiVersion, kind and metadata are the server's; everything else follows the schema.
+        for key in members.keys where !["apiVersion", "kind", "metadata"].contains(key) {
+            guard let property = schema[path: ["properties", key]] else {
+                if schema["x-kubernetes-preserve-unknown-fields"]?.bool != true { members[key] = nil }
+                continue
+            }
+            members[key] = process(members[key]!, property, path: key, causes: &causes)
+        }
+        for (key, property) in schema["properties"]?.object ?? [:] where members[key] == nil && !["apiVersion", "kind", "metadata"].contains(key) {
+            if let value = property["default"] { members[key] = process(value, property, path: key, causes: &causes) }
+        }
+        for required in schema["required"]?.array?.compactMap(\.string) ?? [] where members[required] == nil {
+            causes.append((required, "Required value"))
+        }
+        object = .object(members)
+        return (object, causes)
+    }
+
+    /// One value: pruned and defaulted below, then checked.
+    static func process(_ value: JSONValue, _ schema: JSONValue, path: String, causes: inout [Cause]) -> JSONValue {
+        var value = value
+        let before = causes.count
+        check(type: value, schema, path: path, causes: &causes)
+        guard causes.count == before else { return value }  // a wrong type says it all
+        switch value {
+        case .object(var members):
+            if let properties = schema["properties"]?.object {
+                for key in members.keys {
+                    if let property = properties[key] {
+                        members[key] = process(members[key]!, property, path: "\(path).\(key)", causes: &causes)
+                    } else if schema["x-kubernetes-preserve-unknown-fields"]?.bool != true {
+                        members[key] = nil
+                    }
+                }
+                for (key, property) in properties where members[key] == nil {
+                    if let fallback = property["default"] { members[key] = process(fallback, property, path: "\(path).\(key)", causes: &causes) }
+                }
+            } else if let additional = schema["additionalProperties"], case .object = additional {
+                for key in members.keys { members[key] = process(members[key]!, additional, path: "\(path).\(key)", causes: &causes) }
+            }
+            for required in schema["required"]?.array?.compactMap(\.string) ?? [] where members[required] == nil {
+                causes.append(("\(path).\(required)", "Required value"))
+            }
+            value = .object(members)
+        case .array(var items):
+            if let itemSchema = schema["items"] {
+                for index in items.indices { items[index] = process(items[index], itemSchema, path: "\(path)[\(index)]", causes: &causes) }
+            }
+            value = .array(items)
+        default: break
+        }
+        check(constraints: value, schema, path: path, causes: &causes)
+        for rule in schema["x-kubernetes-validations"]?.array ?? [] {
+            guard let text = rule["rule"]?.string else { continue }
+            // Rules this small evaluator cannot read are not enforced (a real server would be).
+            if let holds = try? CELRule.evaluate(text, self: value), !holds {
+                causes.append((path, "Invalid value: \"object\": \(rule["message"]?.string ?? "failed rule: \(text)")"))
+            }
+        }
+        return value
+    }
+
+    static func check(type value: JSONValue, _ schema: JSONValue, path: String, causes: inout [Cause]) {
+        guard let type = schema["type"]?.string else { return }
+        let matches: Bool
+        switch (type, value) {
+        case ("object", .object), ("array", .array), ("string", .string), ("boolean", .bool), ("integer", .int): matches = true
+        case ("integer", .double(let number)): matches = number.rounded() == number
+        case ("number", .int), ("number", .double): matches = true
+        default: matches = false
+        }
+        if !matches, !(value == .null && schema["nullable"]?.bool == true) {
+            causes.append((path, "Invalid value: \"\(kind(of: value))\": \(path) in body must be of type \(type): \"\(kind(of: value))\""))
+        }
+    }
+
+    static func check(constraints value: JSONValue, _ schema: JSONValue, path: String, causes: inout [Cause]) {
+        if let options = schema["enum"]?.array, !options.contains(value) {
+            causes.append((path, "Unsupported value: \(value.compact): supported values: \(options.map(\.compact).joined(separator: ", "))"))
+        }
+        if let number = value.double {
+            if let minimum = schema["minimum"]?.double {
+                let exclusive = schema["exclusiveMinimum"]?.bool == true
+                if exclusive ? number <= minimum : number < minimum {
+                    causes.append((path, "Invalid value: \(value.compact): \(path) in body should be greater than \(exclusive ? "" : "or equal to ")\(format(minimum))"))
+                }
+            }
+            if let maximum = schema["maximum"]?.double {
+                let exclusive = schema["exclusiveMaximum"]?.bool == true
+                if exclusive ? number >= maximum : number > maximum {
+                    causes.append((path, "Invalid value: \(value.compact): \(path) in body should be less than \(exclusive ? "" : "or equal to ")\(format(maximum))"))
+                }
+            }
+        }
+        if let text = value.string {
+            if let minLength = schema["minLength"]?.int, text.count < minLength {
+                causes.append((path, "Invalid value: \(value.compact): \(path) in body should be at least \(minLength) chars long"))
+            }
+            if let maxLength = schema["maxLength"]?.int, text.count > maxLength {
+                causes.append((path, "Too long: may not be more than \(maxLength) bytes"))
+            }
+            if let pattern = schema["pattern"]?.string, let regex = try? NSRegularExpression(pattern: pattern),
+               regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) == nil {
+                causes.append((path, "Invalid value: \(value.compact): \(path) in body should match '\(pattern)'"))
+            }
+        }
+        if let items = value.array {
+            if let minItems = schema["minItems"]?.int, items.count < minItems {
+                causes.append((path, "Invalid value: \(items.count): \(path) in body should have at least \(minItems) items"))
+            }
+            if let maxItems = schema["maxItems"]?.int, items.count > maxItems {
+                causes.append((path, "Too many: \(items.count): must have at most \(maxItems) items"))
+            }
+        }
+    }
+
+    static func kind(of value: JSONValue) -> String {
+        switch value {
+        case .null: "null"
+        case .bool: "boolean"
+        case .int: "integer"
+        case .double: "number"
+        case .string: "string"
+        case .array: "array"
+        case .object: "object"
+        }
+    }
+
+    static func format(_ number: Double) -> String {
+        number.rounded() == number && abs(number) < 1e15 ? String(Int(number)) : String(number)
+    }
+}
+
+/// A tiny CEL evaluator for the rules CRDs commonly carry: `self.a <= self.b`, `self.a != self.b`,
+/// `has(self.a)`, `!`, `&&`, `||`, parentheses, integer/double/string/bool literals. Anything else
+/// throws, and the rule is not enforced.
+enum CELRule {
+    struct Unsupported: Error {}
+
+    static func evaluate(_ text: String, self value: JSONValue) throws -> Bool {
+        var parser = Parser(tokens: try tokenize(text), root: value)
+        let result = try parser.expression()
+        guard parser.index == parser.tokens.count, case .bool(let holds) = result else { throw Unsupported() }
+        return holds
+    }
+
+    static func tokenize(_ text: String) throws -> [String] {
+        var tokens: [String] = []
+        var index = text.startIndex
+        while index < text.endIndex {
+            let character = text[index]
+            if character.isWhitespace { index = text.index(after: index); continue }
+            let rest = text[index...]
+            if let op = ["&&", "||", "<=", ">=", "==", "!="].first(where: { rest.hasPrefix($0) }) {
+                tokens.append(op)
+                index = text.index(index, offsetBy: 2)
+            } else if "()<>!.".contains(character) {
+                tokens.append(String(character))
+                index = text.index(after: index)
+            } else if character.isLetter || character.isNumber || character == "_" {
+                var end = index
+                while end < text.endIndex, text[end].isLetter || text[end].isNumber || text[end] == "_" { end = text.index(after: end) }
+                tokens.append(String(text[index..<end]))
+                index = end
+            } else if character == "'" || character == "\"" {
+                guard let close = text[text.index(after: index)...].firstIndex(of: character) else { throw Unsupported() }
+                tokens.append(String(text[index...close]))
+                index = text.index(after: close)
+            } else {
+                throw Unsupported()
+            }
+        }
+        return tokens
+    }
+
+    struct Parser {
+        let tokens: [String]
+        let root: JSONValue
+        var index = 0
+
+        var peek: String? { index < tokens.count ? tokens[index] : nil }
+        mutating func take() -> String? {
+            defer { index += 1 }
+            return peek
+        }
+        mutating func expect(_ token: String) throws { guard take() == token else { throw Unsupported() } }
+
+        mutating func expression() throws -> JSONValue {
+            var left = try conjunction()
+            while peek == "||" {
+                index += 1
+                let right = try conjunction()
+                guard case .bool(let a) = left, case .bool(let b) = right else { throw Unsupported() }
+                left = .bool(a || b)
+            }
+            return left
+        }
+
+        mutating func conjunction() throws -> JSONValue {
+            var left = try comparison()
+            while peek == "&&" {
+                index += 1
+                let right = try comparison()
+                guard case .bool(let a) = left, case .bool(let b) = right else { throw Unsupported() }
+                left = .bool(a && b)
+            }
+            return left
+        }
+
+        mutating func comparison() throws -> JSONValue {
+            let left = try unary()
+            guard let op = peek, ["<", "<=", ">", ">=", "==", "!="].contains(op) else { return left }
+            index += 1
+            let right = try unary()
+            switch op {
+            case "==": return .bool(left == right)
+            case "!=": return .bool(left != right)
+            default:
+                guard let a = left.double, let b = right.double else { throw Unsupported() }
+                switch op {
+                case "<": return .bool(a < b)
+                case "<=": return .bool(a <= b)
+                case ">": return .bool(a > b)
+                default: return .bool(a >= b)
+                }
+            }
+        }
+
+        mutating func unary() throws -> JSONValue {
+            if peek == "!" {
+                index += 1
+                guard case .bool(let value) = try unary() else { throw Unsupported() }
+                return .bool(!value)
+            }
+            return try primary()
+        }
+
+        mutating func primary() throws -> JSONValue {
+            guard let token = take() else { throw Unsupported() }
+            switch token {
+            case "(":
+                let value = try expression()
+                try expect(")")
+                return value
+            case "has":
+                try expect("(")
+                let path = try selection()
+                try expect(")")
+                return .bool(lookup(path) != nil)
+            case "self":
+                index -= 1
+                guard let value = lookup(try selection()) else { throw Unsupported() }  // no such field: CEL errors
+                return value
+            case "true": return true
+            case "false": return false
+            default:
+                if let number = Int(token) { return .int(number) }
+                if let number = Double(token) { return .double(number) }
+                if token.hasPrefix("'") || token.hasPrefix("\"") { return .string(String(token.dropFirst().dropLast())) }
+                throw Unsupported()
+            }
+        }
+
+        /// `self.a.b` → ["a", "b"].
+        mutating func selection() throws -> [String] {
+            try expect("self")
+            var path: [String] = []
+            while peek == "." {
+                index += 1
+                guard let name = take() else { throw Unsupported() }
+                path.append(name)
+            }
+            return path
+        }
+
+        func lookup(_ path: [String]) -> JSONValue? {
+            let value = root[path: path]
+            return value == .null ? nil : value
+        }
+    }
+}
