@@ -30,10 +30,12 @@ public enum ExpertPoolCRD {
             "schema": ["openAPIV3Schema": schema],
             "subresources": [
                 "status": [:],
+                // Per shard on both sides: `kubectl scale` sets every shard's minimum and reads the
+                // smallest shard. No labelSelectorPath: an HPA on the pool would count every shard's
+                // pods against a per-shard number (each shard has its own autoscaler instead).
                 "scale": [
                     "specReplicasPath": ".spec.replicas.min",
-                    "statusReplicasPath": ".status.replicas",
-                    "labelSelectorPath": ".status.selector",
+                    "statusReplicasPath": ".status.shardReplicas",
                 ],
             ],
             "additionalPrinterColumns": [

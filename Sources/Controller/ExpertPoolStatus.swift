@@ -5,6 +5,7 @@ public struct ExpertPoolStatus: SpecObject {
     public var observedGeneration = 0
     public var shardCount = 0
     public var replicas = 0
+    public var shardReplicas = 0
     public var readyReplicas = 0
     public var desiredReplicas = 0
     public var load = 0.0
@@ -17,7 +18,8 @@ public struct ExpertPoolStatus: SpecObject {
         [
             .field("observedGeneration", \.observedGeneration, "The spec generation this status describes."),
             .field("shardCount", \.shardCount, "Shards in the plan."),
-            .field("replicas", \.replicas, "Pods of all shards (the scale subresource's status replicas)."),
+            .field("replicas", \.replicas, "Pods of all shards."),
+            .field("shardReplicas", \.shardReplicas, "Pods of the smallest shard: what replicas.min bounds, and the scale subresource's status replicas."),
             .field("readyReplicas", \.readyReplicas, "Ready pods of all shards."),
             .field("desiredReplicas", \.desiredReplicas, "Pods the autoscaler wants, over all shards."),
             .field("load", \.load, "Load measured over all shards (tokens/s, or summed busy fraction)."),

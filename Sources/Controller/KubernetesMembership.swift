@@ -22,10 +22,23 @@ public final class KubernetesMembership: MembershipSource, @unchecked Sendable {
     private var view = MembershipView(servers: [])
     private var subscribers: [UUID: AsyncStream<MembershipView>.Continuation] = [:]
     private var task: Task<Void, Never>?
+    /// Serializes rebuilds: the two informers' handlers run concurrently, and an older view must
+    /// never be published after a newer one.
+    private let rebuildLock = NSLock()
+    /// Asks a pod what it hosts (the data-plane handshake); nil when it does not answer.
+    public typealias Verifier = @Sendable (_ address: String) -> [HostedExpert]?
+    private let verify: Verifier?
+    /// What each pod (`name@address`) said it hosts, and pods whose answer is awaited or failed.
+    private var verified: [String: [HostedExpert]] = [:]
+    private var probing: Set<String> = []
+    private var failedAt: [String: ContinuousClock.Instant] = [:]
 
     /// Watches pool `pool` in `namespace`; `layers` are the model's MoE layers (every shard serves
-    /// its experts in all of them).
-    public init(client: KubeClient, pool: String, namespace: String, layers: [Int], logger: Logger) {
+    /// its experts in all of them). With `verify`, a pod joins only once it has said over the data
+    /// plane what it hosts, and its own answer is used: during a rollout that regroups experts, a
+    /// ready pod of the old template is not mistaken for one of the new.
+    public init(client: KubeClient, pool: String, namespace: String, layers: [Int], verify: Verifier? = nil, logger: Logger) {
+        self.verify = verify
         self.pool = pool
         self.namespace = namespace
         self.layers = layers.map { UInt16($0) }
@@ -80,19 +93,64 @@ public final class KubernetesMembership: MembershipSource, @unchecked Sendable {
 
     /// The view from the two caches now.
     func rebuild() {
-        guard let plan = plans.store.list().first.flatMap({ $0.json[path: ["data", "plan.json"]]?.string }) else {
-            publish(MembershipView(servers: []))
-            return
+        rebuildLock.withLock {
+            guard let plan = plans.store.list().first.flatMap({ $0.json[path: ["data", "plan.json"]]?.string }) else {
+                publish(MembershipView(servers: []))
+                return
+            }
+            let document: ShardPlanDocument
+            do {
+                document = try ShardPlanDocument(json: try JSONValue.parse(plan))
+            } catch {
+                logger.warning("shard plan unreadable; keeping the last membership", metadata: ["pool": "\(pool)", "error": "\(error)"])
+                return
+            }
+            var servers = Self.servers(slices: slices.store.list(), plan: document, layers: layers)
+            if verify != nil { servers = verified(servers) }
+            publish(MembershipView(servers: servers))
         }
-        let document: ShardPlanDocument
-        do {
-            document = try ShardPlanDocument(json: try JSONValue.parse(plan))
-        } catch {
-            logger.warning("shard plan unreadable; keeping the last membership", metadata: ["pool": "\(pool)", "error": "\(error)"])
-            return
+    }
+
+    /// The servers whose own answer is known, with the experts they named; the others are probed
+    /// (on a thread: the handshake blocks) and join when they answer.
+    private func verified(_ servers: [ServerInfo]) -> [ServerInfo] {
+        var known: [ServerInfo] = []
+        var toProbe: [String] = []
+        lock.withLock {
+            let live = Set(servers.map { "\($0.id)@\($0.address)" })
+            verified = verified.filter { live.contains($0.key) }
+            failedAt = failedAt.filter { live.contains($0.key) }
+            for server in servers {
+                let key = "\(server.id)@\(server.address)"
+                if let experts = verified[key] {
+                    var server = server
+                    server.experts = experts
+                    known.append(server)
+                } else if !probing.contains(key), server.ready, failedAt[key].map({ ContinuousClock.now - $0 > .seconds(1) }) ?? true {
+                    probing.insert(key)
+                    toProbe.append(key)
+                }
+            }
         }
-        let servers = Self.servers(slices: slices.store.list(), plan: document, layers: layers)
-        publish(MembershipView(servers: servers))
+        if !toProbe.isEmpty, let verify {
+            let keys = toProbe
+            Thread { [weak self] in
+                var failures = 0
+                for key in keys {
+                    let address = String(key[key.index(after: key.lastIndex(of: "@")!)...])
+                    let experts = verify(address)
+                    if experts == nil { failures += 1 }
+                    self?.lock.withLock {
+                        self?.probing.remove(key)
+                        if let experts { self?.verified[key] = experts } else { self?.failedAt[key] = .now }
+                    }
+                }
+                // A pod that did not answer is asked again a little later.
+                if failures > 0 { Thread.sleep(forTimeInterval: 1.1) }
+                self?.rebuild()
+            }.start()
+        }
+        return known
     }
 
     /// Servers from EndpointSlices: one per endpoint whose pod belongs to a Deployment in the plan.

@@ -52,6 +52,16 @@ public final class PoolReconciler: @unchecked Sendable {
     private let lock = NSLock()
     private var autoscalers: [String: ShardAutoscaler] = [:]
     private var secretChecks: [String: (problem: SpecProblem?, at: ContinuousClock.Instant)] = [:]
+    /// What this controller last wrote to each child (`type/namespace/name`): the desired object's
+    /// hash, and the generation (Deployments) or resourceVersion (others) the write produced.
+    private var written: [String: Written] = [:]
+
+    struct Written {
+        var hash: String
+        var generation: Int?
+        var resourceVersion: String?
+        var replicas: Int?
+    }
 
     public init(client: KubeClient, pools: InformerStore, deployments: InformerStore, pods: InformerStore, services: InformerStore,
                 configMaps: InformerStore, loads: LoadTracker, configuration: ControllerConfiguration, logger: Logger) {
@@ -113,13 +123,20 @@ public final class PoolReconciler: @unchecked Sendable {
         for shard in plan.shards {
             let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name)
             let existing = deployments.get(namespace: namespace, name: deploymentName)
-            let current = existing?.json[path: ["spec", "replicas"]]?.int ?? spec.replicas.min
+            var current = existing?.json[path: ["spec", "replicas"]]?.int ?? spec.replicas.min
+            // The cache may not show our last write yet: then our write is the current count.
+            if let existing, let mine = lock.withLock({ written[Self.writtenKey(.deployments, existing)] }), let generation = mine.generation,
+               let replicas = mine.replicas, (existing.generation ?? 0) < generation {
+                current = replicas
+            }
+            // A shard scaled to 0 by hand leaves experts unserved: it counts as at the minimum.
+            if current == 0 { current = spec.replicas.min }
             let (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
             if decision.limited { limited.append((shard.name, decision)) }
+            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas)
             if existing != nil, decision.replicas != current {
                 try await recordScaling(pool: pool, shard: shard.name, from: current, to: decision.replicas, load: load, spec: spec)
             }
-            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas)
 
             let observed = existing?.json["status"]
             var entry = ShardStatus()
@@ -144,6 +161,7 @@ public final class PoolReconciler: @unchecked Sendable {
         status.shards = shardStatuses
         status.shardCount = plan.shards.count
         status.replicas = shardStatuses.reduce(0) { $0 + $1.replicas }
+        status.shardReplicas = shardStatuses.map(\.replicas).min() ?? 0
         status.readyReplicas = shardStatuses.reduce(0) { $0 + $1.readyReplicas }
         status.desiredReplicas = shardStatuses.reduce(0) { $0 + $1.desiredReplicas }
         status.load = (shardStatuses.reduce(0) { $0 + $1.load } * 10).rounded() / 10
@@ -184,13 +202,10 @@ public final class PoolReconciler: @unchecked Sendable {
             return ReplicaCalculator.PodSample(pending: Self.phase(pod) == "Pending", value: value)
         }
         let bounds = spec.replicas
-        let recommendation: Int
-        if !spec.autoscaling.enabled {
-            recommendation = bounds.min
-        } else {
-            recommendation = ReplicaCalculator.desiredReplicas(currentReplicas: current, samples: samples, target: spec.autoscaling.target,
+        // Without autoscaling a shard simply runs replicas.min (no window holds it elsewhere).
+        guard spec.autoscaling.enabled else { return (ScaleDecision(replicas: bounds.min, stabilized: bounds.min, reason: "DesiredWithinRange"), load) }
+        let recommendation = ReplicaCalculator.desiredReplicas(currentReplicas: current, samples: samples, target: spec.autoscaling.target,
                                                                tolerance: spec.autoscaling.tolerance) ?? current
-        }
         let key = autoscalerKey(pool: pool, shard: shard.name)
         let behavior = spec.autoscaling.behavior.resolved
         let decision: ScaleDecision = lock.withLock {
@@ -218,6 +233,11 @@ public final class PoolReconciler: @unchecked Sendable {
     private func forget(key: String) {
         lock.withLock {
             secretChecks[key] = nil
+            let (namespace, name) = key.contains("/") ? (String(key.split(separator: "/")[0]), String(key.split(separator: "/")[1])) : ("", key)
+            written = written.filter { entry, _ in
+                let parts = entry.split(separator: "/", maxSplits: 2).map(String.init)
+                return !(parts.count == 3 && parts[1] == namespace && (parts[2] == name || parts[2].hasPrefix(name + "-")))
+            }
             // Autoscalers are keyed by uid; drop those of pools no longer in the store.
             let live = Set(pools.list().compactMap(\.uid))
             autoscalers = autoscalers.filter { live.contains(String($0.key.split(separator: "/").first ?? "")) }
@@ -242,13 +262,19 @@ public final class PoolReconciler: @unchecked Sendable {
 
     // MARK: Writes
 
-    /// Server-side applies `desired` unless the object already carries the same applied hash
-    /// (and, for Deployments, the same replicas): no write, and no watch event, when nothing changed.
+    /// Server-side applies `desired` unless this controller wrote the same desired object last and
+    /// nobody changed it since (the same generation for Deployments — status writes do not count —
+    /// the same resourceVersion for the rest, and the same replicas). An edit by hand is put back on
+    /// the next reconcile; a restarted controller applies every child once (a no-op apply changes nothing).
     private func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil) async throws {
         let hash = Self.hash(desired)
-        if let existing, existing.annotations[Self.appliedAnnotation] == hash,
-           replicas == nil || existing.json[path: ["spec", "replicas"]]?.int == replicas {
-            return
+        if let existing, let mine = lock.withLock({ written[Self.writtenKey(type, existing)] }), mine.hash == hash, mine.replicas == replicas {
+            if type == .deployments {
+                // Any spec change (replicas too) bumps the generation; an older one is a cache behind our write.
+                if (existing.generation ?? 0) <= (mine.generation ?? 0) { return }
+            } else if existing.resourceVersion == mine.resourceVersion {
+                return
+            }
         }
         var object = desired
         var annotations = object[path: ["metadata", "annotations"]]?.object ?? [:]
@@ -256,8 +282,13 @@ public final class PoolReconciler: @unchecked Sendable {
         object[path: ["metadata", "annotations"]] = .object(annotations)
         let name = object[path: ["metadata", "name"]]?.string ?? ""
         let namespace = object[path: ["metadata", "namespace"]]?.string
-        _ = try await client.patch(type, name, namespace: namespace, .apply(object, fieldManager: configuration.fieldManager, force: true))
+        let applied = try await client.patch(type, name, namespace: namespace, .apply(object, fieldManager: configuration.fieldManager, force: true))
+        lock.withLock {
+            written[Self.writtenKey(type, applied)] = Written(hash: hash, generation: applied.generation, resourceVersion: applied.resourceVersion, replicas: replicas)
+        }
     }
+
+    static func writtenKey(_ type: ResourceType, _ object: KubeObject) -> String { "\(type.plural)/\(object.namespace ?? "")/\(object.name ?? "")" }
 
     static let appliedAnnotation = "eaas.dev/applied-hash"
 

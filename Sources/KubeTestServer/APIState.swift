@@ -245,6 +245,16 @@ final class APIState: @unchecked Sendable {
             collection.log.append(event)
             collection.trimLog(keeping: logLimit)
             collection.notify(event)
+            // An object written with owner references none of which exists (its owner was deleted
+            // while a controller still wrote it) goes at once, as the garbage collector removes
+            // dependents whose owners are all gone.
+            let stored = event.new
+            if event.kind != .deleted, KubeObject(stored).deletionTimestamp == nil {
+                let owners = KubeObject(stored).ownerReferences.compactMap { $0["uid"]?.string }
+                if !owners.isEmpty, owners.allSatisfy({ uids[$0] == nil }) {
+                    deleteObject(type, key: key, old: stored, propagation: .background)
+                }
+            }
             return event.new
         }
     }

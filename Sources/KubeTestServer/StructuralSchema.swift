@@ -15,6 +15,7 @@ enum StructuralSchema {
         var causes: [Cause] = []
         guard case .object(var members) = object else { return (object, [("", "must be an object")]) }
         // apiVersion, kind and metadata are the server's; everything else follows the schema.
+        for (key, member) in members where member == .null && schema[path: ["properties", key, "nullable"]]?.bool != true { members[key] = nil }
         for key in members.keys where !["apiVersion", "kind", "metadata"].contains(key) {
             guard let property = schema[path: ["properties", key]] else {
                 if schema["x-kubernetes-preserve-unknown-fields"]?.bool != true { members[key] = nil }
@@ -41,6 +42,8 @@ enum StructuralSchema {
         switch value {
         case .object(var members):
             if let properties = schema["properties"]?.object {
+                // A null where the schema does not allow one is dropped before defaulting, as the API server does.
+                for (key, member) in members where member == .null && properties[key]?["nullable"]?.bool != true { members[key] = nil }
                 for key in members.keys {
                     if let property = properties[key] {
                         members[key] = process(members[key]!, property, path: "\(path).\(key)", causes: &causes)

@@ -74,6 +74,7 @@ struct ExpertPodCommand: AsyncParsableCommand {
         configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
 
         let pod = try ExpertPod(configuration: configuration, logger: logger)
+        Self.followParent(logger: logger)
         let announced = ManagedFlag()
         let application = Application(
             router: pod.router(transports: transport == "tcp" ? ["tcp"] : ["tcp", transport]),
@@ -94,6 +95,19 @@ struct ExpertPodCommand: AsyncParsableCommand {
             logger: logger
         ))
         try await group.run()
+    }
+}
+
+extension ExpertPodCommand {
+    /// Under `eaas up` (which sets `EAAS_PARENT_PID`) the pod drains and exits when its parent is
+    /// gone, even if the parent was SIGKILLed and could not stop it: no orphaned pods.
+    static func followParent(logger: Logger) {
+        guard let text = ProcessInfo.processInfo.environment["EAAS_PARENT_PID"], let parent = Int32(text) else { return }
+        Thread {
+            while getppid() == parent { Thread.sleep(forTimeInterval: 0.5) }
+            logger.warning("parent process \(parent) is gone; draining")
+            kill(getpid(), SIGTERM)
+        }.start()
     }
 }
 

@@ -19,14 +19,16 @@ struct UpCommand: AsyncParsableCommand {
         commandName: "up",
         abstract: "Run the whole system on this machine: API server, controller, expert pods, an attention worker under load.",
         discussion: """
-        Without -f it serves an embedded pool of a small seeded model it writes first. The load is \
-        phases of SECONDS:SEQUENCES (sequences generating at once); the last phase lasts until Ctrl-C \
-        or --duration. kubectl works against it: `kubectl --kubeconfig WORKDIR/kubeconfig get expertpools`.
+        Without -f it serves an embedded pool; a pool without spec.model.path gets a small seeded model \
+        written first. The load is phases of SECONDS:RATE (requests per second, each generating \
+        --request-tokens tokens); the last phase lasts until Ctrl-C or --duration. kubectl works \
+        against it: `kubectl --kubeconfig WORKDIR/kubeconfig get expertpools`.
         """
     )
 
     @Option(name: .shortAndLong, help: "ExpertPool manifest (YAML; Secrets in it are created too). Default: the embedded pool.") var file: String?
-    @Option(help: "Synthetic load: SECONDS:SEQUENCES phases, e.g. 20:1,40:12,60:1.") var load = "20:1,60:12,90:1"
+    @Option(help: "Synthetic load: SECONDS:RATE phases (requests per second), e.g. 20:2,60:8,90:2.") var load = "20:2,60:8,90:2"
+    @Option(help: "Requests running at once before arrivals are shed.") var maxInFlight = 64
     @Option(help: "Stop after this many seconds (default: at Ctrl-C).") var duration: Double?
     @Option(help: "Tokens each synthetic request generates.") var requestTokens = 32
     @Option(help: "Working directory: model, pod logs, kubeconfig (default: a temporary one).") var workdir: String?
@@ -38,23 +40,24 @@ struct UpCommand: AsyncParsableCommand {
         _ = try phases()
         guard duration.map({ $0 > 0 }) ?? true else { throw ValidationError("--duration must be positive") }
         guard (1...4096).contains(requestTokens) else { throw ValidationError("--request-tokens must be between 1 and 4096") }
+        guard (1...1024).contains(maxInFlight) else { throw ValidationError("--max-in-flight must be between 1 and 1024") }
         guard (0...65_535).contains(apiPort) else { throw ValidationError("--api-port \(apiPort) is not a port") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
     }
 
-    /// The load phases: (start second, sequences at once).
-    func phases() throws -> [(start: Double, sequences: Int)] {
+    /// The load phases: (start second, requests per second).
+    func phases() throws -> [(start: Double, rate: Double)] {
         var start = 0.0
-        var result: [(Double, Int)] = []
+        var result: [(Double, Double)] = []
         for part in load.split(separator: ",") {
             let fields = part.split(separator: ":")
-            guard fields.count == 2, let seconds = Double(fields[0]), seconds > 0, let sequences = Int(fields[1]), (0...256).contains(sequences) else {
-                throw ValidationError("--load '\(part)' is not SECONDS:SEQUENCES (seconds > 0, sequences 0-256)")
+            guard fields.count == 2, let seconds = Double(fields[0]), seconds > 0, let rate = Double(fields[1]), rate >= 0, rate <= 10_000 else {
+                throw ValidationError("--load '\(part)' is not SECONDS:RATE (seconds > 0, 0 <= requests per second <= 10000)")
             }
-            result.append((start, sequences))
+            result.append((start, rate))
             start += seconds
         }
-        guard !result.isEmpty else { throw ValidationError("--load needs at least one SECONDS:SEQUENCES phase") }
+        guard !result.isEmpty else { throw ValidationError("--load needs at least one SECONDS:RATE phase") }
         return result
     }
 
@@ -104,12 +107,15 @@ struct UpCommand: AsyncParsableCommand {
         var controllerConfiguration = ControllerConfiguration()
         controllerConfiguration.namespace = namespace
         let controller = ExpertPoolController(client: client, configuration: controllerConfiguration, logger: logger)
-        let membership = KubernetesMembership(client: client, pool: name, namespace: namespace, layers: config.moeLayers, logger: logger)
-        _ = await membership.start()
         var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
         dispatcher.backend = spec.transport.backend == .tcp ? .tcp : .shm
+        let probe = dispatcher
+        let membership = KubernetesMembership(client: client, pool: name, namespace: namespace, layers: config.moeLayers,
+                                              verify: { try? ServerLinks.probe(address: $0, configuration: probe).experts }, logger: logger)
+        _ = await membership.start()
         let engine = try GenerationEngine(modelDirectory: spec.model.path, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .bf16))
-        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize)
+        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize,
+                                          maxInFlight: maxInFlight)
         let table = UpTable(server: server, pool: name, namespace: namespace, load: loadGenerator, redraw: !plain && isatty(1) == 1,
                             directory: directory)
         FileHandle.standardOutput.write(Data("""
@@ -125,23 +131,33 @@ struct UpCommand: AsyncParsableCommand {
             .init(service: table),
             .init(service: StopAfter(seconds: duration), successTerminationBehavior: .gracefullyShutdownGroup),
         ]
-        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        var groupConfiguration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Requests finish and pods drain within this; past it everything is cancelled.
+        groupConfiguration.maximumGracefulShutdownDuration = .seconds(120)
+        groupConfiguration.maximumCancellationDuration = .seconds(30)
+        let group = ServiceGroup(configuration: groupConfiguration)
         do { try await group.run() } catch { logger.error("stopped with an error", metadata: ["error": "\(error)"]) }
         membership.stop()
         await server.shutdown()
         table.printSummary()
     }
 
+    /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2.
+    static func seededModel(directory: String) throws -> (path: String, experts: Int) {
+        let model = directory + "/model"
+        if !FileManager.default.fileExists(atPath: model + "/config.json") {
+            var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 256)
+            spec.expertFFN = 512
+            spec.seed = 7
+            try RandomModel.write(spec, to: model)
+        }
+        return (model, 8)
+    }
+
     /// The pool (and Secrets) to create: from -f, or the embedded default on a seeded model.
     func manifests(directory: String) throws -> (KubeObject, [KubeObject]) {
         guard let file else {
-            let model = directory + "/model"
-            if !FileManager.default.fileExists(atPath: model + "/config.json") {
-                var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 256)
-                spec.expertFFN = 512
-                spec.seed = 7
-                try RandomModel.write(spec, to: model)
-            }
+            let model = try Self.seededModel(directory: directory).path
             let pool = KubeObject(ExpertPoolCRD.resource, name: "local", namespace: "default", fields: ["spec": [
                 "model": ["path": .string(model), "experts": 8],
                 "shards": ["expertsPerShard": 4],
@@ -168,6 +184,12 @@ struct UpCommand: AsyncParsableCommand {
             throw ValidationError("-f \(file): apiVersion must be \(ExpertPoolCRD.resource.apiVersion), got \(pool.apiVersion ?? "none")")
         }
         if pool.namespace == nil { pool.json[path: ["metadata", "namespace"]] = "default" }
+        // No model given: the seeded one (its path and expert count filled in).
+        if pool.json[path: ["spec", "model", "path"]] == nil {
+            let seeded = try Self.seededModel(directory: directory)
+            pool.json[path: ["spec", "model", "path"]] = .string(seeded.path)
+            pool.json[path: ["spec", "model", "experts"]] = .int(seeded.experts)
+        }
         return (pool, others)
     }
 

@@ -5,55 +5,76 @@ import JSON
 import KubeTestServer
 import ServiceLifecycle
 
-/// `eaas up`'s synthetic load: in each phase a number of sequences generate at once, each
-/// starting a new request when the last finishes. Counts tokens, finished and failed requests.
+/// `eaas up`'s synthetic load: requests arrive at the current phase's rate (evenly spaced), each
+/// generating `requestTokens` tokens, so the load in tokens/s is the same on any machine that keeps
+/// up. At most `maxInFlight` run at once; an arrival beyond that is shed (counted, not sent), as a
+/// load balancer in front of a full worker would.
 final class SyntheticLoad: Service, @unchecked Sendable {
     let engine: GenerationEngine
-    let phases: [(start: Double, sequences: Int)]
+    let phases: [(start: Double, rate: Double)]
     let requestTokens: Int
     let vocabulary: Int
+    let maxInFlight: Int
     private let lock = NSLock()
-    private var counts = (tokens: 0, finished: 0, failed: 0)
+    private var counts = (tokens: 0, finished: 0, failed: 0, shed: 0, inFlight: 0)
     private var failures: [String] = []
     private var started = ContinuousClock.now
 
-    init(engine: GenerationEngine, phases: [(start: Double, sequences: Int)], requestTokens: Int, vocabulary: Int) {
+    init(engine: GenerationEngine, phases: [(start: Double, rate: Double)], requestTokens: Int, vocabulary: Int, maxInFlight: Int) {
         self.engine = engine
         self.phases = phases
         self.requestTokens = requestTokens
         self.vocabulary = vocabulary
+        self.maxInFlight = maxInFlight
     }
 
-    /// Tokens generated, requests finished, requests failed so far.
-    var totals: (tokens: Int, finished: Int, failed: Int) { lock.withLock { counts } }
+    /// Tokens generated, requests finished, failed, shed, and running now.
+    var totals: (tokens: Int, finished: Int, failed: Int, shed: Int, inFlight: Int) { lock.withLock { counts } }
     /// The first few failure messages.
     var failureMessages: [String] { lock.withLock { failures } }
 
-    /// Sequences the current phase asks for.
-    var target: Int {
+    /// Requests per second the current phase asks for.
+    var rate: Double {
         let elapsed = ContinuousClock.now - lock.withLock { started }
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        return phases.last { $0.start <= seconds }?.sequences ?? 0
+        return phases.last { $0.start <= seconds }?.rate ?? 0
     }
 
     func run() async throws {
         lock.withLock { started = .now }
-        let slots = phases.map(\.sequences).max() ?? 0
-        await cancelWhenGracefulShutdown {
+        let stopping = ManagedFlag()
+        await withGracefulShutdownHandler {
+            // On shutdown arrivals stop and the requests already sent finish (the engine stops after this).
             await withTaskGroup(of: Void.self) { group in
-                for slot in 0..<slots {
-                    group.addTask {
-                        var generator = SystemRandomNumberGenerator()
-                        while !Task.isCancelled {
-                            guard slot < self.target else {
-                                try? await Task.sleep(for: .milliseconds(200))
-                                continue
-                            }
-                            await self.one(prompt: (0..<8).map { _ in Int.random(in: 0..<self.vocabulary, using: &generator) })
+                var next = ContinuousClock.now
+                while !Task.isCancelled, !stopping.isSet {
+                    let rate = self.rate
+                    guard rate > 0 else {
+                        try? await Task.sleep(for: .milliseconds(100))
+                        next = .now
+                        continue
+                    }
+                    next = max(next + .seconds(1 / rate), .now - .seconds(1))
+                    while ContinuousClock.now < next, !stopping.isSet { try? await Task.sleep(for: min(.milliseconds(50), next - .now)) }
+                    if stopping.isSet || Task.isCancelled { break }
+                    let admitted: Bool = self.lock.withLock {
+                        guard self.counts.inFlight < self.maxInFlight else {
+                            self.counts.shed += 1
+                            return false
                         }
+                        self.counts.inFlight += 1
+                        return true
+                    }
+                    guard admitted else { continue }
+                    let prompt = (0..<8).map { _ in Int.random(in: 0..<self.vocabulary) }
+                    group.addTask {
+                        await self.one(prompt: prompt)
+                        self.lock.withLock { self.counts.inFlight -= 1 }
                     }
                 }
             }
+        } onGracefulShutdown: {
+            _ = stopping.setOnce()
         }
     }
 
@@ -63,7 +84,6 @@ final class SyntheticLoad: Service, @unchecked Sendable {
         let events: AsyncStream<GenerationEvent>
         do { events = try engine.stream(request).events } catch {
             record(failure: "refused: \(error)")
-            try? await Task.sleep(for: .milliseconds(100))
             return
         }
         for await event in events {
@@ -123,7 +143,7 @@ final class UpTable: Service, @unchecked Sendable {
         let rate = Double(totals.tokens - lastTokens) / seconds
         lastTokens = totals.tokens
         lastAt = now
-        var lines = ["t=\(elapsed)s  load: \(load.target) sequences  worker: \(Int(rate)) tokens/s  requests: \(totals.finished) done, \(totals.failed) failed"]
+        var lines = ["t=\(elapsed)s  load: \(String(format: "%g", load.rate)) requests/s  worker: \(Int(rate)) tokens/s  requests: \(totals.finished) done, \(totals.inFlight) running, \(totals.failed) failed, \(totals.shed) shed"]
         lines.append("SHARD  EXPERTS  REPLICAS  READY  LOAD(tokens/s)")
         let status = server.object(ExpertPoolCRD.resource, pool, namespace: namespace)?.json["status"].flatMap { try? ExpertPoolStatus(specJSON: $0, path: "status") }
         for shard in status?.shards ?? [] {
@@ -137,7 +157,7 @@ final class UpTable: Service, @unchecked Sendable {
 
     func printSummary() {
         let totals = load.totals
-        var text = "eaas up stopped: \(totals.finished) requests done, \(totals.failed) failed, \(totals.tokens) tokens\n"
+        var text = "eaas up stopped: \(totals.finished) requests done, \(totals.failed) failed, \(totals.shed) shed, \(totals.tokens) tokens\n"
         for message in load.failureMessages { text += "  failed: \(message)\n" }
         FileHandle.standardOutput.write(Data(text.utf8))
     }

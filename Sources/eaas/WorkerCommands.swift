@@ -46,8 +46,11 @@ struct ExpertOptions: ParsableArguments {
         let connection: ClusterConnection
         do { connection = try ClusterConnection.automatic() } catch { throw CommandFailure("--pool \(pool): cannot connect to Kubernetes: \(error)") }
         let namespace = poolNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? connection.namespace
-        let membership = KubernetesMembership(client: KubeClient(connection: connection), pool: pool, namespace: namespace,
-                                              layers: config.moeLayers, logger: logger)
+        var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: UInt64.random(in: 1...UInt64.max))
+        dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
+        let probe = dispatcher
+        let membership = KubernetesMembership(client: KubeClient(connection: connection), pool: pool, namespace: namespace, layers: config.moeLayers,
+                                              verify: { try? ServerLinks.probe(address: $0, configuration: probe).experts }, logger: logger)
         guard await membership.start() else { throw CommandFailure("--pool \(pool): watching its EndpointSlices did not start") }
         return membership
     }

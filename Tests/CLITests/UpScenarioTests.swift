@@ -64,10 +64,30 @@ struct UpScenarioTests {
         let directory = try CLITests.temporaryDirectory()
         let output = directory + "/out.txt"
         FileManager.default.createFile(atPath: output, contents: nil)
+        // A pool without a model (eaas up writes the seeded one) whose target is low enough that the
+        // load below needs 3 replicas per shard even on a slow machine: 6 requests/s of 40 tokens is
+        // about 480 expert-tokens/s per shard against 150 per replica.
+        let pool = """
+            apiVersion: eaas.dev/v1alpha1
+            kind: ExpertPool
+            metadata:
+              name: scenario
+            spec:
+              shards: {expertsPerShard: 4}
+              replicas: {min: 1, max: 3}
+              autoscaling:
+                target: 150
+                scrapeIntervalSeconds: 1
+                behavior: {scaleDown: {stabilizationWindowSeconds: 10}}
+              transport: {backend: shm, port: 7070, metricsPort: 9090}
+              poolTokenSecret: {name: scenario-token}
+              drainSeconds: 3
+            """
+        try pool.write(toFile: directory + "/pool.yaml", atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        // 1 sequence, then 8 (about 3x a replica's target on this model), then 1 again.
-        process.arguments = ["up", "--workdir", directory + "/up", "--plain", "--load", "5:1,40:8,600:1", "--duration", "240"]
+        // 1 request/s, then 6, then none.
+        process.arguments = ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--load", "5:1,45:6,600:0", "--duration", "240"]
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         process.standardOutput = handle
         process.standardError = handle
@@ -96,7 +116,7 @@ struct UpScenarioTests {
             let log = (try? String(contentsOfFile: directory + "/up/eaas.log", encoding: .utf8)) ?? ""
             #expect(log.contains("replacing the pod"))
 
-            // Load falls: every shard back to one replica once the 20 s window has passed.
+            // Load falls: every shard back to one replica once the 10 s window has passed.
             try await Self.until("every shard back to 1 replica", timeout: .seconds(120)) {
                 let table = Self.lastTable(text())
                 return table.count == 2 && table.values.allSatisfy { $0 == Row(replicas: 1, desired: 1, ready: 1) }

@@ -171,6 +171,10 @@ def main():
         basics(server)
     elif mode == "watch-through-410":
         watch_through_410(server)
+        # The watch's pool threads can abort the interpreter's teardown (SIGABRT seen under load):
+        # the check has passed, so leave without it.
+        sys.stdout.flush()
+        os._exit(0)
     elif mode == "lease":
         lease(sys.argv[3], float(sys.argv[4]))
     else:

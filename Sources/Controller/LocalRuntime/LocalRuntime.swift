@@ -37,9 +37,13 @@ public final class LocalRuntime: Service, @unchecked Sendable {
     private var nextAddress = Int.random(in: 0..<(1 << 22))
     private var appliedSlices: [String: String] = [:]
     private var creationBackoff: [String: (failures: Int, until: ContinuousClock.Instant)] = [:]
+    /// Pods created per Deployment uid that the informer has not shown yet (the ReplicaSet
+    /// controller's "expectations"), so a lagging cache does not make it create them twice.
+    private var pendingCreates: [String: [String: ContinuousClock.Instant]] = [:]
     private var draining: [Task<Void, Never>] = []
     private var shuttingDown = false
-    private let wake = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    /// Set by informer events; the loop looks every few milliseconds and at least every `period`.
+    private var dirty = false
 
     final class Container: @unchecked Sendable {
         let pod: KubeObject
@@ -81,7 +85,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         let pods = Informer(client: client, type: .pods, configuration: .init(namespace: namespace))
         let services = Informer(client: client, type: .services, configuration: .init(namespace: namespace))
         for informer in [deployments, pods, services] {
-            informer.addHandler { [wake] _ in wake.continuation.yield() }
+            informer.addHandler { [weak self] _ in self?.lock.withLock { self?.dirty = true } }
         }
         try? FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
         await withTaskGroup(of: Void.self) { group in
@@ -95,7 +99,6 @@ public final class LocalRuntime: Service, @unchecked Sendable {
                     }
                 } onGracefulShutdown: {
                     self.lock.withLock { self.shuttingDown = true }
-                    self.wake.continuation.finish()
                 }
             }
             // The loop ends on shutdown; then the informers stop and every pod is stopped.
@@ -105,14 +108,18 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         await stopAll()
     }
 
+    /// Returns when an informer saw a change, the period has passed, or shutdown began.
     private func waitForWork() async {
-        let period = configuration.period
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [wake] in for await _ in wake.stream { return } }
-            group.addTask { try? await Task.sleep(for: period) }
-            await group.next()
-            group.cancelAll()
+        let deadline = ContinuousClock.now + configuration.period
+        while ContinuousClock.now < deadline, !Task.isCancelled {
+            let wake: Bool = lock.withLock {
+                defer { dirty = false }
+                return dirty || shuttingDown
+            }
+            if wake { return }
+            try? await Task.sleep(for: .milliseconds(10))
         }
+        lock.withLock { dirty = false }
     }
 
     func sync(deployments: InformerStore, pods: InformerStore, services: InformerStore) async {
@@ -141,13 +148,20 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         }
         let current = owned.filter { $0.labels["pod-template-hash"] == hash }
         let old = owned.filter { $0.labels["pod-template-hash"] != hash }
+        let seen = Set(pods.list().compactMap(\.name))
+        let pending: Int = lock.withLock {
+            let now = ContinuousClock.now
+            let left = (pendingCreates[uid] ?? [:]).filter { !seen.contains($0.key) && now - $0.value < .seconds(30) }
+            pendingCreates[uid] = left.isEmpty ? nil : left
+            return left.count
+        }
         let isReady: (KubeObject) -> Bool = PoolReconciler.isReady
         let readyCount = owned.filter(isReady).count
 
         var creates = 0
         var deletions: [KubeObject] = []
         if old.isEmpty {
-            if current.count < desired { creates = desired - current.count }
+            if current.count + pending < desired { creates = desired - current.count - pending }
             if current.count > desired {
                 // Not-ready pods go first, then the newest.
                 deletions = Array(current.sorted { a, b in
@@ -156,13 +170,16 @@ public final class LocalRuntime: Service, @unchecked Sendable {
             }
         } else {
             // Rolling update: one surge pod, none unavailable.
-            if current.count < desired && owned.count < desired + 1 { creates = 1 }
+            if current.count + pending < desired && owned.count + pending < desired + 1 { creates = 1 }
             if let victim = old.first(where: { !isReady($0) }) ?? (readyCount - 1 >= desired ? old.first(where: isReady) : nil) {
                 deletions = [victim]
             }
         }
         if creates > 0, let backoff = lock.withLock({ creationBackoff[uid] }), ContinuousClock.now < backoff.until { creates = 0 }
-        for _ in 0..<creates { try await createPod(for: deployment, name: name, hash: hash, template: template) }
+        for _ in 0..<creates {
+            let pod = try await createPod(for: deployment, name: name, hash: hash, template: template)
+            lock.withLock { pendingCreates[uid, default: [:]][pod] = .now }
+        }
         for pod in deletions {
             do { _ = try await client.delete(.pods, pod.name ?? "", namespace: pod.namespace) } catch let error as KubeAPIError where error.reason == .notFound {}
         }
@@ -183,7 +200,8 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         }
     }
 
-    private func createPod(for deployment: KubeObject, name: String, hash: String, template: JSONValue) async throws {
+    /// Creates one pod of the template; returns its name.
+    private func createPod(for deployment: KubeObject, name: String, hash: String, template: JSONValue) async throws -> String {
         let suffix = String((0..<5).map { _ in "bcdfghjklmnpqrstvwxz2456789".randomElement()! })
         var metadata = template["metadata"]?.object ?? [:]
         var labels = metadata["labels"]?.object ?? [:]
@@ -194,6 +212,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         metadata["ownerReferences"] = [deployment.controllerReference()]
         let pod: JSONValue = ["apiVersion": "v1", "kind": "Pod", "metadata": .object(metadata), "spec": template["spec"] ?? [:]]
         _ = try await client.create(.pods, KubeObject(pod), namespace: deployment.namespace)
+        return "\(name)-\(hash)-\(suffix)"
     }
 
     // MARK: Kubelet
@@ -212,7 +231,11 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         for pod in present {
             guard let uid = pod.uid else { continue }
             let phase = pod.json[path: ["status", "phase"]]?.string
-            if phase == "Failed" || phase == "Succeeded" { continue }
+            if phase == "Failed" || phase == "Succeeded" {
+                // Finished pods run nothing (a failed pod whose delete did not go through included).
+                if let container = lock.withLock({ containers.removeValue(forKey: uid) }) { stop(container) }
+                continue
+            }
             if let container = lock.withLock({ containers[uid] }) {
                 await watch(container, pod: pod)
             } else if phase == nil || phase == "Pending" {
@@ -282,7 +305,14 @@ public final class LocalRuntime: Service, @unchecked Sendable {
             }
             await container.launched.terminate(grace: max(.seconds(1), grace - (ContinuousClock.now - start)))
         }
-        lock.withLock { draining.append(task) }
+        lock.withLock {
+            draining.removeAll { $0.isCancelled }
+            draining.append(task)
+        }
+        Task { [weak self] in
+            await task.value
+            self?.lock.withLock { self?.draining.removeAll { $0 == task } }
+        }
     }
 
     private func stopAll() async {

@@ -48,8 +48,11 @@ public struct ProcessLauncher: PodLauncher {
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
+        // The pod exits when its runtime dies, even by SIGKILL (it watches for this parent).
+        process.environment?["EAAS_PARENT_PID"] = String(getpid())
+        let container = ChildContainer(process: process, log: handle)  // sets the termination handler before the start
         try process.run()
-        return ChildContainer(process: process, log: handle)
+        return container
     }
 }
 
@@ -71,7 +74,11 @@ final class ChildContainer: LaunchedContainer, @unchecked Sendable {
         }
     }
 
-    var exitStatus: Int32? { lock.withLock { status } }
+    var exitStatus: Int32? {
+        if let status = lock.withLock({ status }) { return status }
+        // The handler runs a little after the exit; a process that is gone is gone either way.
+        return process.isRunning || process.processIdentifier == 0 ? nil : process.terminationStatus
+    }
 
     func terminate(grace: Duration) async {
         guard exitStatus == nil else { return }
@@ -80,7 +87,8 @@ final class ChildContainer: LaunchedContainer, @unchecked Sendable {
         while exitStatus == nil, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
         if exitStatus == nil {
             kill()
-            while exitStatus == nil { try? await Task.sleep(for: .milliseconds(20)) }
+            let killed = ContinuousClock.now
+            while exitStatus == nil, ContinuousClock.now - killed < .seconds(10) { try? await Task.sleep(for: .milliseconds(20)) }
         }
     }
 
