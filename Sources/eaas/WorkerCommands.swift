@@ -52,6 +52,9 @@ struct ExpertOptions: ParsableArguments {
         let membership = KubernetesMembership(client: KubeClient(connection: connection), pool: pool, namespace: namespace, layers: config.moeLayers,
                                               verify: { try? ServerLinks.probe(address: $0, configuration: probe).experts }, logger: logger)
         guard await membership.start() else { throw CommandFailure("--pool \(pool): watching its EndpointSlices did not start") }
+        // Pods join once they have answered a handshake: give the first ones a moment.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while membership.current().servers.isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
         return membership
     }
 

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Testing
 
 /// `eaas up` as a user runs it: the embedded pool under a load that rises and falls, one expert
@@ -59,7 +62,47 @@ struct UpScenarioTests {
         throw CancellationError()
     }
 
-    @Test("load rises: a shard scales up; a pod SIGKILLed under load is replaced with no failed request; load falls: back down after the window; Ctrl-C stops cleanly")
+    /// `eaas worker --experts remote --pool scenario` against eaas up's API server answers a completion.
+    static func workerGenerates(directory: String) async throws {
+        let output = directory + "/worker.txt"
+        FileManager.default.createFile(atPath: output, contents: nil)
+        let worker = Process()
+        worker.executableURL = URL(fileURLWithPath: CLITests.binary)
+        worker.arguments = ["worker", "--model", directory + "/up/model", "--host", "127.0.0.1", "--port", "0",
+                            "--experts", "remote", "--pool", "scenario", "--transport", "shm"]
+        worker.environment = ProcessInfo.processInfo.environment.merging([
+            "KUBECONFIG": directory + "/up/kubeconfig", "EAAS_POOL_TOKEN": "scenario-secret-token", "POD_NAMESPACE": "default",
+        ]) { $1 }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        worker.standardOutput = handle
+        worker.standardError = handle
+        try worker.run()
+        defer { if worker.isRunning { worker.interrupt() } }
+        func text() -> String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        do {
+            try await until("the worker listens", timeout: .seconds(60)) { text().contains("listening 127.0.0.1:") }
+        } catch {
+            Issue.record("worker output:\n\(text())")
+            throw error
+        }
+        let line = text().split(separator: "\n").first { $0.hasPrefix("listening ") } ?? ""
+        let port = line.split(separator: " ")[1].split(separator: ":").last.map(String.init) ?? ""
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/completions")!)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = Data(#"{"prompt": [1, 2, 3], "max_tokens": 4, "ignore_eos": true}"#.utf8)
+        request.timeoutInterval = 60
+        let (body, response) = try await URLSession.shared.data(for: request)
+        #expect((response as? HTTPURLResponse)?.statusCode == 200, "\(String(decoding: body, as: UTF8.self))")
+        let json = try JSONSerialization.jsonObject(with: body) as? [String: Any]
+        let choice = (json?["choices"] as? [[String: Any]])?.first
+        #expect((choice?["token_ids"] as? [Int])?.count == 4, "\(String(decoding: body, as: UTF8.self))")
+        worker.interrupt()
+        try await until("the worker exits", timeout: .seconds(30)) { !worker.isRunning }
+        #expect(worker.terminationStatus == 0)
+    }
+
+    @Test("load rises: a shard scales up; an `eaas worker --pool` finds the pods through the API; a pod SIGKILLed under load is replaced with no failed request; load falls: back down after the window; Ctrl-C stops cleanly")
     func upScalesAndSurvivesAKill() async throws {
         let directory = try CLITests.temporaryDirectory()
         let output = directory + "/out.txt"
@@ -82,7 +125,14 @@ struct UpScenarioTests {
               transport: {backend: shm, port: 7070, metricsPort: 9090}
               poolTokenSecret: {name: scenario-token}
               drainSeconds: 3
-            """
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata:
+              name: scenario-token
+            data:
+              token: %TOKEN%
+            """.replacingOccurrences(of: "%TOKEN%", with: "c2NlbmFyaW8tc2VjcmV0LXRva2Vu")
         try pool.write(toFile: directory + "/pool.yaml", atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CLITests.binary)
@@ -103,6 +153,10 @@ struct UpScenarioTests {
             let table = Self.lastTable(text())
             let (shard, row) = try #require(table.first { $0.value.ready >= 2 })
             let experts = shard == "s0" ? "0-3" : "4-7"
+
+            // An attention worker run as the sample Deployment runs it (`--pool`) finds the pods
+            // through eaas up's API server and generates.
+            try await Self.workerGenerates(directory: directory)
 
             // SIGKILL one of its pods while the load goes on.
             let pods = Self.podProcesses(parent: process.processIdentifier)
