@@ -3,9 +3,8 @@
 #   docker build -t ghcr.io/eaas-dev/eaas:0.1.0 .
 # The image runs as user 65532 and defaults to `eaas controller`; pods pass their own arguments.
 
-# The project needs Swift 6.x (developed on 6.3); switch to swift:6.3-bookworm when that image is
-# published.
-FROM swift:6.1-bookworm AS builder
+# The Swift the project is developed and tested with (6.3); Debian 12 like the runtime stage.
+FROM swift:6.3-bookworm AS builder
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        libcurl4-openssl-dev libyaml-dev libibverbs-dev libopenblas-dev pkg-config \
