@@ -316,6 +316,32 @@ struct OperatorScenarioTests {
         }
     }
 
+    @Test("a pool whose Secret is missing is Degraded SecretNotFound and gets no pods; once the Secret exists it is served")
+    func missingSecret() async throws {
+        let rig = try await Rig.start()
+        let controller = rig.controller()
+        rig.track(Task { try? await controller.run() })
+        do {
+            var pool = Self.pool(name: "nosecret")
+            pool.json[path: ["spec", "poolTokenSecret", "name"]] = "late-token"
+            _ = try await rig.client.create(ExpertPoolCRD.resource, pool, namespace: Self.namespace)
+            try await Self.until("Degraded SecretNotFound") {
+                rig.status("nosecret")?.condition("Degraded")?.reason == "SecretNotFound"
+            }
+            #expect(rig.status("nosecret")?.condition("Degraded")?.message.contains("late-token") == true)
+            #expect(try await rig.client.list(.deployments, namespace: Self.namespace).items.isEmpty)
+            _ = try await rig.client.create(.secrets, KubeObject(.secrets, name: "late-token", namespace: Self.namespace,
+                                                                 fields: ["data": ["token": "c2VjcmV0"]]))
+            try await Self.until("served once the Secret exists") {
+                rig.status("nosecret")?.condition("Degraded")?.status == .false && rig.status("nosecret")?.readyReplicas == 2
+            }
+        } catch {
+            await rig.stop()
+            throw error
+        }
+        await rig.stop()
+    }
+
     @Test("two controllers: one leads; when it dies without releasing, the other takes over within the lease")
     func leaderKilledAndReplaced() async throws {
         let rig = try await Rig.start()
