@@ -250,7 +250,7 @@ public final class GenerationEngine: @unchecked Sendable {
         let results = ResultBox(count: requests.count)
         for (index, request) in requests.enumerated() {
             // All of them are the caller's own work: they queue without the waiting limit.
-            try submit(request, queueLimit: false) { event in results.record(event, at: index, promptTokens: request.prompt.count) }
+            _ = try submit(request, queueLimit: false) { event in results.record(event, at: index, promptTokens: request.prompt.count) }
         }
         while true {
             condition.lock()

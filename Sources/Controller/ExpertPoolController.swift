@@ -12,15 +12,20 @@ import ServiceLifecycle
 public final class ExpertPoolController: Service, @unchecked Sendable {
     public let client: KubeClient
     public let configuration: ControllerConfiguration
+    /// Reconciles, queue depth, scrapes, scalings, leadership (`/metrics` of `eaas controller`).
+    public let metrics: ControllerMetrics
     let logger: Logger
     private let lock = NSLock()
     private var synced = false
     private var elector: LeaderElector?
 
-    public init(client: KubeClient, configuration: ControllerConfiguration = ControllerConfiguration(), logger: Logger) {
+    public init(client: KubeClient, configuration: ControllerConfiguration = ControllerConfiguration(),
+                metrics: ControllerMetrics = ControllerMetrics(), logger: Logger) {
         self.client = client
         self.configuration = configuration
+        self.metrics = metrics
         self.logger = logger
+        metrics.leading(false)
     }
 
     /// True once this instance leads (or runs without election) and its caches are filled.
@@ -44,6 +49,8 @@ public final class ExpertPoolController: Service, @unchecked Sendable {
     /// Everything a leader runs, until cancelled.
     func runLeading() async throws {
         logger.info("leading: starting informers")
+        metrics.leading(true)
+        defer { metrics.leading(false) }
         let managed = "\(PoolLabels.managedBy)=\(configuration.fieldManager)"
         let namespace = configuration.namespace
         let pools = Informer(client: client, type: ExpertPoolCRD.resource, configuration: .init(namespace: namespace))
@@ -75,8 +82,9 @@ public final class ExpertPoolController: Service, @unchecked Sendable {
         let loads = LoadTracker()
         let reconciler = PoolReconciler(client: client, pools: pools.store, deployments: deployments.store, pods: pods.store,
                                         services: services.store, configMaps: configMaps.store, loads: loads,
-                                        configuration: configuration, logger: logger)
-        let scraper = LoadScraper(pools: pools.store, pods: pods.store, loads: loads, timeout: configuration.scrapeTimeout, logger: logger) { key in
+                                        configuration: configuration, metrics: metrics, logger: logger)
+        let scraper = LoadScraper(pools: pools.store, pods: pods.store, loads: loads, timeout: configuration.scrapeTimeout,
+                                  metrics: metrics, logger: logger) { key in
             await queue.add(key)
         }
         defer { lock.withLock { synced = false } }
@@ -110,14 +118,22 @@ public final class ExpertPoolController: Service, @unchecked Sendable {
     /// queue's per-key exponential backoff; success forgets the key's failures.
     private func work(queue: WorkQueue<String>, reconciler: PoolReconciler) async {
         while let key = await queue.next() {
+            metrics.queue(depth: await queue.count)
+            let started = ContinuousClock.now
+            func elapsed() -> Double {
+                let duration = ContinuousClock.now - started
+                return Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+            }
             do {
                 let action = try await reconciler.reconcile(key: key)
+                metrics.reconcile(succeeded: true, seconds: elapsed())
                 await queue.forget(key)
                 if case .requeue(let delay) = action { await queue.add(key, after: delay) }
             } catch is CancellationError {
                 await queue.done(key)
                 return
             } catch {
+                metrics.reconcile(succeeded: false, seconds: elapsed())
                 let failures = await queue.failureCount(key)
                 logger.warning("reconcile failed; retrying with backoff", metadata: ["pool": "\(key)", "error": "\(error)", "failures": "\(failures + 1)"])
                 await queue.addRateLimited(key)

@@ -10,6 +10,7 @@ struct LoadScraper: Sendable {
     let pods: InformerStore
     let loads: LoadTracker
     let timeout: Duration
+    let metrics: ControllerMetrics
     let logger: Logger
     /// Called with a pool's key after its pods were scraped.
     let scraped: @Sendable (String) async -> Void
@@ -49,12 +50,15 @@ struct LoadScraper: Sendable {
                         guard response.status == 200, let counters = PodCounters(prometheusText: response.text) else {
                             logger.debug("no load metrics", metadata: ["pod": "\(pod.key)", "status": "\(response.status)"])
                             loads.markMissing(pod: uid)
+                            metrics.scrape(succeeded: false)
                             return
                         }
                         loads.record(pod: uid, counters: counters, now: Self.seconds(at))
+                        metrics.scrape(succeeded: true)
                     } catch {
                         logger.debug("scrape failed", metadata: ["pod": "\(pod.key)", "error": "\(error)"])
                         loads.markMissing(pod: uid)
+                        metrics.scrape(succeeded: false)
                     }
                 }
             }

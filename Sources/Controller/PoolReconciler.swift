@@ -45,6 +45,7 @@ public final class PoolReconciler: @unchecked Sendable {
     let configMaps: InformerStore
     let configuration: ControllerConfiguration
     public let loads: LoadTracker
+    let metrics: ControllerMetrics
     let logger: Logger
     let clock = ContinuousClock()
     let start = ContinuousClock.now
@@ -64,7 +65,9 @@ public final class PoolReconciler: @unchecked Sendable {
     }
 
     public init(client: KubeClient, pools: InformerStore, deployments: InformerStore, pods: InformerStore, services: InformerStore,
-                configMaps: InformerStore, loads: LoadTracker, configuration: ControllerConfiguration, logger: Logger) {
+                configMaps: InformerStore, loads: LoadTracker, configuration: ControllerConfiguration,
+                metrics: ControllerMetrics = ControllerMetrics(), logger: Logger) {
+        self.metrics = metrics
         self.client = client
         self.pools = pools
         self.deployments = deployments
@@ -222,6 +225,7 @@ public final class PoolReconciler: @unchecked Sendable {
     private func recordScaling(pool: KubeObject, shard: String, from: Int, to: Int, load: Double, spec: ExpertPoolSpec) async throws {
         let key = autoscalerKey(pool: pool, shard: shard)
         lock.withLock { autoscalers[key]?.recordScale(now: now, from: from, to: to) }
+        metrics.scaled(up: to > from)
         let unit = spec.autoscaling.metric == .tokensPerSecond ? "tokens/s" : "busy"
         let message = "shard \(shard): \(from) → \(to) replicas (load \(String(format: "%.1f", load)) \(unit), target \(String(format: "%g", spec.autoscaling.target)) per replica)"
         logger.info("scaling", metadata: ["pool": "\(pool.key)", "shard": "\(shard)", "from": "\(from)", "to": "\(to)", "load": "\(load)"])

@@ -211,7 +211,7 @@ final class APIState: @unchecked Sendable {
 
     /// Queues a blank line to one watch (see `WatchMessage.heartbeat`).
     func heartbeat(_ resource: ServedResource, watcher id: Int) {
-        lock.withLock { collection(resource.type).watchers[id]?.continuation.yield(.heartbeat) }
+        _ = lock.withLock { collection(resource.type).watchers[id]?.continuation.yield(.heartbeat) }
     }
 
     // MARK: Committing

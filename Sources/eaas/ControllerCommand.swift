@@ -24,7 +24,7 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(help: "The Lease's name.") var leaseName = "eaas-controller"
     @Option(help: "The Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace).") var leaseNamespace: String?
     @Option(help: "Seconds a Lease is valid without renewal (others take over after it).") var leaseDurationSeconds = 15
-    @Option(help: "HTTP port for /healthz and /readyz (0 picks a free one).") var healthPort = 8081
+    @Option(help: "HTTP port for /healthz, /readyz and /metrics (0 picks a free one).") var healthPort = 8081
     @Option(help: "HTTP address to bind.") var healthHost = "0.0.0.0"
     @Option(help: "Pools reconciled at once.") var workers = 2
     @Option(help: "Kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config).") var kubeconfig: String?
@@ -64,6 +64,11 @@ struct ControllerCommand: AsyncParsableCommand {
 
         let router = Router()
         router.get("healthz") { _, _ in "ok\n" }
+        router.get("metrics") { _, _ -> Response in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: controller.metrics.text())))
+        }
         // A standby replica is ready (it is doing its job: waiting); a leader once its caches are filled.
         router.get("readyz") { _, _ -> Response in
             let ready = !controller.isLeader || controller.isSynced

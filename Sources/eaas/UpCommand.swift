@@ -194,7 +194,7 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     static func fileLogger(path: String, level: Logger.Level) throws -> Logger {
-        FileManager.default.createFile(atPath: path, contents: nil)
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { throw ValidationError("cannot create the log file \(path)") }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         var logger = Logger(label: "eaas.up") { label in FileLogHandler(handle: handle, label: label, level: level) }
         logger.logLevel = level
@@ -220,10 +220,10 @@ struct FileLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-        let all = metadata.merging(extra ?? [:]) { $1 }
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { $1 }
         let fields = all.keys.sorted().map { "\($0)=\(all[$0]!)" }.joined(separator: " ")
-        handle.write(Data("\(PoolReconciler.timestamp()) \(level) \(label): \(message) \(fields)\n".utf8))
+        handle.write(Data("\(PoolReconciler.timestamp()) \(event.level) \(label): \(event.message) \(fields)\n".utf8))
     }
 }
 

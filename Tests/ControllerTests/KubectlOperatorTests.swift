@@ -120,6 +120,13 @@ struct KubectlOperatorTests {
                 return status?["shardCount"] == 4 && status?["observedGeneration"] == 1
             }
 
+            // The leader's /metrics says it leads and has reconciled.
+            let leaderName = try #require(holder())
+            let healthLine = try #require(controllers[leaderName]?.output.split(separator: "\n").first { $0.hasPrefix("health ") })
+            let metrics = try await PlainHTTP.get("http://\(healthLine.dropFirst("health ".count))/metrics", timeout: .seconds(5)).text
+            #expect(metrics.contains("eaas_controller_leader 1"), "\(metrics)")
+            #expect(metrics.contains(#"eaas_controller_reconciles_total{result="success"}"#))
+
             // kubectl prints the printer columns, and scales through the scale subresource.
             let table = try await kubectlRun("get", "expertpools")
             let header = table.split(separator: "\n").first.map { $0.split(separator: " ").joined(separator: " ") }

@@ -204,6 +204,14 @@ struct OperatorScenarioTests {
             await rig.stop()
             throw error
         }
+        // The controller's own metrics saw it all.
+        let metrics = controller.metrics.text()
+        for line in [#"eaas_controller_reconciles_total{result="success"}"#, #"eaas_controller_scrapes_total{result="ok"}"#,
+                     #"eaas_controller_scalings_total{direction="up"}"#, #"eaas_controller_scalings_total{direction="down"}"#] {
+            let value = metrics.split(separator: "\n").first { $0.hasPrefix(line + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+            #expect((value ?? 0) > 0, "\(line) in:\n\(metrics)")
+        }
+        #expect(metrics.contains("eaas_controller_leader 1"))
         await rig.stop()
     }
 

@@ -364,7 +364,9 @@ public final class LocalRuntime: Service, @unchecked Sendable {
                     guard let encoded = data[key]?.string, let bytes = Data(base64Encoded: encoded) else {
                         throw LocalRuntimeError("Secret \(secretName) has no key '\(key)'")
                     }
-                    FileManager.default.createFile(atPath: "\(local)/\(path)", contents: bytes, attributes: [.posixPermissions: 0o600])
+                    guard FileManager.default.createFile(atPath: "\(local)/\(path)", contents: bytes, attributes: [.posixPermissions: 0o600]) else {
+                        throw LocalRuntimeError("cannot write Secret \(secretName) key '\(key)' to \(local)/\(path)")
+                    }
                 }
                 volumes[name] = local
             } else if let path = volume[path: ["hostPath", "path"]]?.string {

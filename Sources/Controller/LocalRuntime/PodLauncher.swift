@@ -43,7 +43,7 @@ public struct ProcessLauncher: PodLauncher {
         for (key, value) in pod.environment { environment[key] = value }
         process.environment = environment
         let log = pod.directory + "/container.log"
-        FileManager.default.createFile(atPath: log, contents: nil)
+        guard FileManager.default.createFile(atPath: log, contents: nil) else { throw LocalRuntimeError("cannot create \(log)") }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = handle
         process.standardError = handle
