@@ -65,7 +65,7 @@ struct UpScenarioTests {
     /// `eaas worker --experts remote --pool scenario` against eaas up's API server answers a completion.
     static func workerGenerates(directory: String) async throws {
         let output = directory + "/worker.txt"
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         let worker = Process()
         worker.executableURL = URL(fileURLWithPath: CLITests.binary)
         worker.arguments = ["worker", "--model", directory + "/up/model", "--host", "127.0.0.1", "--port", "0",
@@ -106,7 +106,7 @@ struct UpScenarioTests {
     func upScalesAndSurvivesAKill() async throws {
         let directory = try CLITests.temporaryDirectory()
         let output = directory + "/out.txt"
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         // A pool without a model (eaas up writes the seeded one) whose target is low enough that the
         // load below needs 3 replicas per shard even on a slow machine: 6 requests/s of 40 tokens is
         // about 480 expert-tokens/s per shard against 150 per replica.

@@ -13,7 +13,7 @@ final class ToolProcess: @unchecked Sendable {
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String) throws {
         outputPath = "\(directory)/\(URL(fileURLWithPath: executable).lastPathComponent)-\(UUID().uuidString.prefix(8)).log"
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

@@ -1,0 +1,45 @@
+import Foundation
+import JSON
+import Kube
+
+/// The EndpointSlice controller of the local runtime: one slice per Service listing its pods.
+extension LocalRuntime {
+
+    func syncEndpointSlice(_ service: KubeObject, pods: InformerStore) async throws {
+        guard let selector = service.json[path: ["spec", "selector"]]?.object, !selector.isEmpty, let name = service.name else { return }
+        let matching = pods.list().filter { pod in
+            pod.deletionTimestamp == nil && pod.json[path: ["status", "podIP"]]?.string != nil
+                && selector.allSatisfy { pod.labels[$0.key] == $0.value.string }
+                && !["Failed", "Succeeded"].contains(pod.json[path: ["status", "phase"]]?.string ?? "")
+        }.sorted { ($0.name ?? "") < ($1.name ?? "") }
+        let endpoints: [JSONValue] = matching.map { pod in
+            let ready = PoolReconciler.isReady(pod)
+            return [
+                "addresses": [.string(pod.json[path: ["status", "podIP"]]?.string ?? "")],
+                "conditions": ["ready": .bool(ready), "serving": .bool(ready), "terminating": false],
+                "targetRef": ["kind": "Pod", "name": .string(pod.name ?? ""), "namespace": .string(pod.namespace ?? ""), "uid": .string(pod.uid ?? "")],
+            ]
+        }
+        let ports: [JSONValue] = (service.json[path: ["spec", "ports"]]?.array ?? []).compactMap { port in
+            var resolved = port["targetPort"]?.int ?? port["port"]?.int
+            if let target = port["targetPort"]?.string, let pod = matching.first {
+                resolved = pod.json[path: ["spec", "containers"]]?.array?.first?["ports"]?.array?.first { $0["name"]?.string == target }?["containerPort"]?.int
+            }
+            guard let resolved else { return nil }
+            return ["name": port["name"] ?? "", "port": .int(resolved), "protocol": port["protocol"] ?? "TCP"]
+        }
+        let slice: JSONValue = [
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": ["name": .string("\(name)-local"), "namespace": .string(service.namespace ?? configuration.namespace),
+                         "labels": ["kubernetes.io/service-name": .string(name), "endpointslice.kubernetes.io/managed-by": "eaas-local-runtime"],
+                         "ownerReferences": [service.controllerReference()]],
+            "addressType": "IPv4",
+            "endpoints": .array(endpoints),
+            "ports": .array(ports),
+        ]
+        let hash = PoolReconciler.hash(slice)
+        guard lock.withLock({ appliedSlices[service.key] }) != hash else { return }
+        _ = try await client.patch(.endpointSlices, "\(name)-local", namespace: service.namespace, .apply(slice, fieldManager: "eaas-local-runtime", force: true))
+        lock.withLock { appliedSlices[service.key] = hash }
+    }
+}
