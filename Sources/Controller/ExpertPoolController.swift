@@ -120,10 +120,7 @@ public final class ExpertPoolController: Service, @unchecked Sendable {
         while let key = await queue.next() {
             metrics.queue(depth: await queue.count)
             let started = ContinuousClock.now
-            func elapsed() -> Double {
-                let duration = ContinuousClock.now - started
-                return Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
-            }
+            func elapsed() -> Double { (ContinuousClock.now - started).seconds }
             do {
                 let action = try await reconciler.reconcile(key: key)
                 metrics.reconcile(succeeded: true, seconds: elapsed())

@@ -67,7 +67,6 @@ struct LoadScraper: Sendable {
 
     private static let origin = ContinuousClock.now
     static func seconds(_ instant: ContinuousClock.Instant) -> Double {
-        let elapsed = instant - origin
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        (instant - origin).seconds
     }
 }

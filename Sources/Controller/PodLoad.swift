@@ -2,17 +2,15 @@ import Foundation
 
 /// The counters the autoscaler reads from one scrape of an expert pod's `/metrics`.
 public struct PodCounters: Sendable, Equatable {
-    /// `eaas_expert_tokens_total`, summed over the pod's experts.
+    /// `eaas_expert_tokens_total`, summed over the pod's experts: its rate is the sum of the
+    /// per-expert token rates, which is what a shard's load adds up.
     public var tokens: Double
     /// `eaas_busy_seconds_total`.
     public var busySeconds: Double
-    /// Tokens per expert (`layer/expert` → count), for per-expert load.
-    public var perExpert: [String: Double]
 
-    public init(tokens: Double, busySeconds: Double, perExpert: [String: Double] = [:]) {
+    public init(tokens: Double, busySeconds: Double) {
         self.tokens = tokens
         self.busySeconds = busySeconds
-        self.perExpert = perExpert
     }
 
     /// Reads the Prometheus text exposition; nil when the expert token counter is absent (not an
@@ -21,41 +19,23 @@ public struct PodCounters: Sendable, Equatable {
         var tokens = 0.0
         var busy = 0.0
         var sawTokens = false
-        var perExpert: [String: Double] = [:]
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) where !line.hasPrefix("#") {
             // name{labels} value [timestamp]
             let nameEnd = line.firstIndex { $0 == "{" || $0 == " " } ?? line.endIndex
             let name = line[..<nameEnd]
             guard name == "eaas_expert_tokens_total" || name == "eaas_busy_seconds_total" else { continue }
-            var labels = Substring("")
             var rest = line[nameEnd...]
-            if rest.first == "{", let close = rest.lastIndex(of: "}") {
-                labels = rest[rest.index(after: rest.startIndex)..<close]
-                rest = rest[rest.index(after: close)...]
-            }
+            if rest.first == "{", let close = rest.lastIndex(of: "}") { rest = rest[rest.index(after: close)...] }
             guard let valueText = rest.split(separator: " ").first, let value = Double(valueText), value.isFinite else { continue }
             if name == "eaas_busy_seconds_total" {
                 busy += value
             } else {
                 sawTokens = true
                 tokens += value
-                let fields = Self.labels(labels)
-                perExpert["\(fields["layer"] ?? "?")/\(fields["expert"] ?? "?")", default: 0] += value
             }
         }
         guard sawTokens else { return nil }
-        self.init(tokens: tokens, busySeconds: busy, perExpert: perExpert)
-    }
-
-    private static func labels(_ text: Substring) -> [String: String] {
-        var fields: [String: String] = [:]
-        for pair in text.split(separator: ",") {
-            guard let equals = pair.firstIndex(of: "=") else { continue }
-            let key = pair[..<equals].trimmingCharacters(in: .whitespaces)
-            let value = pair[pair.index(after: equals)...].trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
-            fields[key] = value
-        }
-        return fields
+        self.init(tokens: tokens, busySeconds: busy)
     }
 }
 

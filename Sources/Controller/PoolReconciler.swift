@@ -81,8 +81,7 @@ public final class PoolReconciler: @unchecked Sendable {
 
     /// Seconds since the reconciler started, the autoscaler's clock.
     var now: Double {
-        let elapsed = ContinuousClock.now - start
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        (ContinuousClock.now - start).seconds
     }
 
     /// Reconciles the pool `namespace/name`.

@@ -22,7 +22,7 @@ final class RateLimiter: @unchecked Sendable {
         guard qps > 0 else { return .zero }
         return lock.withLock {
             let elapsed = now - updated
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            let seconds = elapsed.seconds
             tokens = min(burst, tokens + seconds * qps)
             updated = now
             tokens -= 1

@@ -16,8 +16,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         public func delay(afterFailures failures: Int) -> Duration {
             guard failures > 0 else { return .zero }
             let exponent = min(failures - 1, 40)
-            let seconds = (Double(baseDelay.components.seconds) + Double(baseDelay.components.attoseconds) * 1e-18) * pow2(exponent)
-            let capped = min(seconds, Double(maxDelay.components.seconds) + Double(maxDelay.components.attoseconds) * 1e-18)
+            let capped = min(baseDelay.seconds * pow2(exponent), maxDelay.seconds)
             return .nanoseconds(Int64(capped * 1e9))
         }
         private func pow2(_ exponent: Int) -> Double { Double(sign: .plus, exponent: exponent, significand: 1) }

@@ -149,9 +149,7 @@ struct InformerBenchCommand: AsyncParsableCommand {
         return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
     }
 
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
-    }
+    static func seconds(_ duration: Duration) -> Double { duration.seconds }
 }
 
 /// Counts the informer's updates and notes any event out of order.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ExpertPod
 import Foundation
+import Kube
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -255,7 +256,7 @@ struct PodClientCommand: ParsableCommand {
         }
         let elapsed = clock.now - start
         let document: [String: Any] = ["tokens": done, "steps": step, "latencies_us": latencies,
-                                       "seconds": Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18]
+                                       "seconds": elapsed.seconds]
         print(String(decoding: try JSONSerialization.data(withJSONObject: document), as: UTF8.self))
     }
 

@@ -2,6 +2,7 @@ import AttentionWorker
 import Controller
 import Foundation
 import JSON
+import Kube
 import KubeTestServer
 import ServiceLifecycle
 
@@ -35,8 +36,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
 
     /// Requests per second the current phase asks for.
     var rate: Double {
-        let elapsed = ContinuousClock.now - lock.withLock { started }
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let seconds = (ContinuousClock.now - lock.withLock { started }).seconds
         return phases.last { $0.start <= seconds }?.rate ?? 0
     }
 
@@ -139,7 +139,7 @@ final class UpTable: Service, @unchecked Sendable {
     func render(elapsed: Int) -> String {
         let totals = load.totals
         let now = ContinuousClock.now
-        let seconds = max(1e-3, Double((now - lastAt).components.attoseconds) * 1e-18 + Double((now - lastAt).components.seconds))
+        let seconds = max(1e-3, (now - lastAt).seconds)
         let rate = Double(totals.tokens - lastTokens) / seconds
         lastTokens = totals.tokens
         lastAt = now

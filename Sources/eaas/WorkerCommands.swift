@@ -190,9 +190,6 @@ struct CommandFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
-}
 
 /// `eaas worker`: the attention worker serving `POST /v1/completions`.
 struct WorkerCommand: AsyncParsableCommand {

@@ -172,7 +172,6 @@ struct ExpertPoolSpecTests {
         let counters = try #require(PodCounters(prometheusText: text))
         #expect(counters.tokens == 150)
         #expect(counters.busySeconds == 2.5)
-        #expect(counters.perExpert["1/1"] == 50)
         #expect(PodCounters(prometheusText: "eaas_requests_total 3\n") == nil)
         let tracker = LoadTracker()
         #expect(tracker.record(pod: "p", counters: counters, now: 10) == nil)

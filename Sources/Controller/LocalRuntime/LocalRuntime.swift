@@ -66,19 +66,6 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Pods running now (name → IP), for tables and tests.
-    public var runningPods: [String: String] {
-        lock.withLock { Dictionary(containers.values.map { ($0.pod.name ?? "", $0.ip) }, uniquingKeysWith: { a, _ in a }) }
-    }
-
-    /// Kills one pod's process with SIGKILL, as a node failure or OOM would (for demos and tests).
-    @discardableResult
-    public func killPod(named name: String) -> Bool {
-        guard let container = lock.withLock({ containers.values.first { $0.pod.name == name } }) else { return false }
-        container.launched.kill()
-        return true
-    }
-
     public func run() async throws {
         let namespace = configuration.namespace
         let deployments = Informer(client: client, type: .deployments, configuration: .init(namespace: namespace))
