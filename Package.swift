@@ -32,6 +32,8 @@ let package = Package(
         .target(name: "CVerbs", linkerSettings: [.linkedLibrary("ibverbs")]),  // Transport
         .target(name: "CPlatform"),  // Linux calls hidden behind _GNU_SOURCE (CPU affinity); ExpertPod, eaas
 
+        // Child processes that die with their parent and inherit no ignored signals (fork on one thread).
+        .target(name: "Platform", dependencies: ["CPlatform"]),
         // JSONValue: the one JSON type, shared by checkpoints, the worker's API and Kubernetes objects.
         .target(name: "JSON"),
         .target(name: "MoE", dependencies: [
@@ -65,40 +67,40 @@ let package = Package(
         ]),
         .executableTarget(name: "kube-test-apiserver", dependencies: ["KubeTestServer"]),
         .target(name: "Controller", dependencies: [
-            "Kube", "JSON", "MoE", "Transport",
+            "Kube", "JSON", "MoE", "Transport", "Platform",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "eaas", dependencies: [
-            "MoE", "JSON", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform",
+            "MoE", "JSON", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform", "Platform",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "MoETests", dependencies: ["MoE", "JSON"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
-        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod"]),
+        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod", "Platform"]),
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
-        .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "eaas"]),
+        .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
         // The Kubernetes client, informer, work queue and leader election against the test API server,
         // and kubectl and the official Python client against the same server.
-        .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON"],
+        .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON", "Platform"],
                     exclude: ["python_client_check.py", "tls_server.py"]),
         // The operator against the test API server with the local runtime (pods as in-process HTTP
         // servers): children, status, scaling, rollout, GC, leader election; the spec, CRD and plan
         // tables; the chart against Manifests; kubectl applying Manifests with `eaas controller` processes.
         .testTarget(name: "ControllerTests", dependencies: [
-            "Controller", "Kube", "KubeTestServer", "JSON", "Transport", "eaas",
+            "Controller", "Kube", "KubeTestServer", "JSON", "Transport", "Platform", "eaas",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "CLITests", dependencies: ["eaas"]),
+        .testTarget(name: "CLITests", dependencies: ["Platform", "eaas"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.
-        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "ExpertPod", "MoE", "Transport", "eaas"]),
+        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
         // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.
-        .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport"]),
+        .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport", "Platform"]),
     ]
 )

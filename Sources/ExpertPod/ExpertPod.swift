@@ -41,6 +41,6 @@ public final class ExpertPod: @unchecked Sendable {
             shard: "\(configuration.shard)", model: shard.config.architecture.cliName,
             experts: shard.hosted.map { .init(layer: Int($0.layer), expert: Int($0.expert)) },
             dtype: "\(configuration.wireDType)", hiddenSize: shard.config.hiddenSize, weightBytes: shard.weightBytes, transports: transports)
-        return PodHTTP.router(metrics: metrics, status: status, shard: description, drain: { [service] in await service.drain() })
+        return PodHTTP.router(metrics: metrics, status: status, shard: description)
     }
 }

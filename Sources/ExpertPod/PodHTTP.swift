@@ -34,11 +34,13 @@ public struct ShardDescription: Codable, Sendable, Equatable {
     }
 }
 
-/// The pod's HTTP routes on the metrics port: `/metrics`, `/healthz`, `/readyz`, `/v1/shard`, `/drain`.
+/// The pod's HTTP routes on the metrics port: `/metrics`, `/healthz`, `/readyz`, `/v1/shard`.
+///
+/// Every route is read-only: this port is what Prometheus and the controller scrape, reachable
+/// from any pod of the cluster, so nothing here changes the pod's state. Draining goes through
+/// the local `DrainSocket` instead.
 public enum PodHTTP {
-    /// `drain`, when given, serves `/drain` (the preStop hook): it returns once clients have left.
-    public static func router(metrics: PodMetrics, status: PodStatus, shard: ShardDescription,
-                              drain: (@Sendable () async -> Bool)? = nil) -> Router<BasicRequestContext> {
+    public static func router(metrics: PodMetrics, status: PodStatus, shard: ShardDescription) -> Router<BasicRequestContext> {
         let router = Router()
         router.get("metrics") { _, _ -> Response in
             var headers = HTTPFields()
@@ -49,12 +51,6 @@ public enum PodHTTP {
         router.get("readyz") { _, _ -> Response in
             let ready = status.ready
             return Response(status: ready ? .ok : .serviceUnavailable, body: ResponseBody(byteBuffer: ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
-        }
-        if let drain {
-            router.get("drain") { _, _ -> Response in
-                let allLeft = await drain()
-                return Response(status: .ok, body: ResponseBody(byteBuffer: ByteBuffer(string: allLeft ? "drained\n" : "drain timed out\n")))
-            }
         }
         let body = (try? JSONEncoder().encode(shard)) ?? Data("{}".utf8)
         router.get("v1/shard") { _, _ -> Response in

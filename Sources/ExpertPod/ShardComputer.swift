@@ -92,6 +92,12 @@ public final class ShardComputer: ExpertComputer {
         output.withUnsafeBufferPointer { y in
             for (index, row) in accepted {
                 let sums = batch[index].sums
+                // Finite inputs can still overflow (bf16 0x7f7f is 3.4e38): a pod never answers
+                // with non-finite sums; it refuses that request, and the batch's others go on.
+                if let bad = Self.firstNonFinite(y.baseAddress! + row * hidden, count: sums.count) {
+                    failures[index] = ComputeFailure(.invalidValues, "token \(bad / hidden)'s expert sums are not finite (at index \(bad % hidden)): its hidden values overflow the experts")
+                    continue
+                }
                 sums.baseAddress!.update(from: y.baseAddress! + row * hidden, count: sums.count)
             }
         }
@@ -109,6 +115,22 @@ public final class ShardComputer: ExpertComputer {
         case .bf16: BLAS.widenBF16(source.assumingMemoryBound(to: UInt16.self), into: out, count: count)
         case .f16: BLAS.widenF16(source.assumingMemoryBound(to: UInt16.self), into: out, count: count)
         }
+    }
+
+    /// Where the first NaN or ±Inf of `count` floats at `values` is, if any.
+    static func firstNonFinite(_ values: UnsafePointer<Float>, count: Int) -> Int? {
+        var i = 0
+        // A sum over a block is non-finite if any element is: one cheap check per 64 values.
+        while i < count {
+            let end = min(count, i + 64)
+            var sum: Float = 0
+            for j in i..<end { sum += values[j] * 0 }
+            if !sum.isFinite {
+                for j in i..<end where !values[j].isFinite { return j }
+            }
+            i = end
+        }
+        return nil
     }
 
     /// The first non-finite hidden value of `request`, if any.

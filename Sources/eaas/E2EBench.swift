@@ -78,10 +78,10 @@ struct E2EBenchCommand: ParsableCommand {
         log("model \(directory): \(config.architecture.cliName), hidden \(config.hiddenSize), \(config.expertCount) experts top-\(config.router.topK), \(config.layerCount) layers")
 
         // Pods first (they map the checkpoint while the monolithic engine loads).
-        var podProcesses: [ChildProcess] = []
+        var podProcesses: [EaasChild] = []
         defer { podProcesses.forEach { $0.stop() } }
         for _ in 0..<pods {
-            podProcesses.append(try ChildProcess(
+            podProcesses.append(try EaasChild(
                 arguments: ["expert-pod", "--model", directory, "--shard", "0-\(config.expertCount - 1)", "--listen", "127.0.0.1:0",
                             "--transport", "shm", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", wireDtype,
                             "--max-batch-tokens", "\(max(1024, engineConfiguration.maxBatchTokens))", "--grace-seconds", "2",

@@ -6,7 +6,7 @@ struct EaaS: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eaas",
         abstract: "Expert-as-a-Service: serve mixture-of-experts models with experts as independent pods.",
-        subcommands: [UpCommand.self, ModelCommand.self, GenerateCommand.self, WorkerCommand.self, ExpertPodCommand.self, ControllerCommand.self, BenchCommand.self, TransportServerCommand.self, VersionCommand.self]
+        subcommands: [UpCommand.self, ModelCommand.self, GenerateCommand.self, WorkerCommand.self, ExpertPodCommand.self, DrainCommand.self, ControllerCommand.self, BenchCommand.self, TransportServerCommand.self, VersionCommand.self]
     )
 }
 

@@ -32,6 +32,7 @@ struct ExpertPodCommand: AsyncParsableCommand {
     @Option(help: "Shared-memory slots: the most shm/verbs clients at once.") var slots: Int = 32
     @Option(help: "Seconds SIGTERM waits for clients to leave.") var graceSeconds: Double = 30
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "Unix socket (mode 0600) on which `eaas drain --socket PATH`, the preStop hook, drains the pod; then the pod exits.") var drainSocket: String?
 
     func validate() throws {
         _ = try hostPort()
@@ -74,7 +75,13 @@ struct ExpertPodCommand: AsyncParsableCommand {
         configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
 
         let pod = try ExpertPod(configuration: configuration, logger: logger)
-        Self.followParent(logger: logger)
+        // The drain control is local only (see DrainSocket); a drained pod then stops itself, the
+        // way SIGTERM stops it (the second drain finds the first one done).
+        let drainControl = try drainSocket.map { path in
+            try DrainSocket(path: path, drain: { [service = pod.service] in await service.drain() },
+                            onDrained: { kill(getpid(), SIGTERM) })
+        }
+        defer { drainControl?.close() }
         let announced = ManagedFlag()
         let application = Application(
             router: pod.router(transports: transport == "tcp" ? ["tcp"] : ["tcp", transport]),
@@ -98,32 +105,18 @@ struct ExpertPodCommand: AsyncParsableCommand {
     }
 }
 
-extension ExpertPodCommand {
-    /// Under `eaas up` (which sets `EAAS_PARENT_PID`) the pod drains and exits when its parent is
-    /// gone, even if the parent was SIGKILLed and could not stop it: no orphaned pods.
-    static func followParent(logger: Logger) {
-        guard let text = ProcessInfo.processInfo.environment["EAAS_PARENT_PID"], let parent = Int32(text) else { return }
-        Thread {
-            while getppid() == parent { Thread.sleep(forTimeInterval: 0.5) }
-            logger.warning("parent process \(parent) is gone; draining")
-            kill(getpid(), SIGTERM)
-        }.start()
-    }
-}
-
-/// Where a pool token comes from: a file (trimmed) or `EAAS_POOL_TOKEN`, never the command line.
+/// Where a pool token comes from: a file (its bytes) or `EAAS_POOL_TOKEN`, never the command line.
+/// Its length is checked here, where it is loaded; warnings (a file others can read, a short
+/// token) go to standard error.
 enum PoolTokenSource {
     static func read(file: String?) throws -> [UInt8] {
-        if let file {
-            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("--pool-token-file \(file) cannot be read") }
-            let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !token.isEmpty else { throw ValidationError("--pool-token-file \(file) is empty") }
-            return Array(token.utf8)
+        do {
+            let loaded = try PoolToken.load(file: file)
+            for warning in loaded.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+            return loaded.token
+        } catch let error as PoolTokenError {
+            throw ValidationError(error.description)
         }
-        guard let token = ProcessInfo.processInfo.environment["EAAS_POOL_TOKEN"], !token.isEmpty else {
-            throw ValidationError("no pool token: set EAAS_POOL_TOKEN or pass --pool-token-file")
-        }
-        return Array(token.utf8)
     }
 }
 
@@ -143,5 +136,34 @@ final class ManagedFlag: @unchecked Sendable {
         guard !set else { return false }
         set = true
         return true
+    }
+}
+
+/// `eaas drain`: the expert pod's preStop hook. Asks the pod through its local drain socket to
+/// drain (readyz 503, GOAWAY, clients move away) and returns once it has; the pod then exits.
+struct DrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain",
+        abstract: "Drain an expert pod through its local drain socket (the preStop hook) and wait until it has drained.",
+        discussion: "Exits 0 when every client left, 1 when the pod's drain timed out or the pod could not be reached."
+    )
+
+    @Option(help: "The pod's --drain-socket path.") var socket: String
+    @Option(help: "Seconds to wait for the pod's answer.") var timeoutSeconds: Double = 60
+
+    func validate() throws {
+        guard timeoutSeconds > 0 else { throw ValidationError("--timeout-seconds must be positive") }
+    }
+
+    func run() throws {
+        let answer: String
+        do {
+            answer = try DrainSocket.request(path: socket, timeout: .milliseconds(Int64(timeoutSeconds * 1000)))
+        } catch {
+            FileHandle.standardError.write(Data("eaas drain: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        print(answer)
+        guard answer == "drained" else { throw ExitCode(1) }
     }
 }

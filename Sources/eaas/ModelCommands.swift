@@ -82,7 +82,13 @@ struct ModelInspectCommand: ParsableCommand {
     func run() throws {
         let config = try ModelConfig.load(directory: directory)
         let checkpoint = try Checkpoint(directory: directory)
-        print(ModelReport(config: config, checkpoint: checkpoint).render(listTensors: tensors))
+        let report = ModelReport(config: config, checkpoint: checkpoint).render(listTensors: tensors)
+        print(report.text)
+        // The check is this command's own: a checkpoint that fails it exits non-zero, saying why last.
+        guard report.problems.isEmpty else {
+            print("eaas model inspect: \(directory) failed the check: \(report.problems.count) problem(s), first: \(report.problems[0])")
+            throw ExitCode(1)
+        }
     }
 }
 
@@ -91,7 +97,8 @@ struct ModelReport {
     let config: ModelConfig
     let checkpoint: Checkpoint
 
-    func render(listTensors: Bool) -> String {
+    /// The text, and the problems the check found (empty when it passed).
+    func render(listTensors: Bool) -> (text: String, problems: [String]) {
         var lines: [String] = []
         let r = config.router
         lines.append("architecture   \(config.architecture.rawValue) (\(config.architecture.cliName))")
@@ -146,7 +153,7 @@ struct ModelReport {
                 if let info = checkpoint.info(name) { lines.append("  \(name) \(info.dtype.rawValue) \(info.shape)") }
             }
         }
-        return lines.joined(separator: "\n")
+        return (lines.joined(separator: "\n"), problems)
     }
 }
 

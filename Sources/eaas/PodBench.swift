@@ -1,6 +1,7 @@
 import ArgumentParser
 import ExpertPod
 import Foundation
+import Platform
 import Kube
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -81,7 +82,7 @@ struct PodBenchCommand: ParsableCommand {
         let layer = spec.layers?.first ?? config.moeLayers.first!
         let topK = min(config.router.topK, spec.experts.count)
         let token = "bench-\(getpid())"
-        let pod = try ChildProcess(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
+        let pod = try EaasChild(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
                                                "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning",
                                                "--max-batch-tokens", "\(max(512, clients * requestTokens))"],
                                    environment: ["EAAS_POOL_TOKEN": token])
@@ -90,7 +91,7 @@ struct PodBenchCommand: ParsableCommand {
         guard words.count == 4, words[0] == "listening" else { throw ValidationError("expert-pod did not start: \(words.joined(separator: " "))") }
         let address = String(words[1]), metrics = String(words[3])
         let children = try (0..<clients).map { client in
-            try ChildProcess(arguments: ["bench", "pod-client", "--address", address, "--layer", "\(layer)",
+            try EaasChild(arguments: ["bench", "pod-client", "--address", address, "--layer", "\(layer)",
                                          "--experts", spec.experts.map(String.init).joined(separator: ","), "--top-k", "\(topK)",
                                          "--hidden", "\(config.hiddenSize)", "--tokens", "\(requestTokens)", "--seconds", "\(seconds)",
                                          "--client-id", "\(client + 1)", "--transport", transport],
@@ -270,21 +271,21 @@ struct PodClientCommand: ParsableCommand {
     }
 }
 
-/// A child `eaas` process with its stdout read.
-final class ChildProcess {
-    let process = Process()
+/// A child `eaas` process with its stdout read. It dies with this process (parent-death signal),
+/// so a benchmark stopped by SIGTERM or SIGKILL leaves no pod running.
+final class EaasChild {
+    let process: Platform.ChildProcess
     private let output = Pipe()
     private var buffered = Data()
 
     init(arguments: [String], environment: [String: String]) throws {
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = output
-        try process.run()
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        process = try Platform.ChildProcess(executable: executable, arguments: arguments,
+                                            environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                            standardOutput: .pipe(output))
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
 
     /// The first line it prints.
     func firstLine() throws -> String {
@@ -303,15 +304,16 @@ final class ChildProcess {
         return String(decoding: buffered, as: UTF8.self)
     }
 
-    /// SIGKILL, then waits.
+    /// SIGKILL, then waits, and removes the shared region a killed pod cannot.
     func kill() {
-        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        process.kill()
         process.waitUntilExit()
+        DataPlaneServer.removeRegions(leftBy: process.pid)
     }
 
     /// SIGTERM, then waits.
     func stop() {
-        if process.isRunning { process.terminate() }
+        process.terminate()
         process.waitUntilExit()
     }
 }

@@ -136,10 +136,24 @@ struct UpCommand: AsyncParsableCommand {
         groupConfiguration.maximumGracefulShutdownDuration = .seconds(120)
         groupConfiguration.maximumCancellationDuration = .seconds(30)
         let group = ServiceGroup(configuration: groupConfiguration)
-        do { try await group.run() } catch { logger.error("stopped with an error", metadata: ["error": "\(error)"]) }
+        var groupError: (any Error)?
+        do { try await group.run() } catch {
+            groupError = error
+            logger.error("stopped with an error", metadata: ["error": "\(error)"])
+        }
         membership.stop()
         await server.shutdown()
         table.printSummary()
+        // Exit 0 only when the run's own check held: no request failed and nothing stopped it early.
+        let totals = loadGenerator.totals
+        if let groupError {
+            print("eaas up: stopped by an error: \(groupError)")
+            throw ExitCode(1)
+        }
+        if totals.failed > 0 {
+            print("eaas up: \(totals.failed) of \(totals.finished + totals.failed) requests failed")
+            throw ExitCode(1)
+        }
     }
 
     /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2.

@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 import MoE
 
 /// vLLM on the same checkpoint and prompts, for `eaas bench e2e --vllm PYTHON`: decode tokens/s
@@ -53,22 +54,18 @@ if __name__ == "__main__":
             try? FileManager.default.removeItem(atPath: scriptPath)
             try? FileManager.default.removeItem(atPath: requestPath)
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [scriptPath, requestPath]
         let output = Pipe(), errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
+        // Dies with this process: an interrupted benchmark leaves no vLLM behind.
+        let process = try ChildProcess(executable: python, arguments: [scriptPath, requestPath], standardOutput: .pipe(output), standardError: .pipe(errors))
         // Drain stderr as it comes so that vLLM's logging cannot fill the pipe.
         let errorText = ErrorText()
         let reader = Thread { errorText.append(errors.fileHandleForReading.readDataToEndOfFile()) }
         reader.start()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let status = process.waitUntilExit()
         guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("EAAS-RESULT ") }),
               let rows = try JSONSerialization.jsonObject(with: Data(line.dropFirst(12).utf8)) as? [[String: Any]] else {
-            throw CommandFailure("vLLM run failed (exit \(process.terminationStatus)): \(errorText.tail)")
+            throw CommandFailure("vLLM run failed (exit \(status)): \(errorText.tail)")
         }
         return rows
     }

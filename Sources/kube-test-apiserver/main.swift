@@ -25,4 +25,22 @@ configuration.port = port
 let server = try await TestAPIServer(configuration: configuration)
 if let kubeconfigPath { try server.kubeconfig().write(toFile: kubeconfigPath, atomically: true, encoding: .utf8) }
 print("kube-test-apiserver listening on \(server.url)")
-while true { try await Task.sleep(for: .seconds(3600)) }
+// SIGTERM and SIGINT stop it cleanly: handled here rather than by the default action, so that
+// watches are ended and the port released before it exits 0. Dispositions are set explicitly,
+// whatever the parent left them at.
+let stop = AsyncStream<Int32> { continuation in
+    for signal in [SIGTERM, SIGINT] {
+        Foundation.signal(signal, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+        source.setEventHandler { continuation.yield(signal) }
+        source.resume()
+        nonisolated(unsafe) let keep = source
+        continuation.onTermination = { _ in keep.cancel() }
+    }
+}
+for await signal in stop {
+    FileHandle.standardError.write(Data("kube-test-apiserver: signal \(signal), stopping\n".utf8))
+    break
+}
+await server.shutdown()
+exit(0)

@@ -1,4 +1,6 @@
 import Foundation
+import Platform
+import Transport
 import Testing
 
 /// An `eaas` child process (the binary built beside the test bundle) whose first stdout line
@@ -12,19 +14,16 @@ final class EaasProcess: @unchecked Sendable {
 
     struct StartFailure: Error, CustomStringConvertible { let description: String }
 
-    let process = Process()
+    private(set) var process: ChildProcess!
     private let errors = Pipe()
     /// The words of the first stdout line ("listening 127.0.0.1:PORT …").
     let announcement: [String]
 
     init(_ arguments: [String], environment: [String: String] = [:]) throws {
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
-        process.standardOutput = out
-        process.standardError = errors
-        try process.run()
+        process = try ChildProcess(executable: Self.binary, arguments: arguments,
+                                   environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                   standardOutput: .pipe(out), standardError: .pipe(errors))
         var line = Data()
         while !line.contains(UInt8(ascii: "\n")) {
             let chunk = out.fileHandleForReading.availableData
@@ -53,6 +52,7 @@ final class EaasProcess: @unchecked Sendable {
     func cleanUp() {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
+        DataPlaneServer.removeRegions(leftBy: process.pid)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 import Testing
 
 /// The `eaas` binary run as a user runs it: exit status, what it prints, what it refuses.
@@ -25,15 +26,15 @@ struct CLITests {
     }
 
     static func run(_ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
         let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
+        let process = try ChildProcess(executable: binary, arguments: arguments, standardOutput: .pipe(out), standardError: .pipe(err))
+        // stderr is read on a thread of its own, so that neither pipe can fill while the other is read.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errors = Box(), read = DispatchSemaphore(value: 0)
+        Thread { errors.data = err.fileHandleForReading.readDataToEndOfFile(); read.signal() }.start()
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        read.wait()
+        let stderr = errors.data
         process.waitUntilExit()
         return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
     }

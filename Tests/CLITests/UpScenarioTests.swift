@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -66,17 +67,15 @@ struct UpScenarioTests {
     static func workerGenerates(directory: String) async throws {
         let output = directory + "/worker.txt"
         _ = FileManager.default.createFile(atPath: output, contents: nil)
-        let worker = Process()
-        worker.executableURL = URL(fileURLWithPath: CLITests.binary)
-        worker.arguments = ["worker", "--model", directory + "/up/model", "--host", "127.0.0.1", "--port", "0",
+        let arguments = ["worker", "--model", directory + "/up/model", "--host", "127.0.0.1", "--port", "0",
                             "--experts", "remote", "--pool", "scenario", "--transport", "shm"]
-        worker.environment = ProcessInfo.processInfo.environment.merging([
+        let environment = ProcessInfo.processInfo.environment.merging([
             "KUBECONFIG": directory + "/up/kubeconfig", "EAAS_POOL_TOKEN": "scenario-secret-token", "POD_NAMESPACE": "default",
         ]) { $1 }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        worker.standardOutput = handle
-        worker.standardError = handle
-        try worker.run()
+        let worker = try ChildProcess(executable: CLITests.binary, arguments: arguments, environment: environment,
+                                      standardOutput: .handle(handle), standardError: .handle(handle))
+        try? handle.close()
         defer { if worker.isRunning { worker.interrupt() } }
         func text() -> String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
         do {
@@ -134,14 +133,12 @@ struct UpScenarioTests {
               token: %TOKEN%
             """.replacingOccurrences(of: "%TOKEN%", with: "c2NlbmFyaW8tc2VjcmV0LXRva2Vu")
         try pool.write(toFile: directory + "/pool.yaml", atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CLITests.binary)
         // 1 request/s, then 6, then none.
-        process.arguments = ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--load", "5:1,45:6,600:0", "--duration", "240"]
+        let arguments = ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--load", "5:1,45:6,600:0", "--duration", "240"]
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        let process = try ChildProcess(executable: CLITests.binary, arguments: arguments,
+                                       standardOutput: .handle(handle), standardError: .handle(handle))
+        try? handle.close()
         func text() -> String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
         defer { if process.isRunning { process.interrupt() } }
 

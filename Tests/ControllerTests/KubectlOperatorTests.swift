@@ -1,5 +1,6 @@
 import Controller
 import Foundation
+import Platform
 import JSON
 import Kube
 import KubeTestServer
@@ -8,20 +9,17 @@ import Testing
 /// Child processes for these tests, with output in files and waits that sleep, so that no Swift
 /// concurrency thread blocks on a pipe or on `waitUntilExit`.
 final class ToolProcess: @unchecked Sendable {
-    let process = Process()
+    private(set) var process: ChildProcess!
     let outputPath: String
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String) throws {
         outputPath = "\(directory)/\(URL(fileURLWithPath: executable).lastPathComponent)-\(UUID().uuidString.prefix(8)).log"
         _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        defer { try? handle.close() }
+        process = try ChildProcess(executable: executable, arguments: arguments,
+                                   environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                   standardOutput: .handle(handle), standardError: .handle(handle))
     }
 
     var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }

@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 import Testing
 import Transport
 
@@ -11,7 +12,7 @@ final class ServerProcess: @unchecked Sendable {
         return directory.appendingPathComponent("eaas").path
     }()
 
-    let process = Process()
+    private(set) var process: ChildProcess!
     let experts: [HostedExpert]
     private let errors = Pipe()
     private(set) var address = ""
@@ -20,14 +21,11 @@ final class ServerProcess: @unchecked Sendable {
     /// Starts a server hosting `experts` of layer 0 and waits for its "listening" line.
     init(id: Int, experts: [Int], hidden: Int, token: String, delayMicroseconds: Int) throws {
         self.experts = experts.map { HostedExpert(layer: 0, expert: UInt16($0)) }
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["transport-server", "--id", "\(id)", "--hidden", "\(hidden)", "--dtype", "f32", "--slots", "16", "--max-batch", "64",
+        let arguments = ["transport-server", "--id", "\(id)", "--hidden", "\(hidden)", "--dtype", "f32", "--slots", "16", "--max-batch", "64",
                              "--experts", "0:" + experts.map(String.init).joined(separator: ","), "--delay-us", "\(delayMicroseconds)", "--drain-seconds", "10"]
-        process.environment = ["EAAS_POOL_TOKEN": token]
         let out = Pipe()
-        process.standardOutput = out
-        process.standardError = errors
-        try process.run()
+        process = try ChildProcess(executable: Self.binary, arguments: arguments, environment: ["EAAS_POOL_TOKEN": token],
+                                   standardOutput: .pipe(out), standardError: .pipe(errors))
         var line = Data()
         let deadline = Date().addingTimeInterval(20)
         while !line.contains(UInt8(ascii: "\n")), Date() < deadline {
@@ -45,22 +43,23 @@ final class ServerProcess: @unchecked Sendable {
         if words.count >= 4, words[2] == "region" { regionPath = String(words[3]) }
     }
 
-    var info: ServerInfo { ServerInfo(id: "server-\(process.processIdentifier)", address: address, experts: experts) }
+    var info: ServerInfo { ServerInfo(id: "server-\(process.pid)", address: address, experts: experts) }
 
-    func kill(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
+    func kill(_ signal: Int32) { process.send(signal) }
 
-    /// Waits for the process to exit; returns its status and what it wrote on stderr.
-    func waitForExit() -> (status: Int32, reason: Process.TerminationReason, stderr: String) {
-        process.waitUntilExit()
+    /// Waits for the process to exit; returns its status (128 + the signal that ended it, if one
+    /// did) and what it wrote on stderr.
+    func waitForExit() -> (status: Int32, stderr: String) {
+        let status = process.waitUntilExit()
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, process.terminationReason, text)
+        return (status, text)
     }
 
     /// Kills the process if it still runs and removes a region a SIGKILL left behind.
     func cleanUp() {
-        if process.isRunning { kill(SIGKILL) }
+        process.kill()
         process.waitUntilExit()
-        if let regionPath { unlink(regionPath) }
+        DataPlaneServer.removeRegions(leftBy: process.pid)
     }
 }
 

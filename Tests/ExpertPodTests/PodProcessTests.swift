@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -15,21 +16,18 @@ struct PodProcessTests {
     }()
 
     final class Pod: @unchecked Sendable {
-        let process = Process()
+        private(set) var process: ChildProcess!
         let errors = Pipe()
         var dataPort = 0
         var metricsPort = 0
 
         init(shard: String, extra: [String] = []) throws {
-            process.executableURL = URL(fileURLWithPath: PodProcessTests.binary)
-            process.arguments = ["expert-pod", "--model", PodFixture.directory, "--shard", shard, "--listen", "127.0.0.1:0",
+            let arguments = ["expert-pod", "--model", PodFixture.directory, "--shard", shard, "--listen", "127.0.0.1:0",
                                  "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", "f32", "--max-batch-tokens", "64",
                                  "--log-level", "warning"] + extra
-            process.environment = ["EAAS_POOL_TOKEN": "pod"]
             let out = Pipe()
-            process.standardOutput = out
-            process.standardError = errors
-            try process.run()
+            process = try ChildProcess(executable: PodProcessTests.binary, arguments: arguments, environment: ["EAAS_POOL_TOKEN": "pod"],
+                                       standardOutput: .pipe(out), standardError: .pipe(errors))
             var line = Data()
             while !line.contains(UInt8(ascii: "\n")) {
                 let chunk = out.fileHandleForReading.availableData
@@ -59,6 +57,7 @@ struct PodProcessTests {
         func cleanUp() {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
+        DataPlaneServer.removeRegions(leftBy: process.pid)
         }
     }
 

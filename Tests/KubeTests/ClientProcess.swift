@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 
 /// A real client (kubectl, python) run as a child process against the test API server. Nothing
 /// here blocks a Swift concurrency thread: the pool has as few threads as the machine has cores,
@@ -37,7 +38,9 @@ struct ClientProcess {
 /// A child process whose output is collected as it comes (by Foundation's reader threads), for
 /// `kubectl get -w` and Python electors as well as one-shot commands.
 final class StreamingProcess: @unchecked Sendable {
-    private let process = Process()
+    /// Dies with the test process (parent-death signal) and starts with default signal
+    /// dispositions, so a test run never leaves it behind.
+    private var process: ChildProcess!
     private let lock = NSLock()
     private var stdout = Data()
     private var stderr = Data()
@@ -47,17 +50,17 @@ final class StreamingProcess: @unchecked Sendable {
 
     /// `mergeOutput`: stderr is collected with stdout.
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], mergeOutput: Bool = true) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardInput = FileHandle.nullDevice
         let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
         out.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: false) }
         err.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: !mergeOutput) }
-        process.terminationHandler = { [weak self] process in self?.exited(process.terminationStatus) }
-        try process.run()
+        let child = try ChildProcess(executable: executable, arguments: arguments,
+                                     environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                     standardOutput: .pipe(out), standardError: .pipe(err))
+        process = child
+        Thread { [weak self] in
+            let code = child.waitUntilExit()
+            self?.exited(code)
+        }.start()
     }
 
     private func consume(_ handle: FileHandle, toError: Bool) {
@@ -105,7 +108,7 @@ final class StreamingProcess: @unchecked Sendable {
     var output: String { lock.withLock { String(decoding: stdout, as: UTF8.self) } }
     var errorOutput: String { lock.withLock { String(decoding: stderr, as: UTF8.self) } }
 
-    func terminate() { if process.isRunning { process.terminate() } }
+    func terminate() { process.terminate() }
 
     /// Terminates the process (if running) and waits for it.
     func stop() async {
@@ -113,5 +116,5 @@ final class StreamingProcess: @unchecked Sendable {
         _ = await exitStatus()
     }
 
-    deinit { if process.isRunning { process.terminate() } }
+    deinit { process.terminate() }
 }

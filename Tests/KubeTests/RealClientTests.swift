@@ -1,4 +1,5 @@
 import Foundation
+import Platform
 import JSON
 import Kube
 import KubeTestServer
@@ -12,14 +13,9 @@ let kubectlPath = ClientProcess.find("kubectl")
 let kubernetesPython: String? = {
     let candidates = [ProcessInfo.processInfo.environment["EAAS_KUBE_PYTHON"], packageRoot + "/.venv/bin/python"].compactMap { $0 }
     for python in candidates where FileManager.default.isExecutableFile(atPath: python) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = ["-c", "import kubernetes"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { continue }
-        process.waitUntilExit()
-        if process.terminationStatus == 0 { return python }
+        guard let process = try? ChildProcess(executable: python, arguments: ["-c", "import kubernetes"],
+                                              standardOutput: .null, standardError: .null) else { continue }
+        if process.waitUntilExit() == 0 { return python }
     }
     return nil
 }()

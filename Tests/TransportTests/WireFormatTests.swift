@@ -132,7 +132,7 @@ struct WireFormatTests {
     /// A valid sample with bytes at `offset` (from the frame start) replaced, and the field the error must name.
     static let corruptions: [(String, String, Int, [UInt8], String)] = [
         ("bad magic", "request", 0, [0x47, 0x45, 0x54, 0x20], "'magic'"),
-        ("newer version", "request", 4, [2, 0], "'version' is 2; this build speaks version 1"),
+        ("newer version", "request", 4, [9, 0], "'version' is 9; this build speaks version 2"),
         ("unknown kind", "request", 6, [99, 0], "'kind' 99 is not a known frame kind"),
         ("reserved header word", "goaway", 12, [1], "'reserved' is not zero"),
         ("unknown dtype", "request", 16 + 10, [9], "'dtype' 9 is not f32"),

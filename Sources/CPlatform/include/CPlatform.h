@@ -20,4 +20,15 @@ int eaas_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 /// Wakes every thread, in any process, sleeping on `word`. Returns how many woke, or -1.
 int eaas_futex_wake_all(uint32_t *word);
 
+#include <sys/types.h>
+
+/// Starts `path` with `argv` and `envp` (NULL-terminated) in a child whose signal dispositions are
+/// all back to default and whose signal mask is empty (a parent that ignores SIGTERM to handle it
+/// itself must not hand that on), whose descriptors are only 0, 1 and 2 (from `stdin_fd`,
+/// `stdout_fd`, `stderr_fd`; -1 keeps the parent's), and which receives `parent_death_signal`
+/// (0: none) when the calling thread's process dies, even by SIGKILL. Returns the child's pid, or
+/// -1 with errno set (also when exec failed: the child's errno is reported).
+pid_t eaas_spawn(const char *path, char *const argv[], char *const envp[],
+                 int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal);
+
 #endif

@@ -41,7 +41,7 @@ extension LocalRuntime {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let local = try await localPod(pod, ip: ip, directory: directory)
             let launched = try launcher.launch(local)
-            lock.withLock { containers[uid] = Container(pod: pod, ip: ip, launched: launched) }
+            lock.withLock { containers[uid] = Container(pod: pod, ip: ip, launched: launched, local: local) }
             logger.info("pod started", metadata: ["pod": "\(name)", "ip": "\(ip)"])
             try await patchPodStatus(pod, phase: "Running", ip: ip, ready: false, message: nil)
         } catch {
@@ -54,6 +54,7 @@ extension LocalRuntime {
     func watch(_ container: Container, pod: KubeObject) async {
         if let status = container.launched.exitStatus {
             lock.withLock { containers[pod.uid ?? ""] = nil }
+            container.launched.cleanUp()
             logger.warning("pod's container exited; replacing the pod", metadata: ["pod": "\(pod.name ?? "")", "status": "\(status)"])
             try? await patchPodStatus(pod, phase: "Failed", ip: container.ip, ready: false, message: "container exited with status \(status)")
             await failed(pod)
@@ -86,13 +87,24 @@ extension LocalRuntime {
         let grace = Duration.seconds(pod.json[path: ["spec", "terminationGracePeriodSeconds"]]?.int ?? 30)
         let preStop = Self.httpGet(pod, path: ["lifecycle", "preStop", "httpGet"])
         let ip = container.ip
+        let launcher = self.launcher
+        let logger = self.logger
         logger.info("pod stopping", metadata: ["pod": "\(pod.name ?? "")"])
         let task = Task {
             let start = ContinuousClock.now
             if let preStop, container.launched.exitStatus == nil {
                 _ = try? await PlainHTTP.get("http://\(ip):\(preStop.port)\(preStop.path)", timeout: grace)
             }
+            if let command = container.local.preStopCommand, container.launched.exitStatus == nil {
+                // As a kubelet does: the hook runs inside the container (here: as the pod's user,
+                // with the pod's paths), and the grace period counts from its start.
+                let status = await launcher.runHook(container.local, command: command, timeout: grace)
+                if status != 0 {
+                    logger.warning("preStop hook failed", metadata: ["pod": "\(pod.name ?? "")", "status": "\(status.map(String.init) ?? "timed out")"])
+                }
+            }
             await container.launched.terminate(grace: max(.seconds(1), grace - (ContinuousClock.now - start)))
+            container.launched.cleanUp()
         }
         lock.withLock {
             draining.removeAll { $0.isCancelled }
@@ -174,16 +186,19 @@ extension LocalRuntime {
             mounts.append((path, local))
         }
         mounts.sort { $0.0.count > $1.0.count }  // the deepest mount wins
-        let args = (container["args"]?.array ?? []).compactMap(\.string).map { arg -> String in
+        func localized(_ arg: String) -> String {
             var arg = arg.replacingOccurrences(of: "0.0.0.0", with: ip)
             if let (path, local) = mounts.first(where: { arg == $0.0 || arg.hasPrefix($0.0 + "/") }) { arg = local + arg.dropFirst(path.count) }
             return arg
         }
+        let args = (container["args"]?.array ?? []).compactMap(\.string).map(localized)
+        let preStop = container[path: ["lifecycle", "preStop", "exec", "command"]]?.array?.compactMap(\.string).map(localized)
         var environment: [String: String] = ["POD_NAME": pod.name ?? "", "POD_NAMESPACE": pod.namespace ?? "", "POD_IP": ip]
         for variable in container["env"]?.array ?? [] {
             if let name = variable["name"]?.string, let value = variable["value"]?.string { environment[name] = value }
         }
-        return LocalPod(name: pod.name ?? "", namespace: pod.namespace ?? "", ip: ip, args: args, environment: environment, directory: directory)
+        return LocalPod(name: pod.name ?? "", namespace: pod.namespace ?? "", ip: ip, args: args, environment: environment, directory: directory,
+                        preStopCommand: preStop)
     }
 
     /// The port (resolved by name from the container's ports) and path of an httpGet handler.

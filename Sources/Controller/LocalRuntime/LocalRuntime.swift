@@ -49,13 +49,16 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         let pod: KubeObject
         let ip: String
         let launched: any LaunchedContainer
+        /// The pod as launched (its preStop `exec` command with local paths).
+        let local: LocalPod
         var ready = false
         var lastProbe = ContinuousClock.now - .seconds(3600)
         var stopping = false
-        init(pod: KubeObject, ip: String, launched: any LaunchedContainer) {
+        init(pod: KubeObject, ip: String, launched: any LaunchedContainer, local: LocalPod) {
             self.pod = pod
             self.ip = ip
             self.launched = launched
+            self.local = local
         }
     }
 

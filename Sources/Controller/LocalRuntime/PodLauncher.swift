@@ -1,4 +1,6 @@
 import Foundation
+import Platform
+import Transport
 
 /// A pod as the local runtime starts it: the container's command line with volume paths
 /// rewritten to local directories, and a loopback address of its own.
@@ -12,12 +14,33 @@ public struct LocalPod: Sendable {
     public var environment: [String: String]
     /// A directory of the pod's own (logs, materialized Secret volumes).
     public var directory: String
+    /// The container's preStop `exec` command, paths already local (`eaas` is this binary).
+    public var preStopCommand: [String]?
+
+    public init(name: String, namespace: String, ip: String, args: [String], environment: [String: String], directory: String,
+                preStopCommand: [String]? = nil) {
+        self.name = name
+        self.namespace = namespace
+        self.ip = ip
+        self.args = args
+        self.environment = environment
+        self.directory = directory
+        self.preStopCommand = preStopCommand
+    }
 }
 
 /// Starts the container of a local pod. The runtime uses `ProcessLauncher` (real `eaas`
 /// processes); tests use launchers of their own.
 public protocol PodLauncher: Sendable {
     func launch(_ pod: LocalPod) throws -> any LaunchedContainer
+    /// Runs a hook `command` of `pod`'s container (a preStop `exec`) to its end, at most
+    /// `timeout`; its exit status, or nil when it timed out (it is killed) or could not start.
+    func runHook(_ pod: LocalPod, command: [String], timeout: Duration) async -> Int32?
+}
+
+extension PodLauncher {
+    /// Launchers whose containers have no hooks to run.
+    public func runHook(_ pod: LocalPod, command: [String], timeout: Duration) async -> Int32? { nil }
 }
 
 /// A running container.
@@ -28,72 +51,72 @@ public protocol LaunchedContainer: AnyObject, Sendable {
     func terminate(grace: Duration) async
     /// SIGKILL now.
     func kill()
+    /// Releases what the container's process may have left on the host (a SIGKILLed expert pod's
+    /// shared slot region); called once it has exited.
+    func cleanUp()
 }
 
-/// Runs containers as child processes of an executable (the `eaas` binary itself).
+extension LaunchedContainer {
+    public func cleanUp() {}
+}
+
+/// Runs containers as child processes of an executable (the `eaas` binary itself). They get
+/// SIGTERM from the kernel when this process dies, even by SIGKILL, and start with default
+/// signal dispositions and no descriptors of this process but their log.
 public struct ProcessLauncher: PodLauncher {
     public var executable: String
     public init(executable: String) { self.executable = executable }
 
     public func launch(_ pod: LocalPod) throws -> any LaunchedContainer {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = pod.args
         var environment = ProcessInfo.processInfo.environment
         for (key, value) in pod.environment { environment[key] = value }
-        process.environment = environment
         let log = pod.directory + "/container.log"
         guard FileManager.default.createFile(atPath: log, contents: nil) else { throw LocalRuntimeError("cannot create \(log)") }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        // The pod exits when its runtime dies, even by SIGKILL (it watches for this parent).
-        process.environment?["EAAS_PARENT_PID"] = String(getpid())
-        let container = ChildContainer(process: process, log: handle)  // sets the termination handler before the start
-        try process.run()
-        return container
+        defer { try? handle.close() }
+        let child = try ChildProcess(executable: executable, arguments: pod.args, environment: environment,
+                                     standardOutput: .handle(handle), standardError: .handle(handle))
+        return ChildContainer(process: child)
+    }
+
+    public func runHook(_ pod: LocalPod, command: [String], timeout: Duration) async -> Int32? {
+        guard let first = command.first else { return nil }
+        var environment = ProcessInfo.processInfo.environment
+        for (key, value) in pod.environment { environment[key] = value }
+        guard let log = FileHandle(forWritingAtPath: pod.directory + "/container.log") else { return nil }
+        defer { try? log.close() }
+        log.seekToEndOfFile()
+        // The image's `eaas` is this executable.
+        let path = first == "eaas" || first.hasSuffix("/eaas") ? executable : first
+        guard let hook = try? ChildProcess(executable: path, arguments: Array(command.dropFirst()), environment: environment,
+                                           standardOutput: .handle(log), standardError: .handle(log)) else { return nil }
+        if let status = await hook.exit(within: timeout) { return status }
+        hook.kill()
+        hook.waitUntilExit()
+        return nil
     }
 }
 
 /// A child process as a container.
 final class ChildContainer: LaunchedContainer, @unchecked Sendable {
-    private let process: Process
-    private let log: FileHandle
-    private let lock = NSLock()
-    private var status: Int32?
+    private let process: ChildProcess
 
-    init(process: Process, log: FileHandle) {
-        self.process = process
-        self.log = log
-        process.terminationHandler = { [weak self] process in
-            guard let self else { return }
-            let code = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-            lock.withLock { status = code }
-            try? log.close()
-        }
-    }
+    init(process: ChildProcess) { self.process = process }
 
-    var exitStatus: Int32? {
-        if let status = lock.withLock({ status }) { return status }
-        // The handler runs a little after the exit; a process that is gone is gone either way.
-        return process.isRunning || process.processIdentifier == 0 ? nil : process.terminationStatus
-    }
+    var exitStatus: Int32? { process.exitStatus }
 
     func terminate(grace: Duration) async {
         guard exitStatus == nil else { return }
         process.terminate()
-        let deadline = ContinuousClock.now + grace
-        while exitStatus == nil, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
-        if exitStatus == nil {
-            kill()
-            let killed = ContinuousClock.now
-            while exitStatus == nil, ContinuousClock.now - killed < .seconds(10) { try? await Task.sleep(for: .milliseconds(20)) }
-        }
+        if await process.exit(within: grace) != nil { return }
+        kill()
+        _ = await process.exit(within: .seconds(10))
     }
 
-    func kill() {
-        guard exitStatus == nil else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
+    func kill() { process.kill() }
+
+    func cleanUp() {
+        guard process.exitStatus != nil else { return }
+        DataPlaneServer.removeRegions(leftBy: process.pid)
     }
 }

@@ -113,6 +113,7 @@ extension ServerLinks {
     /// Sends the handshake on `connection` and returns the server's reply.
     static func handshake(_ connection: FrameConnection, server: ServerInfo, backend: BackendKind, backendInfo: [UInt8],
                           configuration: Dispatcher.Configuration) throws -> HandshakeReply {
+        try PoolToken.validate(configuration.poolToken, source: "the dispatcher's configuration")
         try connection.write(FrameEncoder.encode(Handshake(clientID: configuration.clientID, maxBatchTokens: configuration.maxBatchTokens,
                                                            poolToken: configuration.poolToken, backend: backend, backendInfo: backendInfo)))
         guard try TCPLink.wait(connection, for: configuration.maximumTimeout), let bytes = try connection.readFrame() else {

@@ -1,7 +1,8 @@
 import Atomics
 import Foundation
 
-/// One client's connection to a `DataPlaneServer`, on its own thread: the handshake, then either
+/// One client's connection to a `DataPlaneServer`, on its own thread, once the `HandshakeGate`
+/// has checked its handshake: the reply, then either
 /// its `tcp` requests (each handed to the engine and answered on the connection) or, for a slot
 /// client, the control channel that only ends.
 final class ClientSession: @unchecked Sendable {
@@ -18,13 +19,17 @@ final class ClientSession: @unchecked Sendable {
     /// Whether a tcp request of this client is being computed or answered right now.
     var isBusy: Bool { busy.load(ordering: .acquiring) }
 
-    init(server: DataPlaneServer, socket: Socket) {
+    private let hello: Handshake
+
+    /// - Parameter hello: the client's handshake, its pool token already checked.
+    init(server: DataPlaneServer, socket: Socket, hello: Handshake) {
         self.server = server
         self.socket = socket
-        // Until the handshake is accepted the peer is a stranger: small frames, bounded waits.
-        var small = server.configuration.limits
-        small.maxPayload = min(small.maxPayload, 2 * small.maxText + 64)
-        connection = FrameConnection(socket: socket, limits: small)
+        self.hello = hello
+        // An accepted client's frames are bounded by the largest request this server takes.
+        var limits = server.configuration.limits
+        limits.maxPayload = min(limits.maxPayload, max(server.maxRequestFrame, 2 * limits.maxText + 64))
+        connection = FrameConnection(socket: socket, limits: limits)
     }
 
     func send(_ frame: [UInt8]) throws {
@@ -53,15 +58,9 @@ final class ClientSession: @unchecked Sendable {
             socket.close()
             writeLock.unlock()
         }
-        socket.setIOTimeout(server.configuration.handshakeTimeout)
-        guard handshake() else { return }
-        socket.setIOTimeout(nil)
         socket.setSendTimeout(server.configuration.sendTimeout)
+        guard answerHandshake() else { return }
         socket.enableKeepalive()
-        // An accepted client's frames are bounded by the largest request this server takes.
-        var limits = server.configuration.limits
-        limits.maxPayload = min(limits.maxPayload, max(server.maxRequestFrame, 2 * limits.maxText + 64))
-        connection.limits = limits
         // A request too large is read past (no allocation) and refused on its own; only one over
         // the wire format's own limit ends the stream.
         connection.skipUpTo = server.configuration.limits.maxPayload
@@ -70,26 +69,8 @@ final class ClientSession: @unchecked Sendable {
 
     // MARK: Handshake
 
-    /// Reads and answers the handshake; false when the client was refused or left.
-    private func handshake() -> Bool {
-        let hello: Handshake
-        do {
-            guard let bytes = try connection.readFrame() else { return false }
-            guard case .handshake(let frame) = try Frame.decode(bytes, limits: connection.limits) else {
-                refuse(.malformedFrame, "the first frame must be a handshake")
-                return false
-            }
-            hello = frame
-        } catch let error as WireError {
-            refuse("\(error)".contains("'version'") ? .versionMismatch : .malformedFrame, "\(error)")
-            return false
-        } catch {
-            return false
-        }
-        guard PoolToken.matches(hello.poolToken, server.configuration.poolToken) else {
-            refuse(.unauthorized, "wrong pool token")
-            return false
-        }
+    /// Answers the handshake; false when the client was refused or left.
+    private func answerHandshake() -> Bool {
         // The reply goes out before any GOAWAY a concurrent drain sends: hold the write lock from
         // joining the session list until the reply is written.
         writeLock.lock()
@@ -114,6 +95,7 @@ final class ClientSession: @unchecked Sendable {
         server.state.lock()
         guard server.running, !server.draining else {
             server.state.unlock()
+            server.noteHandshakeRefusal(.draining)
             refuseLocked(.draining, "server \(server.configuration.serverID) is draining")
             return nil
         }

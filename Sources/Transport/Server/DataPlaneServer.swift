@@ -44,8 +44,13 @@ public final class DataPlaneServer: @unchecked Sendable {
         public var maxClients = 1024
         /// Directory of the shared slot region (`/dev/shm` is memory-backed on Linux).
         public var regionDirectory = "/dev/shm"
-        /// How long a new connection has to complete its handshake.
-        public var handshakeTimeout: Duration = .seconds(5)
+        /// How long a new connection has to complete its whole handshake (one deadline from
+        /// accept to the handshake's last byte, not a per-read timeout).
+        public var handshakeTimeout: Duration = .seconds(3)
+        /// Connections that have not authenticated yet, at most, in all and per source address;
+        /// beyond these a new connection is closed at once (they hold no thread either way).
+        public var maxPendingHandshakes = 256
+        public var maxPendingHandshakesPerAddress = 32
         /// How long a send to a client may block before the client is dropped.
         public var sendTimeout: Duration = .seconds(10)
         /// How long a drain lets clients move away after GOAWAY before it closes the connections
@@ -89,11 +94,19 @@ public final class DataPlaneServer: @unchecked Sendable {
     /// Counts a report and passes it to the observer.
     private var record: (ServingReport) -> Void = { _ in }
     private let threads = DispatchGroup()
+    private var gate: HandshakeGate!
+    private var refusals: [HandshakeRefusal: Int] = [:]
+    private let refusalObserver: (@Sendable (HandshakeRefusal) -> Void)?
 
     /// Binds the listener, creates the slot region (removing any that a killed server of this id
     /// left behind), opens the RDMA device with `offerVerbs`; `start()` begins serving.
-    /// - Parameter observer: called on the engine thread after every batch (for metrics).
-    public init(computer: ExpertComputer, configuration: Configuration, observer: (@Sendable (ServingReport) -> Void)? = nil) throws {
+    /// - Parameters:
+    ///   - observer: called on the engine thread after every batch (for metrics).
+    ///   - refusalObserver: called for every connection turned away before it became a client.
+    public init(computer: ExpertComputer, configuration: Configuration, observer: (@Sendable (ServingReport) -> Void)? = nil,
+                refusalObserver: (@Sendable (HandshakeRefusal) -> Void)? = nil) throws {
+        try PoolToken.validate(configuration.poolToken, source: "the server's configuration")
+        self.refusalObserver = refusalObserver
         self.computer = computer
         self.configuration = configuration
         hosted = Set(computer.experts)
@@ -149,7 +162,23 @@ public final class DataPlaneServer: @unchecked Sendable {
             observer?(report)
         }
         count = { [unowned self] in self.record($0) }
+        gate = HandshakeGate(server: self, listener: listener,
+                             limits: .init(maxPending: configuration.maxPendingHandshakes,
+                                           maxPendingPerAddress: configuration.maxPendingHandshakesPerAddress,
+                                           deadline: configuration.handshakeTimeout),
+                             wireLimits: configuration.limits)
     }
+
+    /// Counts a connection turned away before it became a client.
+    func noteHandshakeRefusal(_ reason: HandshakeRefusal) {
+        state.lock()
+        refusals[reason, default: 0] += 1
+        state.unlock()
+        refusalObserver?(reason)
+    }
+
+    /// Connections turned away before they became clients, per reason, since the start.
+    public var handshakeRefusals: [HandshakeRefusal: Int] { state.lock(); defer { state.unlock() }; return refusals }
 
     /// Counts a request refused before it reached the engine (bad frame, shape, experts).
     func noteRefused(_ code: WireErrorCode, arrived: ContinuousClock.Instant) {
@@ -171,7 +200,7 @@ public final class DataPlaneServer: @unchecked Sendable {
     /// Starts the accept and engine threads.
     public func start() {
         spawn { self.engine.run() }
-        spawn { self.acceptLoop() }
+        spawn { self.gate.run(isRunning: { self.state.withLock { self.running } }) }
     }
 
     func spawn(_ body: @escaping @Sendable () -> Void) {
@@ -219,6 +248,7 @@ public final class DataPlaneServer: @unchecked Sendable {
         let current = Array(connections.values)
         state.unlock()
         guard wasRunning else { return }
+        gate.wake()
         listener.shutdown()
         for socket in current { socket.shutdown() }
         engine.stop()
@@ -235,38 +265,23 @@ public final class DataPlaneServer: @unchecked Sendable {
 
     // MARK: Connections
 
-    private func acceptLoop() {
-        while true {
-            let socket: Socket
-            do {
-                socket = try listener.accept()
-            } catch {
-                state.lock()
-                let open = running
-                state.unlock()
-                guard open else { return }
-                // Out of descriptors or an aborted connection: transient, try again shortly.
-                Thread.sleep(forTimeInterval: 0.01)
-                continue
-            }
-            state.lock()
-            let open = running, full = sessions.count >= configuration.maxClients
-            state.unlock()
-            guard open else {
-                socket.close()
-                return
-            }
-            if full {
+    /// Takes a connection whose handshake the gate authenticated: a thread of its own answers
+    /// the handshake and serves it, unless the server has `maxClients` clients already.
+    func admit(_ socket: Socket, hello: Handshake) {
+        state.lock()
+        let open = running, full = connections.count >= configuration.maxClients
+        if open, !full { connections[ObjectIdentifier(socket)] = socket }
+        state.unlock()
+        guard open, !full else {
+            if open {
+                noteHandshakeRefusal(.tooManyClients)
                 let refusal = FrameEncoder.encode(ErrorFrame(sequence: 0, code: .overloaded, message: "server has \(configuration.maxClients) clients already"))
                 try? refusal.withUnsafeBytes { try socket.writeAll($0) }
-                socket.close()
-                continue
             }
-            state.lock()
-            connections[ObjectIdentifier(socket)] = socket
-            state.unlock()
-            spawn { ClientSession(server: self, socket: socket).run() }
+            socket.close()
+            return
         }
+        spawn { ClientSession(server: self, socket: socket, hello: hello).run() }
     }
 
     /// Returns a departed client's slot: the engine resets it (a new epoch) before it is handed out.
@@ -307,6 +322,21 @@ public final class DataPlaneServer: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Removes the slot regions that process `pid` created, once it is gone (a SIGKILLed server
+    /// cannot remove its own): what a runtime or a test does after one of its servers died.
+    /// Returns how many were removed.
+    @discardableResult
+    public static func removeRegions(leftBy pid: Int32, in directory: String = "/dev/shm") -> Int {
+        guard kill(pid, 0) != 0, errno == ESRCH, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return 0 }
+        var removed = 0
+        for name in names where name.hasPrefix("eaas-slots-") {
+            // eaas-slots-<server id>-<pid>-<port>
+            let parts = name.dropFirst("eaas-slots-".count).split(separator: "-")
+            if parts.count == 3, Int32(parts[1]) == pid, unlink("\(directory)/\(name)") == 0 { removed += 1 }
+        }
+        return removed
     }
 
     /// Removes slot regions of this server id whose process is gone (a SIGKILL leaves them).

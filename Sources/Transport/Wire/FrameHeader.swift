@@ -10,8 +10,8 @@
 public struct FrameHeader: Sendable, Equatable {
     public static let size = 16
     public static let magic: UInt32 = 0x5341_4145  // "EAAS" read as a little-endian u32
-    /// The version this build speaks.
-    public static let currentVersion: UInt16 = 1
+    /// The version this build speaks. 2: the handshake reply carries the server's model digest.
+    public static let currentVersion: UInt16 = 2
 
     public enum Kind: UInt16, Sendable, CaseIterable {
         case handshake = 1

@@ -95,9 +95,15 @@ public struct HandshakeReply: Sendable, Equatable {
     public var epoch: UInt16
     /// Backend-specific connection data (shm file path, verbs qpn/psn/gid/rkey/address).
     public var backendInfo: [UInt8]
+    /// Which checkpoint the server's experts come from (MoE's `ModelDigest`, 16 bytes), or empty
+    /// for a server with no model (synthetic experts). A client of a model refuses a server
+    /// whose digest is not its own.
+    public var modelDigest: [UInt8]
 
     public init(serverID: UInt64, hidden: UInt32, dtype: WireDType, backend: BackendKind, experts: [HostedExpert], slot: UInt32,
-                epoch: UInt16 = 0, backendInfo: [UInt8]) {
+                epoch: UInt16 = 0, backendInfo: [UInt8], modelDigest: [UInt8] = []) {
+        precondition(modelDigest.count <= Self.maxDigest, "a model digest is at most \(Self.maxDigest) bytes")
+        self.modelDigest = modelDigest
         self.serverID = serverID
         self.hidden = hidden
         self.dtype = dtype
@@ -108,7 +114,10 @@ public struct HandshakeReply: Sendable, Equatable {
         self.backendInfo = backendInfo
     }
 
-    public var payloadSize: Int { 8 + 4 + 1 + 1 + 4 + 4 * experts.count + 4 + 2 + 4 + backendInfo.count }
+    /// Longest model digest on the wire.
+    public static let maxDigest = 64
+
+    public var payloadSize: Int { 8 + 4 + 1 + 1 + 4 + 4 * experts.count + 4 + 2 + 4 + backendInfo.count + 1 + modelDigest.count }
 
     func encodePayload(into w: inout ByteWriter) {
         w.u64(serverID)
@@ -124,6 +133,8 @@ public struct HandshakeReply: Sendable, Equatable {
         w.u16(epoch)
         w.u32(UInt32(backendInfo.count))
         w.raw(backendInfo)
+        w.u8(UInt8(modelDigest.count))
+        w.raw(modelDigest)
     }
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws -> HandshakeReply {
@@ -141,8 +152,12 @@ public struct HandshakeReply: Sendable, Equatable {
         let epoch = try r.u16("epoch")
         let infoLength = try r.u32("backend_info_length", in: 0...limits.maxText)
         let info = [UInt8](try r.slice(infoLength, "backend_info"))
+        let digestLength = Int(try r.u8("model_digest_length"))
+        guard digestLength <= maxDigest else { throw WireError.invalid(frame: r.frame, field: "model_digest_length", reason: "\(digestLength) exceeds \(maxDigest)") }
+        let digest = [UInt8](try r.slice(digestLength, "model_digest"))
         try r.expectEnd()
-        return HandshakeReply(serverID: server, hidden: hidden, dtype: dtype, backend: backend, experts: experts, slot: slot, epoch: epoch, backendInfo: info)
+        return HandshakeReply(serverID: server, hidden: hidden, dtype: dtype, backend: backend, experts: experts, slot: slot, epoch: epoch,
+                              backendInfo: info, modelDigest: digest)
     }
 }
 
