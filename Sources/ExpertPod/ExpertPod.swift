@@ -30,7 +30,12 @@ public final class ExpertPod: @unchecked Sendable {
         server.maxBatchTokens = configuration.maxBatchTokens
         server.maxSlotsPerToken = min(64, max(8, shard.config.router.topK))
         server.maxWait = configuration.maxWait
-        let dataPlane = try DataPlaneServer(computer: computer, configuration: server, observer: { metrics.record($0) })
+        let refusals = HandshakeRefusalLog { [logger] in logger.warning("\($0)") }
+        let dataPlane = try DataPlaneServer(computer: computer, configuration: server, observer: { metrics.record($0) },
+                                            refusalObserver: { reason in
+                                                metrics.record(refusal: reason)
+                                                refusals.note(reason)
+                                            })
         service = ExpertPodService(server: dataPlane, status: status, gracePeriod: configuration.gracePeriod, logger: logger)
         logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)"])
     }

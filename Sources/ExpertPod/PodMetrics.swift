@@ -11,7 +11,9 @@ import Transport
 /// - `eaas_requests_total`, `eaas_request_errors_total{code}`;
 /// - `eaas_batch_tokens` (histogram): tokens per computed batch;
 /// - `eaas_request_latency_seconds` (histogram): arrival to answer;
-/// - `eaas_busy_seconds_total`: time spent computing; `eaas_queue_depth`: tcp requests waiting.
+/// - `eaas_busy_seconds_total`: time spent computing; `eaas_queue_depth`: tcp requests waiting;
+/// - `eaas_handshake_refusals_total{reason}`: connections turned away before they became
+///   clients (wrong token, malformed, timeout, caps, draining).
 public final class PodMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let requests: CoreMetrics.Counter
@@ -21,6 +23,7 @@ public final class PodMetrics: @unchecked Sendable {
     private let latency: CoreMetrics.Timer
     private let expertTokens: [HostedExpert: CoreMetrics.Counter]
     private let errors: [WireErrorCode: CoreMetrics.Counter]
+    private let refusals: [HandshakeRefusal: CoreMetrics.Counter]
 
     public init(hosted: [HostedExpert]) {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -49,7 +52,15 @@ public final class PodMetrics: @unchecked Sendable {
             errors[code] = CoreMetrics.Counter(label: "eaas_request_errors_total", dimensions: [("code", "\(code)")], factory: factory)
         }
         self.errors = errors
+        var refusals: [HandshakeRefusal: CoreMetrics.Counter] = [:]
+        for reason in HandshakeRefusal.allCases {
+            refusals[reason] = CoreMetrics.Counter(label: "eaas_handshake_refusals_total", dimensions: [("reason", reason.rawValue)], factory: factory)
+        }
+        self.refusals = refusals
     }
+
+    /// Counts a connection turned away before it became a client.
+    public func record(refusal reason: HandshakeRefusal) { refusals[reason]?.increment() }
 
     /// Records one batch the data-plane server computed (or one request it refused).
     public func record(_ report: ServingReport) {

@@ -75,7 +75,8 @@ struct TransportServerCommand: ParsableCommand {
         configuration.slots = slots
         configuration.maxBatchTokens = maxBatch
         let computer = SyntheticExperts(experts: try parsedExperts(), hidden: hidden, dtype: parsedDType()!, delay: .microseconds(delayUs))
-        let server = try DataPlaneServer(computer: computer, configuration: configuration)
+        let refusals = HandshakeRefusalLog { FileHandle.standardError.write(Data("transport-server: \($0)\n".utf8)) }
+        let server = try DataPlaneServer(computer: computer, configuration: configuration, refusalObserver: { refusals.note($0) })
         let terminated = DispatchSemaphore(value: 0)
         var sources: [DispatchSourceSignal] = []
         for number in [SIGTERM, SIGINT] {

@@ -137,6 +137,8 @@ public final class Dispatcher {
         if let bad = ids.first(where: { $0 < 0 || $0 >= Int32(RequestHeader.emptySlot) }) {
             throw StepError.invalidStep("expert id \(bad) is outside 0..<\(RequestHeader.emptySlot)")
         }
+        // A token no server could take is this client's error, said as such (not a missing replica).
+        try PoolToken.validate(configuration.poolToken, source: "the dispatcher's configuration")
         if configuration.backend == .verbs, verbsContext == nil { verbsContext = try VerbsContext(options: configuration.verbs) }
         var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
         // Partial sums with, per token row, the smallest expert it covers (the combine order).

@@ -235,3 +235,44 @@ final class HandshakeGate {
         return status == 0 ? String(cString: host) : "unknown"
     }
 }
+
+/// Says that connections were turned away, without letting a flood of them flood the log: the
+/// first refusal of each reason is written at once, later ones are summed and written at most
+/// once per `interval` ("refused 997 handshakes in the last 10 s: too_many_from_address 997").
+public final class HandshakeRefusalLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private let interval: Duration
+    private let write: @Sendable (String) -> Void
+    private var seen: Set<HandshakeRefusal> = []
+    private var pending: [HandshakeRefusal: Int] = [:]
+    private var last = ContinuousClock.now
+
+    public init(interval: Duration = .seconds(10), write: @escaping @Sendable (String) -> Void) {
+        self.interval = interval
+        self.write = write
+    }
+
+    /// Counts one refusal; writes a line when the reason is new or the interval has passed.
+    public func note(_ reason: HandshakeRefusal) {
+        let line: String? = lock.withLock {
+            let now = ContinuousClock.now
+            if seen.insert(reason).inserted {
+                return "refused a handshake: \(reason.rawValue)"
+            }
+            pending[reason, default: 0] += 1
+            guard now - last >= interval else { return nil }
+            defer {
+                pending.removeAll()
+                last = now
+            }
+            return summary(since: interval)
+        }
+        if let line { write(line) }
+    }
+
+    private func summary(since: Duration) -> String {
+        let total = pending.values.reduce(0, +)
+        let parts = pending.sorted { $0.value > $1.value }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")
+        return "refused \(total) handshakes in the last \(Int(since.components.seconds)) s: \(parts)"
+    }
+}
