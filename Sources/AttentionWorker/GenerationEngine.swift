@@ -85,6 +85,9 @@ public final class GenerationEngine: @unchecked Sendable {
         switch experts {
         case .local: placement = RoutedExpertPlacement()
         case let .remote(membership, dispatcher, wireDType):
+            // Only experts of this very checkpoint are ever combined into this model.
+            var dispatcher = dispatcher
+            if dispatcher.modelDigest == nil { dispatcher.modelDigest = try ModelDigest.compute(directory: directory).bytes }
             placement = RoutedExpertPlacement(dispatcher: Dispatcher(membership: membership, configuration: dispatcher), wireDType: wireDType)
         }
         self.init(model: DecoderModel(weights: weights, placement: placement), configuration: configuration,

@@ -28,6 +28,25 @@ public final class KubernetesMembership: MembershipSource, @unchecked Sendable {
     /// Asks a pod what it hosts (the data-plane handshake); nil when it does not answer.
     public typealias Verifier = @Sendable (_ address: String) -> [HostedExpert]?
     private let verify: Verifier?
+
+    /// The verifier workers use: the data-plane handshake with `configuration` (its pool token and
+    /// model digest). A pod of another model is skipped, and said so once per address.
+    public static func handshakeVerifier(configuration: Dispatcher.Configuration, logger: Logger) -> Verifier {
+        let warned = NSLock()
+        nonisolated(unsafe) var reported: Set<String> = []
+        return { address in
+            do {
+                return try ServerLinks.probe(address: address, configuration: configuration).experts
+            } catch let error as Dispatcher.StepError {
+                if case .wrongModel = error, warned.withLock({ reported.insert(address).inserted }) {
+                    logger.warning("expert pod skipped", metadata: ["address": "\(address)", "reason": "\(error)"])
+                }
+                return nil
+            } catch {
+                return nil
+            }
+        }
+    }
     /// What each pod (`name@address`) said it hosts, and pods whose answer is awaited or failed.
     private var verified: [String: [HostedExpert]] = [:]
     private var probing: Set<String> = []

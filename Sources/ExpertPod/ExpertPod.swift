@@ -30,6 +30,7 @@ public final class ExpertPod: @unchecked Sendable {
         server.maxBatchTokens = configuration.maxBatchTokens
         server.maxSlotsPerToken = min(64, max(8, shard.config.router.topK))
         server.maxWait = configuration.maxWait
+        server.modelDigest = shard.digest.bytes
         let refusals = HandshakeRefusalLog { [logger] in logger.warning("\($0)") }
         let dataPlane = try DataPlaneServer(computer: computer, configuration: server, observer: { metrics.record($0) },
                                             refusalObserver: { reason in
@@ -37,7 +38,8 @@ public final class ExpertPod: @unchecked Sendable {
                                                 refusals.note(reason)
                                             })
         service = ExpertPodService(server: dataPlane, status: status, gracePeriod: configuration.gracePeriod, logger: logger)
-        logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)"])
+        logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)",
+                                               "model_digest": "\(shard.digest)"])
     }
 
     /// The HTTP routes, describing the shard and the transports offered.
@@ -45,7 +47,8 @@ public final class ExpertPod: @unchecked Sendable {
         let description = ShardDescription(
             shard: "\(configuration.shard)", model: shard.config.architecture.cliName,
             experts: shard.hosted.map { .init(layer: Int($0.layer), expert: Int($0.expert)) },
-            dtype: "\(configuration.wireDType)", hiddenSize: shard.config.hiddenSize, weightBytes: shard.weightBytes, transports: transports)
+            dtype: "\(configuration.wireDType)", hiddenSize: shard.config.hiddenSize, weightBytes: shard.weightBytes, transports: transports,
+            modelDigest: shard.digest.description)
         return PodHTTP.router(metrics: metrics, status: status, shard: description)
     }
 }

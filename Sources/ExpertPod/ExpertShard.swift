@@ -18,6 +18,8 @@ public final class ExpertShard: @unchecked Sendable {
     let weights: [Int: [Int: ExpertWeights]]
     /// The `(MoE layer, expert)` pairs served, ascending.
     public let hosted: [HostedExpert]
+    /// Which checkpoint this is (sent in every handshake reply, so workers of another model refuse it).
+    public let digest: ModelDigest
 
     /// Opens the checkpoint in `directory` and loads the experts of `spec`. Experts and layers
     /// the model does not have are refused by name; a spec without layers means every MoE layer.
@@ -50,6 +52,7 @@ public final class ExpertShard: @unchecked Sendable {
         }
         self.weights = weights
         self.hosted = hosted
+        digest = try ModelDigest.compute(directory: directory)
     }
 
     /// Bytes of expert weights this shard maps (resident from the start: they are prefaulted).

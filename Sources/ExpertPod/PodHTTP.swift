@@ -26,9 +26,12 @@ public struct ShardDescription: Codable, Sendable, Equatable {
     public var hiddenSize: Int
     public var weightBytes: Int
     public var transports: [String]
+    /// The checkpoint's `ModelDigest` in hex.
+    public var modelDigest: String
 
     enum CodingKeys: String, CodingKey {
         case shard, model, experts, dtype, transports
+        case modelDigest = "model_digest"
         case hiddenSize = "hidden_size"
         case weightBytes = "weight_bytes"
     }

@@ -98,6 +98,7 @@ struct E2EBenchCommand: ParsableCommand {
             var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
             dispatcher.backend = backend
             dispatcher.contactCost = contactCost
+            dispatcher.modelDigest = try ModelDigest.compute(directory: directory).bytes
             dispatcher.maxBatchTokens = UInt32(engineConfiguration.maxBatchTokens)
             let membership = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
             let wire: WireDType = ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype]!

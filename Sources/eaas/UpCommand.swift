@@ -109,9 +109,10 @@ struct UpCommand: AsyncParsableCommand {
         let controller = ExpertPoolController(client: client, configuration: controllerConfiguration, logger: logger)
         var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
         dispatcher.backend = spec.transport.backend == .tcp ? .tcp : .shm
+        dispatcher.modelDigest = try ModelDigest.compute(directory: spec.model.path).bytes
         let probe = dispatcher
         let membership = KubernetesMembership(client: client, pool: name, namespace: namespace, layers: config.moeLayers,
-                                              verify: { try? ServerLinks.probe(address: $0, configuration: probe).experts }, logger: logger)
+                                              verify: KubernetesMembership.handshakeVerifier(configuration: probe, logger: logger), logger: logger)
         _ = await membership.start()
         let engine = try GenerationEngine(modelDirectory: spec.model.path, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .bf16))
         let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize,

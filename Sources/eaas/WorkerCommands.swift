@@ -48,9 +48,10 @@ struct ExpertOptions: ParsableArguments {
         let namespace = poolNamespace ?? ProcessInfo.processInfo.environment["POD_NAMESPACE"] ?? connection.namespace
         var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: UInt64.random(in: 1...UInt64.max))
         dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
+        dispatcher.modelDigest = try ModelDigest.compute(directory: modelDirectory).bytes
         let probe = dispatcher
         let membership = KubernetesMembership(client: KubeClient(connection: connection), pool: pool, namespace: namespace, layers: config.moeLayers,
-                                              verify: { try? ServerLinks.probe(address: $0, configuration: probe).experts }, logger: logger)
+                                              verify: KubernetesMembership.handshakeVerifier(configuration: probe, logger: logger), logger: logger)
         guard await membership.start() else { throw CommandFailure("--pool \(pool): watching its EndpointSlices did not start") }
         // Pods join once they have answered a handshake: give the first ones a moment.
         let deadline = ContinuousClock.now + .seconds(20)
@@ -67,6 +68,7 @@ struct ExpertOptions: ParsableArguments {
         var dispatcher = Dispatcher.Configuration(poolToken: try PoolTokenSource.read(file: poolTokenFile), clientID: clientID)
         dispatcher.backend = ["tcp": .tcp, "shm": .shm, "verbs": .verbs][transport]!
         dispatcher.contactCost = contactCost
+        dispatcher.modelDigest = try ModelDigest.compute(directory: modelDirectory).bytes
         let source: MembershipSource
         if let kubernetes {
             source = kubernetes

@@ -118,4 +118,42 @@ struct PodProcessTests {
         #expect(status == 0, "\(stderr)")
         #expect(ContinuousClock.now - started < .seconds(5), "the pod leaves as soon as its last client did")
     }
+
+    @Test("Nothing on the metrics port changes the pod: GET /drain is 404 and the pod keeps serving")
+    func metricsPortReadOnly() async throws {
+        let pod = try Pod(shard: "0-1")
+        defer { pod.cleanUp() }
+        for path in ["drain", "v1/drain", "shutdown"] { #expect(try await pod.get(path).0 == 404) }
+        #expect(try await pod.get("readyz") == (200, "ready\n"))
+        let connection = try FrameConnection.connect(host: "127.0.0.1", port: pod.dataPort)
+        defer { connection.close() }
+        try connection.write(FrameEncoder.encode(Handshake(clientID: 1, maxBatchTokens: 8, poolToken: Array("pod".utf8))))
+        guard case .handshakeReply = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("not served"); return }
+    }
+
+    @Test("The preStop drain goes through the local socket (mode 0600): the client gets GOAWAY, eaas drain returns, the pod exits 0")
+    func drainSocket() async throws {
+        let socketPath = NSTemporaryDirectory() + "eaas-drain-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let pod = try Pod(shard: "0-1", extra: ["--grace-seconds", "10", "--drain-socket", socketPath])
+        defer { pod.cleanUp() }
+        var info = stat()
+        #expect(stat(socketPath, &info) == 0 && info.st_mode & 0o777 == 0o600, "socket mode \(String(info.st_mode & 0o777, radix: 8))")
+        let connection = try FrameConnection.connect(host: "127.0.0.1", port: pod.dataPort)
+        try connection.write(FrameEncoder.encode(Handshake(clientID: 1, maxBatchTokens: 8, poolToken: Array("pod".utf8))))
+        _ = try connection.readFrame()
+        let drain = try ChildProcess(executable: PodProcessTests.binary, arguments: ["drain", "--socket", socketPath, "--timeout-seconds", "20"],
+                                     standardOutput: .null)
+        guard case .goAway(let goAway) = try Frame.decode(try #require(try connection.readFrame())) else { Issue.record("no GOAWAY"); return }
+        #expect(goAway.reason.contains("preStop"))
+        #expect(try await pod.get("readyz").0 == 503)
+        connection.close()  // the client moves away
+        #expect(await drain.exit(within: .seconds(15)) == 0, "eaas drain did not report a finished drain")
+        // Drained, it cannot serve again: it exits instead of looking alive.
+        let (status, stderr) = pod.exit()
+        #expect(status == 0, "\(stderr)")
+        #expect(!FileManager.default.fileExists(atPath: socketPath), "the drain socket is removed at exit")
+        // With no pod behind it, eaas drain says so and fails.
+        let missing = try ChildProcess(executable: PodProcessTests.binary, arguments: ["drain", "--socket", socketPath], standardOutput: .null, standardError: .null)
+        #expect(missing.waitUntilExit() == 1)
+    }
 }

@@ -20,6 +20,9 @@ public final class Dispatcher {
     public struct Configuration: Sendable {
         /// The pool's shared secret, sent in every handshake.
         public var poolToken: [UInt8]
+        /// The digest of the model this client serves (MoE's `ModelDigest`); when set, a server
+        /// whose handshake reply names another model is refused and never used.
+        public var modelDigest: [UInt8]?
         /// This client's id in handshakes.
         public var clientID: UInt64
         /// The largest batch this client sends, announced in handshakes.
@@ -67,6 +70,8 @@ public final class Dispatcher {
         case deadline(Duration, lastFailures: [String: String])
         /// The step's own input is not a routing the wire can carry.
         case invalidStep(String)
+        /// The server serves experts of another checkpoint than this client's.
+        case wrongModel(server: String, expected: String, served: String)
 
         public var description: String {
             switch self {
@@ -75,6 +80,8 @@ public final class Dispatcher {
             case let .deadline(limit, failures):
                 "step not finished within \(limit); " + failures.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
             case let .invalidStep(reason): "invalid step: \(reason)"
+            case let .wrongModel(server, expected, served):
+                "server \(server) serves model \(served), not this client's model \(expected): its experts are not used"
             }
         }
     }

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -120,7 +121,12 @@ extension ServerLinks {
             throw TransportError.unreachable(address: server.address, reason: "no handshake reply within \(configuration.maximumTimeout)")
         }
         switch try Frame.decode(bytes, limits: configuration.limits) {
-        case .handshakeReply(let reply): return reply
+        case .handshakeReply(let reply):
+            if let expected = configuration.modelDigest, reply.modelDigest != expected {
+                func hex(_ bytes: [UInt8]) -> String { bytes.isEmpty ? "(none)" : bytes.map { String(format: "%02x", $0) }.joined() }
+                throw Dispatcher.StepError.wrongModel(server: server.address, expected: hex(expected), served: hex(reply.modelDigest))
+            }
+            return reply
         case .error(let error) where error.code == .draining:
             throw TransportError.unreachable(address: server.address, reason: "draining: \(error.message)")
         case .error(let error): throw Dispatcher.StepError.refused(server: server.id, code: error.code, message: error.message)

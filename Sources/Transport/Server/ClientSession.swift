@@ -77,7 +77,8 @@ final class ClientSession: @unchecked Sendable {
         defer { writeLock.unlock() }
         guard let (backend, slot, epoch, info) = admit(hello) else { return false }
         let reply = HandshakeReply(serverID: server.configuration.serverID, hidden: UInt32(server.computer.hidden), dtype: server.computer.dtype,
-                                   backend: backend, experts: server.computer.experts.sorted(), slot: slot, epoch: epoch, backendInfo: info)
+                                   backend: backend, experts: server.computer.experts.sorted(), slot: slot, epoch: epoch, backendInfo: info,
+                                   modelDigest: server.configuration.modelDigest)
         return (try? connection.write(FrameEncoder.encode(reply))) != nil
     }
 

@@ -22,6 +22,9 @@ public final class DataPlaneServer: @unchecked Sendable {
         public var poolToken: [UInt8]
         /// This server's id, sent in handshake replies.
         public var serverID: UInt64
+        /// The digest of the model whose experts it serves, sent in handshake replies (empty:
+        /// synthetic experts, no model).
+        public var modelDigest: [UInt8] = []
         /// Offer shared-memory slots to clients that ask for them.
         public var offerShm = true
         /// Offer RDMA slots to clients that ask for them. Needs an RDMA device: without one the
