@@ -19,10 +19,11 @@ final class ServerProcess: @unchecked Sendable {
     private(set) var regionPath: String?
 
     /// Starts a server hosting `experts` of layer 0 and waits for its "listening" line.
-    init(id: Int, experts: [Int], hidden: Int, token: String, delayMicroseconds: Int) throws {
+    init(id: Int, experts: [Int], hidden: Int, token: String, delayMicroseconds: Int, listen: String? = nil) throws {
         self.experts = experts.map { HostedExpert(layer: 0, expert: UInt16($0)) }
         let arguments = ["transport-server", "--id", "\(id)", "--hidden", "\(hidden)", "--dtype", "f32", "--slots", "16", "--max-batch", "64",
                              "--experts", "0:" + experts.map(String.init).joined(separator: ","), "--delay-us", "\(delayMicroseconds)", "--drain-seconds", "10"]
+            + (listen.map { ["--listen", $0] } ?? [])
         let out = Pipe()
         process = try ChildProcess(executable: Self.binary, arguments: arguments, environment: ["EAAS_POOL_TOKEN": token],
                                    standardOutput: .pipe(out), standardError: .pipe(errors))

@@ -42,8 +42,14 @@ public final class Dispatcher {
         public var stepDeadline: Duration = .seconds(30)
         /// How long a connection attempt may take.
         public var connectTimeout: Duration = .seconds(2)
-        /// How long a server stays marked down before it is tried again.
+        /// How long a server stays marked down before it is tried again while other replicas
+        /// serve its experts. A step whose experts have no other replica tries a down server
+        /// again much sooner: after `reviveFirst`, doubling per failed try up to `reviveAtMost`,
+        /// jittered, so that a sole replica restarted on its address is used as soon as it is
+        /// back rather than after `downFor`.
         public var downFor: Duration = .seconds(2)
+        public var reviveFirst: Duration = .milliseconds(25)
+        public var reviveAtMost: Duration = .milliseconds(500)
         /// Bounds of the per-server adaptive timeout.
         public var minimumTimeout: Duration = .milliseconds(50)
         public var maximumTimeout: Duration = .seconds(10)
@@ -94,6 +100,9 @@ public final class Dispatcher {
     /// Servers that sent GOAWAY: their link closes once the answer in flight is in.
     private var draining: Set<String> = []
     private var downUntil: [String: ContinuousClock.Instant] = [:]
+    /// Per down server: when a step with no other replica may try it again, and how many such
+    /// tries have failed in a row.
+    private var revive: [String: (at: ContinuousClock.Instant, tries: Int)] = [:]
     /// Per server id, kept across reconnects so that back-off after timeouts persists.
     private var timeouts: [String: AdaptiveTimeout] = [:]
     /// Servers marked down because an answer was late (not because the connection failed).
@@ -170,6 +179,7 @@ public final class Dispatcher {
                 }
                 let waited = clock.now - started
                 guard waited < configuration.noReplicaWait else { throw StepError.noReplica(missing.expert, waited: waited) }
+                if reviveDownReplicas(of: missing.expert) { continue }
                 try? sleep(.milliseconds(10))
                 continue
             }
@@ -206,6 +216,7 @@ public final class Dispatcher {
                     let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden, from: link, server: flight.server,
                                            patient: !hasAlternative, stepStarted: started, sent: flight.sent)
                     timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent, pairs: flight.pairs.count)
+                    revive[flight.server.id] = nil
                     partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
                     for pair in flight.pairs { pending[pair] = false }
                     if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
@@ -258,6 +269,24 @@ public final class Dispatcher {
         downUntil[id] = clock.now + configuration.downFor
         links.removeValue(forKey: id)?.close()
         draining.remove(id)
+    }
+
+    /// Takes the down mark off the servers of `expert` whose next try is due (the step has no
+    /// other replica of it); true if any was. Each failed try doubles the pause before the next,
+    /// from `reviveFirst` to `reviveAtMost`, with ±20 % jitter so that many clients do not try
+    /// in lockstep.
+    private func reviveDownReplicas(of expert: HostedExpert) -> Bool {
+        let now = clock.now
+        var revived = false
+        for server in membership.current().servers where server.ready && downUntil[server.id] != nil && server.experts.contains(expert) {
+            let state = revive[server.id] ?? (now, 0)
+            guard now >= state.at else { continue }
+            let pause = min(configuration.reviveAtMost, configuration.reviveFirst * (1 << min(state.tries, 20)))
+            revive[server.id] = (now + pause * Double.random(in: 0.8...1.2), state.tries + 1)
+            downUntil[server.id] = nil
+            revived = true
+        }
+        return revived
     }
 
     /// Closes connections whose answers will not be read, so they cannot reach a later step.
