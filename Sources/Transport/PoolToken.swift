@@ -64,8 +64,8 @@ public enum PoolToken {
         return Loaded(token: token, warnings: warnings)
     }
 
-    /// Drops trailing spaces, tabs, CR and LF (bytes, not characters).
-    static func trimmed(_ bytes: [UInt8]) -> [UInt8] {
+    /// Drops trailing spaces, tabs, CR and LF (bytes, not characters), as `load` does.
+    public static func trimmed(_ bytes: [UInt8]) -> [UInt8] {
         var end = bytes.count
         while end > 0, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[end - 1]) { end -= 1 }
         return Array(bytes[0..<end])

@@ -80,23 +80,35 @@ struct UpCommand: AsyncParsableCommand {
         let name = pool.name ?? "local"
 
         // The API server, with the CRD, the pool token Secret and the pool.
+        // It listens on loopback, where any local user could reach it: every request must carry a
+        // bearer token that only the kubeconfig written here (mode 0600, this user's) holds.
         var serverConfiguration = TestAPIServer.Configuration()
         serverConfiguration.port = apiPort
+        serverConfiguration.requiredBearerToken = (0..<4).map { _ in String(format: "%016llx", UInt64.random(in: 0...UInt64.max)) }.joined()
         let server = try await TestAPIServer(configuration: serverConfiguration)
-        try server.kubeconfig(namespace: namespace).write(toFile: directory + "/kubeconfig", atomically: true, encoding: .utf8)
+        let kubeconfigPath = directory + "/kubeconfig"
+        unlink(kubeconfigPath)
+        guard FileManager.default.createFile(atPath: kubeconfigPath, contents: Data(server.kubeconfig(namespace: namespace).utf8),
+                                             attributes: [.posixPermissions: 0o600]) else {
+            throw CommandFailure("cannot write \(kubeconfigPath)")
+        }
         let client = KubeClient(connection: server.connection)
         _ = try await client.create(.customResourceDefinitions, KubeObject(ExpertPoolCRD.definition))
         if namespace != "default" { _ = try? await client.create(.namespaces, KubeObject(.namespaces, name: namespace)) }
         for object in extraObjects { _ = try await client.create(.secrets, object, namespace: namespace) }
         let tokenSecret = spec.poolTokenSecret
-        let token: String
+        let token: [UInt8]
         if let existing = try? await client.get(.secrets, tokenSecret.name, namespace: namespace),
            let encoded = existing.json[path: ["data", tokenSecret.key]]?.string, let data = Data(base64Encoded: encoded) {
-            token = String(decoding: data, as: UTF8.self)
+            // The Secret's bytes, as the pods read them from their token file.
+            token = PoolToken.trimmed(Array(data))
+            do { try PoolToken.validate(token, source: "Secret \(namespace)/\(tokenSecret.name) key \(tokenSecret.key)") } catch {
+                throw CommandFailure("\(error)")
+            }
         } else {
-            token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
+            token = Array((0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined().utf8)
             _ = try await client.create(.secrets, KubeObject(.secrets, name: tokenSecret.name, namespace: namespace,
-                                                             fields: ["data": .object([tokenSecret.key: .string(Data(token.utf8).base64EncodedString())])]))
+                                                             fields: ["data": .object([tokenSecret.key: .string(Data(token).base64EncodedString())])]))
         }
         _ = try await client.create(ExpertPoolCRD.resource, pool, namespace: namespace)
 
@@ -107,7 +119,7 @@ struct UpCommand: AsyncParsableCommand {
         var controllerConfiguration = ControllerConfiguration()
         controllerConfiguration.namespace = namespace
         let controller = ExpertPoolController(client: client, configuration: controllerConfiguration, logger: logger)
-        var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
+        var dispatcher = Dispatcher.Configuration(poolToken: token, clientID: UInt64.random(in: 1...UInt64.max))
         dispatcher.backend = spec.transport.backend == .tcp ? .tcp : .shm
         dispatcher.modelDigest = try ModelDigest.compute(directory: spec.model.path).bytes
         let probe = dispatcher

@@ -155,6 +155,14 @@ struct UpScenarioTests {
             // through eaas up's API server and generates.
             try await Self.workerGenerates(directory: directory)
 
+            // The API server answers only the kubeconfig's bearer token (the file is this user's alone).
+            let kubeconfig = try String(contentsOfFile: directory + "/up/kubeconfig", encoding: .utf8)
+            var info = stat()
+            #expect(stat(directory + "/up/kubeconfig", &info) == 0 && info.st_mode & 0o777 == 0o600)
+            let serverURL = try #require(kubeconfig.range(of: #"https?://[^"' }]+"#, options: .regularExpression).map { String(kubeconfig[$0]) })
+            let (_, anonymous) = try await URLSession.shared.data(from: try #require(URL(string: serverURL + "/api/v1/namespaces/default/secrets")))
+            #expect((anonymous as? HTTPURLResponse)?.statusCode == 401, "an unauthenticated request was answered")
+
             // SIGKILL one of its pods while the load goes on.
             let pods = Self.podProcesses(parent: process.processIdentifier)
             let victim = try #require(pods.first { $0.value == experts }?.key, "no expert-pod process for \(shard) among \(pods)")
@@ -166,6 +174,9 @@ struct UpScenarioTests {
             }
             let log = (try? String(contentsOfFile: directory + "/up/eaas.log", encoding: .utf8)) ?? ""
             #expect(log.contains("replacing the pod"))
+            // The local runtime removed the shared slot region the killed pod could not.
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []
+            #expect(!left.contains { $0.hasPrefix("eaas-slots-") && $0.contains("-\(victim)-") }, "\(left)")
 
             // Load falls: every shard back to one replica once the 10 s window has passed.
             try await Self.until("every shard back to 1 replica", timeout: .seconds(120)) {

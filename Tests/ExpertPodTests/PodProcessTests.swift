@@ -157,3 +157,42 @@ struct PodProcessTests {
         #expect(missing.waitUntilExit() == 1)
     }
 }
+
+/// Commands that start processes leave none behind however they are stopped.
+@Suite("No process left behind", .serialized)
+struct ChildrenLeftBehindTests {
+    /// Pids whose parent is `parent`, from /proc.
+    static func children(of parent: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == parent
+        }
+    }
+
+    static func alive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 && !((try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.contains(") Z ") ?? true) }
+
+    @Test("eaas bench pod stopped by SIGTERM or killed by SIGKILL leaves no expert-pod or client process running", arguments: [SIGTERM, SIGKILL])
+    func benchLeavesNothing(signal: Int32) async throws {
+        let bench = try ChildProcess(executable: PodProcessTests.binary,
+                                     arguments: ["bench", "pod", "--model", PodFixture.directory, "--shard", "0-7", "--clients", "2", "--seconds", "60"],
+                                     environment: ProcessInfo.processInfo.environment.merging(["EAAS_POOL_TOKEN": "bench-token-0123456789"]) { $1 },
+                                     standardOutput: .null, standardError: .null)
+        defer { bench.kill(); bench.waitUntilExit() }
+        var started: [Int32] = []
+        let deadline = ContinuousClock.now + .seconds(30)
+        while started.count < 3, ContinuousClock.now < deadline {  // the pod and two clients
+            started = Self.children(of: bench.pid)
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(started.count >= 3, "the benchmark did not start its processes: \(started)")
+        bench.send(signal)
+        _ = await bench.exit(within: .seconds(30))
+        let gone = ContinuousClock.now + .seconds(30)
+        while started.contains(where: Self.alive), ContinuousClock.now < gone { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(!started.contains(where: Self.alive), "left running: \(started.filter(Self.alive))")
+        for pid in started { DataPlaneServer.removeRegions(leftBy: pid) }
+    }
+}
