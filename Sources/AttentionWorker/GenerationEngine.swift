@@ -79,7 +79,7 @@ public final class GenerationEngine: @unchecked Sendable {
 
     /// Loads the model in `directory`, its routed experts local or behind `dispatcher`.
     public convenience init(modelDirectory directory: String, experts: ExpertSource, configuration: Configuration = Configuration()) throws {
-        if let problem = configuration.problem { throw SubmitError.invalid(problem) }
+        if let problem = configuration.problem { throw SubmitError.invalid(problem, param: nil) }
         let weights = try DecoderWeights(directory: directory, localExperts: experts.isLocal)
         let placement: RoutedExpertPlacement
         switch experts {
@@ -168,17 +168,17 @@ public final class GenerationEngine: @unchecked Sendable {
     }
 
     private func validate(_ request: GenerationRequest) throws(SubmitError) {
-        guard !request.prompt.isEmpty else { throw .invalid("prompt must hold at least one token id") }
+        guard !request.prompt.isEmpty else { throw .invalid("prompt must hold at least one token id", param: "prompt") }
         if let bad = request.prompt.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
-            throw .invalid("prompt token id \(bad) is outside the vocabulary (0..<\(config.vocabSize))")
+            throw .invalid("prompt token id \(bad) is outside the vocabulary (0..<\(config.vocabSize))", param: "prompt")
         }
-        guard request.maxTokens >= 1 else { throw .invalid("max_tokens must be at least 1 (got \(request.maxTokens))") }
+        guard request.maxTokens >= 1 else { throw .invalid("max_tokens must be at least 1 (got \(request.maxTokens))", param: "max_tokens") }
         guard request.prompt.count < maxContext, request.maxTokens <= maxContext - request.prompt.count else {
-            throw .invalid("prompt (\(request.prompt.count) tokens) + max_tokens (\(request.maxTokens)) exceeds the context of \(maxContext) tokens")
+            throw .invalid("prompt (\(request.prompt.count) tokens) + max_tokens (\(request.maxTokens)) exceeds the context of \(maxContext) tokens", param: "max_tokens")
         }
-        if let problem = request.sampling.problem { throw .invalid(problem) }
+        if let problem = request.sampling.problem { throw .invalid(problem, param: problem.split(separator: " ").first.map(String.init)) }
         guard cacheBytes(request) <= configuration.kvCacheBytes else {
-            throw .invalid("the request needs \(cacheBytes(request)) bytes of KV cache, more than the worker's \(configuration.kvCacheBytes)")
+            throw .invalid("the request needs \(cacheBytes(request)) bytes of KV cache, more than the worker's \(configuration.kvCacheBytes)", param: "max_tokens")
         }
     }
 
@@ -232,7 +232,7 @@ public final class GenerationEngine: @unchecked Sendable {
                 let abandoned = waiting
                 waiting.removeAll()
                 condition.unlock()
-                for sequence in abandoned + running where !sequence.done { sequence.events(.failed("the worker is shutting down")) }
+                for sequence in abandoned + running where !sequence.done { sequence.events(.failed(.shuttingDown)) }
                 running.removeAll()
                 condition.lock()
                 runningCount = 0
@@ -291,7 +291,7 @@ public final class GenerationEngine: @unchecked Sendable {
             dropped.append(sequence)
         }
         // Every sequence ends with one event, a cancelled one too.
-        for sequence in dropped { sequence.events(.failed("cancelled")) }
+        for sequence in dropped { sequence.events(.failed(.cancelled)) }
         retire()
 
         var batch = StepBatch()
@@ -318,10 +318,10 @@ public final class GenerationEngine: @unchecked Sendable {
             logits = try model.forward(batch, logitRows: sampled.map(\.row))
         } catch {
             // The step's sequences cannot continue (their caches hold a half-written step).
-            let message = "generation step failed: \(error)"
+            let failure = SequenceFailure.step(error)
             for segment in batch.segments {
                 if let sequence = running.first(where: { $0.kvCache === segment.cache }) {
-                    sequence.events(.failed(message))
+                    sequence.events(.failed(failure))
                     sequence.done = true
                     sequence.failed = true
                 }
@@ -335,7 +335,7 @@ public final class GenerationEngine: @unchecked Sendable {
             for (index, entry) in sampled.enumerated() {
                 let sequence = entry.sequence
                 guard let token = sequence.sampler.next(UnsafeBufferPointer(rebasing: all[(index * vocab)..<((index + 1) * vocab)])) else {
-                    sequence.events(.failed("the model produced NaN logits"))
+                    sequence.events(.failed(.nonFiniteLogits))
                     sequence.done = true
                     sequence.failed = true
                     continue
@@ -435,7 +435,7 @@ private final class ResultBox: @unchecked Sendable {
         switch event {
         case .token(let token): tokens[index].append(token)
         case .finished(let reason, let prompt, _): outcomes[index] = .success((reason, prompt))
-        case .failed(let message): outcomes[index] = .failure(.invalid(message))
+        case .failed(let failure): outcomes[index] = .failure(.invalid(failure.description, param: nil))
         }
     }
 

@@ -32,9 +32,9 @@ public enum FinishReason: String, Sendable, Equatable {
 public enum GenerationEvent: Sendable, Equatable {
     case token(Int)
     case finished(FinishReason, promptTokens: Int, completionTokens: Int)
-    /// The sequence could not be completed (an expert step failed past its deadline, the worker
-    /// stopped); the message says why. Tokens already sent stay valid.
-    case failed(String)
+    /// The sequence could not be completed (an expert step failed, the worker stopped); tokens
+    /// already sent stay valid.
+    case failed(SequenceFailure)
 }
 
 /// A finished sequence, for callers that wait for the whole result.
@@ -46,8 +46,8 @@ public struct GenerationResult: Sendable, Equatable {
 
 /// Why a request was not accepted.
 public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
-    /// The request itself is wrong (the message names the field); HTTP 400.
-    case invalid(String)
+    /// The request itself is wrong: the message says why, `param` names the field; HTTP 400.
+    case invalid(String, param: String?)
     /// The waiting queue is full; HTTP 429. Nothing of the request was kept.
     case overloaded(waiting: Int)
     /// The worker is shutting down; HTTP 503.
@@ -55,7 +55,7 @@ public enum SubmitError: Error, CustomStringConvertible, Equatable, Sendable {
 
     public var description: String {
         switch self {
-        case .invalid(let message): message
+        case .invalid(let message, _): message
         case .overloaded(let waiting): "the worker is overloaded: \(waiting) requests already wait to start; retry later"
         case .stopping: "the worker is shutting down"
         }

@@ -21,6 +21,17 @@ public enum WorkerHTTP {
             let body = ModelList(data: [.init(id: engine.modelName, created: Int(Date().timeIntervalSince1970))])
             return json(status: .ok, (try? JSONEncoder().encode(body)) ?? Data())
         }
+        // Other methods on the API's paths are 405 with Allow, not 404: the path exists.
+        for (path, allowed) in [("v1/completions", "POST"), ("v1/models", "GET")] {
+            for method in [HTTPRequest.Method.get, .post, .put, .delete, .patch] where method.rawValue != allowed {
+                router.on(RouterPath(path), method: method) { _, _ -> Response in
+                    var response = failure(CompletionError(status: 405, type: "invalid_request_error",
+                                                           message: "\(method.rawValue) is not allowed on /\(path); use \(allowed)", param: nil))
+                    response.headers[.allow] = allowed
+                    return response
+                }
+            }
+        }
         router.post("v1/completions") { request, context -> Response in
             let body: ByteBuffer
             do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
@@ -65,14 +76,8 @@ public enum WorkerHTTP {
                 streams.append(stream)
             } catch {
                 for handle in handles { handle.cancel() }
-                switch error {
-                case .invalid(let message):
-                    throw .invalid(requests.count > 1 ? "prompt[\(index)]: \(message)" : message, param: message.hasPrefix("max_tokens") ? "max_tokens" : "prompt")
-                case .overloaded:
-                    throw CompletionError(status: 429, type: "rate_limit_error", message: error.description, param: nil)
-                case .stopping:
-                    throw CompletionError(status: 503, type: "server_error", message: error.description, param: nil)
-                }
+                if case let .invalid(message, param) = error, requests.count > 1 { throw .invalid("prompt[\(index)]: \(message)", param: param) }
+                throw CompletionError(error)
             }
         }
         return streams
@@ -92,8 +97,8 @@ public enum WorkerHTTP {
                     reason = finish.rawValue
                     usage.prompt_tokens += prompt
                     usage.completion_tokens += completion
-                case .failed(let message):
-                    return failure(CompletionError(status: message.contains("NaN") ? 500 : 503, type: "server_error", message: message, param: nil))
+                case .failed(let reason):
+                    return failure(CompletionError(reason))
                 }
             }
             guard let reason else { return failure(CompletionError(status: 503, type: "server_error", message: "generation ended early", param: nil)) }
@@ -139,8 +144,8 @@ public enum WorkerHTTP {
                     usage.completion_tokens += completion
                     chunk = CompletionBody(id: id, created: created, model: model,
                                            choices: [.init(index: index, text: "", token_ids: [], logprobs: nil, finish_reason: reason.rawValue)], usage: nil)
-                case .failed(let message):
-                    try await send(CompletionError(status: 503, type: "server_error", message: message, param: nil).body)
+                case .failed(let reason):
+                    try await send(CompletionError(reason).body)
                     try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                     try await writer.finish(nil)
                     return

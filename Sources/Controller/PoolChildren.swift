@@ -57,6 +57,10 @@ public struct PoolChildren: Sendable {
         return .object(object)
     }
 
+    /// The drain socket's folder (an in-memory emptyDir) and path in every expert pod.
+    static let drainDirectory = "/run/eaas"
+    static let drainSocket = "/run/eaas/drain.sock"
+
     /// One shard's Deployment with `replicas` pods.
     public func deployment(for shard: ShardPlan.Shard, replicas: Int) -> JSONValue {
         let selector = selector(shard: shard.name)
@@ -69,12 +73,17 @@ public struct PoolChildren: Sendable {
         let modelPath = spec.model.volume == nil ? spec.model.path
             : (spec.model.path.hasPrefix("/") ? spec.model.path : "\(spec.model.mountPath)/\(spec.model.path)")
 
+        // The token file is readable by the pod's own group only (fsGroup below), never by others.
         var volumes: [JSONValue] = [[
             "name": "pool-token",
-            "secret": ["secretName": .string(spec.poolTokenSecret.name),
+            "secret": ["secretName": .string(spec.poolTokenSecret.name), "defaultMode": .int(0o440),
                        "items": [["key": .string(spec.poolTokenSecret.key), "path": "token"]]],
+        ], [
+            // Where the drain socket lives: the root filesystem is read-only.
+            "name": "drain", "emptyDir": ["medium": "Memory", "sizeLimit": "1Mi"],
         ]]
-        var mounts: [JSONValue] = [["name": "pool-token", "mountPath": .string(PoolLabels.tokenDirectory), "readOnly": true]]
+        var mounts: [JSONValue] = [["name": "pool-token", "mountPath": .string(PoolLabels.tokenDirectory), "readOnly": true],
+                                   ["name": "drain", "mountPath": .string(Self.drainDirectory)]]
         if var volume = spec.model.volume?.json.object {
             volume["name"] = "model"
             volumes.append(.object(volume))
@@ -95,6 +104,7 @@ public struct PoolChildren: Sendable {
                 "--metrics-host", "0.0.0.0", "--metrics-port", .string("\(transport.metricsPort)"),
                 "--pool-token-file", .string("\(PoolLabels.tokenDirectory)/token"),
                 "--grace-seconds", .string("\(spec.drainSeconds)"),
+                "--drain-socket", .string(Self.drainSocket),
             ]),
             "ports": [
                 ["name": "data", "containerPort": .int(transport.port), "protocol": "TCP"],
@@ -103,9 +113,11 @@ public struct PoolChildren: Sendable {
             // Ready only while it serves: a draining pod leaves the EndpointSlices at once.
             "readinessProbe": ["httpGet": ["path": "/readyz", "port": "metrics"], "periodSeconds": 2, "failureThreshold": 1],
             "livenessProbe": ["httpGet": ["path": "/healthz", "port": "metrics"], "periodSeconds": 10, "failureThreshold": 3],
-            // The preStop hook drains: /drain turns /readyz 503, sends GOAWAY and returns once clients
-            // have left (or drainSeconds passed); SIGTERM afterwards finds nothing left to wait for.
-            "lifecycle": ["preStop": ["httpGet": ["path": "/drain", "port": "metrics"]]],
+            // The preStop hook drains through the pod's local socket (no network request can):
+            // /readyz turns 503, clients get GOAWAY, and it returns once they have left (or
+            // drainSeconds passed); the drained pod then exits, and SIGTERM finds nothing left.
+            "lifecycle": ["preStop": ["exec": ["command": ["eaas", "drain", "--socket", .string(Self.drainSocket),
+                                                           "--timeout-seconds", .string("\(spec.drainSeconds + 5)")]]]],
             "securityContext": [
                 "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                 "capabilities": .object(capabilities),
@@ -118,9 +130,12 @@ public struct PoolChildren: Sendable {
 
         var podSpec: [String: JSONValue] = [
             "containers": [.object(container)],
+            // An expert pod never talks to the API server: no service-account token in it.
+            "automountServiceAccountToken": false,
             "volumes": .array(volumes),
             "terminationGracePeriodSeconds": .int(spec.drainSeconds + Self.graceBeyondDrain),
-            "securityContext": ["runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": ["type": "RuntimeDefault"]],
+            "securityContext": ["runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                                 "seccompProfile": ["type": "RuntimeDefault"]],
             "affinity": affinity(selector: selector),
         ]
         if !template.nodeSelector.isEmpty { podSpec["nodeSelector"] = template.nodeSelector.specJSON }

@@ -48,8 +48,10 @@ public enum PoolToken {
             source = "--pool-token-file \(file)"
             guard let data = FileManager.default.contents(atPath: file) else { throw PoolTokenError("\(source) cannot be read") }
             token = trimmed(Array(data))
+            // As ssh does for keys, except that a group-readable file of this process's own group
+            // is fine: that is how Kubernetes gives a non-root pod its Secret (fsGroup, mode 0440).
             var info = stat()
-            if stat(file, &info) == 0, info.st_mode & 0o077 != 0 {
+            if stat(file, &info) == 0, info.st_mode & 0o007 != 0 || (info.st_mode & 0o070 != 0 && info.st_gid != getegid()) {
                 warnings.append("\(source) is readable by group or others (mode \(String(info.st_mode & 0o777, radix: 8))); it holds the pool's secret: chmod 600 it")
             }
         } else {

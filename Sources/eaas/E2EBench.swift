@@ -266,7 +266,7 @@ final class Timeline: @unchecked Sendable {
             steps[step, default: (0, time)].tokens += 1
             steps[step]!.time = time
         case .finished: done[sequence] = true
-        case .failed(let message): done[sequence] = true; failure = message
+        case .failed(let reason): done[sequence] = true; failure = reason.description
         }
         condition.broadcast()
     }

@@ -90,7 +90,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
             switch event {
             case .token: lock.withLock { counts.tokens += 1 }
             case .finished: lock.withLock { counts.finished += 1 }
-            case .failed(let message): record(failure: message)
+            case .failed(let failure): record(failure: failure.description)
             }
         }
     }

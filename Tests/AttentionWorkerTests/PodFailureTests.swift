@@ -87,7 +87,7 @@ final class Collected: @unchecked Sendable {
         switch event {
         case .token(let token): sequences[index].tokens.append(token)
         case .finished: sequences[index].finished = true
-        case .failed(let message): sequences[index].failure = message; sequences[index].finished = true
+        case .failed(let reason): sequences[index].failure = reason.description; sequences[index].finished = true
         }
         condition.broadcast()
         condition.unlock()

@@ -117,9 +117,13 @@ struct ExpertPoolSpecTests {
         let container = pod?["containers"]?.array?.first
         #expect(container?["image"] == "example/eaas:1")
         #expect(container?["args"]?.array?.compactMap(\.string).joined(separator: " ")
-            == "expert-pod --model /models/tiny --shard 4-7 --listen 0.0.0.0:7000 --transport verbs --metrics-host 0.0.0.0 --metrics-port 9000 --pool-token-file /var/run/eaas/pool-token/token --grace-seconds 30")
+            == "expert-pod --model /models/tiny --shard 4-7 --listen 0.0.0.0:7000 --transport verbs --metrics-host 0.0.0.0 --metrics-port 9000 --pool-token-file /var/run/eaas/pool-token/token --grace-seconds 30 --drain-socket /run/eaas/drain.sock")
         #expect(container?[path: ["readinessProbe", "httpGet", "path"]] == "/readyz")
-        #expect(container?[path: ["lifecycle", "preStop", "httpGet", "path"]] == "/drain")
+        // The drain is local: an exec of `eaas drain` on the pod's socket, never an HTTP request.
+        #expect(container?[path: ["lifecycle", "preStop", "httpGet"]] == nil)
+        #expect(container?[path: ["lifecycle", "preStop", "exec", "command"]]?.array?.compactMap(\.string).prefix(4)
+            == ["eaas", "drain", "--socket", "/run/eaas/drain.sock"])
+        #expect(container?["args"]?.array?.compactMap(\.string).contains("/run/eaas/drain.sock") == true)
         #expect(container?[path: ["resources", "limits", "rdma/hca"]] == 1)
         #expect(container?[path: ["securityContext", "readOnlyRootFilesystem"]] == true)
         #expect(container?[path: ["securityContext", "capabilities", "add"]] == ["IPC_LOCK"])

@@ -70,7 +70,9 @@ struct KubectlOperatorTests {
         let directory = NSTemporaryDirectory() + "eaas-kubectl-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let kubeconfig = directory + "/kubeconfig"
-        try server.kubeconfig(namespace: "default").write(toFile: kubeconfig, atomically: true, encoding: .utf8)
+        // The samples' own namespace (Manifests/samples/00-namespace.yaml): kubectl's default here.
+        let samples = "eaas-samples"
+        try server.kubeconfig(namespace: samples).write(toFile: kubeconfig, atomically: true, encoding: .utf8)
         var controllers: [String: ToolProcess] = [:]
         func kubectlRun(_ arguments: String...) async throws -> String {
             let (status, output) = try await ToolProcess.run(kubectl, ["--kubeconfig", kubeconfig] + arguments, directory: directory)
@@ -88,7 +90,7 @@ struct KubectlOperatorTests {
             Issue.record("timed out waiting for: \(what)\n\(logs)")
             throw CancellationError()
         }
-        func replicas(_ name: String) -> Int? { server.object(.deployments, name, namespace: "default")?.json[path: ["spec", "replicas"]]?.int }
+        func replicas(_ name: String) -> Int? { server.object(.deployments, name, namespace: samples)?.json[path: ["spec", "replicas"]]?.int }
         func holder() -> String? { server.object(.leases, "eaas-controller", namespace: "eaas-system")?.json[path: ["spec", "holderIdentity"]]?.string }
 
         do {
@@ -108,13 +110,15 @@ struct KubectlOperatorTests {
             try await until("a controller leads") { holder() != nil }
 
             let sample = try await kubectlRun("apply", "-f", "\(root)/Manifests/samples")
+            #expect(sample.contains("namespace/eaas-samples created"))
             #expect(sample.contains("expertpool.eaas.dev/tiny created"))
+            #expect(sample.contains("role.rbac.authorization.k8s.io/eaas-controller-pool-token created"))
             try await until("the sample pool's four shards exist") {
-                (0..<4).allSatisfy { replicas("tiny-s\($0)") == 1 } && server.object(.services, "tiny", namespace: "default") != nil
-                    && server.object(.configMaps, "tiny-shard-plan", namespace: "default") != nil
+                (0..<4).allSatisfy { replicas("tiny-s\($0)") == 1 } && server.object(.services, "tiny", namespace: samples) != nil
+                    && server.object(.configMaps, "tiny-shard-plan", namespace: samples) != nil
             }
             try await until("status published") {
-                let status = server.object(ExpertPoolCRD.resource, "tiny", namespace: "default")?.json["status"]
+                let status = server.object(ExpertPoolCRD.resource, "tiny", namespace: samples)?.json["status"]
                 return status?["shardCount"] == 4 && status?["observedGeneration"] == 1
             }
 

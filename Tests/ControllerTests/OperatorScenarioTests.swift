@@ -309,9 +309,16 @@ struct OperatorScenarioTests {
             return rig.replicas("tiny-s0") == nil && rig.replicas("tiny-s1") == nil
         }
 
-        // The controller used exactly what its ClusterRole grants: no verb missing, none unused.
-        let used = Set(rig.server.audit.records.filter { $0.userAgent == "eaas-controller" }.map { "\($0.group)/\($0.resource):\($0.verb)" })
-        let granted = try RBACRules.granted(file: "Manifests/rbac/cluster-role.yaml")
+        // The controller used exactly what its ClusterRole and the pool namespace's Role (the
+        // pool-token Secret) grant: no verb missing, none unused. Secrets are not in the ClusterRole,
+        // and it read them only in the pool's namespace.
+        let controllerRecords = rig.server.audit.records.filter { $0.userAgent == "eaas-controller" }
+        let used = Set(controllerRecords.map { "\($0.group)/\($0.resource):\($0.verb)" })
+        let clusterWide = try RBACRules.granted(file: "Manifests/rbac/cluster-role.yaml")
+        let inPoolNamespace = try RBACRules.granted(file: "Manifests/samples/controller-rbac.yaml")
+        #expect(!clusterWide.contains { $0.hasPrefix("/secrets:") }, "the ClusterRole grants Secrets: \(clusterWide.sorted())")
+        #expect(controllerRecords.filter { $0.resource == "secrets" }.allSatisfy { $0.namespace == Self.namespace })
+        let granted = clusterWide.union(inPoolNamespace)
         #expect(used.subtracting(granted).isEmpty, "used but not granted: \(used.subtracting(granted).sorted())")
         #expect(granted.subtracting(used).isEmpty, "granted but never used: \(granted.subtracting(used).sorted())")
 

@@ -137,6 +137,36 @@ func identity(_ object: JSONValue) -> String {
     "\(object["kind"]?.string ?? "?")/\(object[path: ["metadata", "namespace"]]?.string ?? "")/\(object[path: ["metadata", "name"]]?.string ?? "?")"
 }
 
+/// Whether a label selector (matchLabels only) selects an object with `labels`.
+func selects(_ selector: JSONValue?, _ labels: JSONValue?) -> Bool {
+    guard let wanted = selector?["matchLabels"]?.object, !wanted.isEmpty, selector?["matchExpressions"] == nil else { return false }
+    return wanted.allSatisfy { labels?[$0.key] == $0.value }
+}
+
+enum SampleObjects {
+    struct Missing: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// The Deployments the controller writes for the sample pool (Manifests/samples/expertpool.yaml)
+    /// when it runs as Manifests/controller runs it (its --expert-image).
+    static func expertDeployments() throws -> [JSONValue] {
+        guard var pool = try manifestObjects(["Manifests/samples"]).first(where: { $0["kind"] == "ExpertPool" }) else {
+            throw Missing(description: "no ExpertPool in Manifests/samples")
+        }
+        pool[path: ["metadata", "uid"]] = "sample-pool-uid"
+        let controller = try manifestObjects(["Manifests/controller"]).first { $0["kind"] == "Deployment" }
+        let args = controller?[path: ["spec", "template", "spec", "containers"]]?.array?.first?["args"]?.array?.compactMap(\.string) ?? []
+        guard let index = args.firstIndex(of: "--expert-image"), index + 1 < args.count else {
+            throw Missing(description: "no --expert-image in Manifests/controller/deployment.yaml")
+        }
+        let spec = try ExpertPoolSpec(pool: pool)
+        let plan = try spec.plan(poolName: pool[path: ["metadata", "name"]]?.string ?? "").get()
+        let children = PoolChildren(pool: KubeObject(pool), spec: spec, plan: plan, defaultImage: args[index + 1])
+        return plan.shards.map { children.deployment(for: $0, replicas: spec.replicas.min) }
+    }
+}
+
 @Suite("Manifests and Helm chart")
 struct ShippingTests {
     static func renderer(values override: (inout JSONValue) -> Void = { _ in }) throws -> ChartRenderer {
@@ -157,7 +187,7 @@ struct ShippingTests {
         }
     }
 
-    @Test("values change the render: watch namespace, no Namespace object, node selector")
+    @Test("values change the render: watch namespace (and its pool-token Role), no Namespace object, node selector")
     func chartValues() throws {
         let renderer = try Self.renderer { values in
             values[path: ["controller", "watchNamespace"]] = "team-a"
@@ -170,6 +200,136 @@ struct ShippingTests {
         let args = deployment[path: ["spec", "template", "spec", "containers"]]?.array?.first?["args"]?.array?.compactMap(\.string) ?? []
         #expect(args.suffix(2) == ["--namespace", "team-a"])
         #expect(deployment[path: ["spec", "template", "spec", "nodeSelector"]] == ["pool": "cpu"])
+        // The watched namespace gets the Role to read its pools' token Secrets; no names given: any, by name.
+        let role = try #require(objects.first { $0["kind"] == "Role" && $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" })
+        #expect(role[path: ["metadata", "namespace"]] == "team-a")
+        #expect(role["rules"]?.array?.first?["resourceNames"] == nil)
+        let binding = try #require(objects.first { $0["kind"] == "RoleBinding" && $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" })
+        #expect(binding[path: ["metadata", "namespace"]] == "team-a")
+        #expect(binding["subjects"]?.array?.first?["namespace"] == "eaas-system")
+    }
+
+    @Test("the chart's NetworkPolicies are off by default; on, they are those of Manifests/network-policies, and the pool-token Role that of Manifests/samples")
+    func chartNetworkPolicies() throws {
+        let templates = "\(packageRoot)/charts/eaas/templates"
+        let defaults = try Self.renderer().objects(templates: templates)
+        #expect(!defaults.contains { $0["kind"] == "NetworkPolicy" })
+        #expect(!defaults.contains { $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" })
+
+        // On, watching all namespaces: the controller's own policy only (pools may be anywhere).
+        let allNamespaces = try Self.renderer { $0[path: ["networkPolicy", "enabled"]] = true }.objects(templates: templates)
+        #expect(allNamespaces.filter { $0["kind"] == "NetworkPolicy" }.map(identity) == ["NetworkPolicy/eaas-system/eaas-controller"])
+
+        // On, watching the samples' namespace: the same objects as Manifests, field for field.
+        let enabled = try Self.renderer { values in
+            values[path: ["networkPolicy", "enabled"]] = true
+            values[path: ["controller", "watchNamespace"]] = "eaas-samples"
+            values[path: ["controller", "poolTokenSecrets"]] = ["tiny-pool-token"]
+        }.objects(templates: templates)
+        let rendered = enabled.filter { $0["kind"] == "NetworkPolicy" || $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" }
+        let shipped = try manifestObjects(["Manifests/network-policies"]).filter { $0[path: ["metadata", "name"]] != "tiny-worker" }
+            + manifestObjects(["Manifests/samples"]).filter { $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" }
+        #expect(rendered.map(identity).sorted() == shipped.map(identity).sorted())
+        let byIdentity = Dictionary(uniqueKeysWithValues: rendered.map { (identity($0), $0) })
+        for object in shipped {
+            #expect(byIdentity[identity(object)] == object, "\(identity(object)) differs between chart and Manifests")
+        }
+
+        // The Prometheus namespace and the workers' labels come from the values.
+        let custom = try Self.renderer { values in
+            values[path: ["networkPolicy", "enabled"]] = true
+            values[path: ["networkPolicy", "prometheusNamespace"]] = "prom"
+            values[path: ["networkPolicy", "workerLabels"]] = ["role": "attention"]
+            values[path: ["controller", "watchNamespace"]] = "team-a"
+        }.objects(templates: templates)
+        let experts = try #require(custom.first { $0[path: ["metadata", "name"]] == "eaas-expert-pods" })
+        #expect(experts[path: ["metadata", "namespace"]] == "team-a")
+        let rules = experts[path: ["spec", "ingress"]]?.array ?? []
+        #expect(rules.first?["from"]?.array?.first?[path: ["podSelector", "matchLabels"]] == ["role": "attention"])
+        #expect(rules.last?["from"]?.array?.last?[path: ["namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"]] == "prom")
+        let controllerPolicy = try #require(custom.first { $0["kind"] == "NetworkPolicy" && $0[path: ["metadata", "name"]] == "eaas-controller" })
+        #expect(controllerPolicy[path: ["spec", "ingress"]]?.array?.first?["from"]?.array?.first?[path: ["namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"]] == "prom")
+    }
+
+    @Test("the NetworkPolicies select the pods they are about (expert pods as the controller labels them, the sample worker, the controller), by port names those pods have")
+    func networkPolicySelectors() throws {
+        let policies = try manifestObjects(["Manifests/network-policies"])
+        func named(_ name: String) throws -> JSONValue { try #require(policies.first { $0[path: ["metadata", "name"]]?.string == name }) }
+        struct Pods {
+            let labels: JSONValue?
+            let namespace: String?
+            let ports: Set<String>
+            init(_ deployment: JSONValue?) {
+                labels = deployment?[path: ["spec", "template", "metadata", "labels"]]
+                namespace = deployment?[path: ["metadata", "namespace"]]?.string
+                ports = Set((deployment?[path: ["spec", "template", "spec", "containers"]]?.array ?? [])
+                    .flatMap { $0["ports"]?.array ?? [] }.compactMap { $0["name"]?.string })
+            }
+        }
+        let experts = Pods(try SampleObjects.expertDeployments().first)
+        let worker = Pods(try manifestObjects(["Manifests/samples"]).first { $0["kind"] == "Deployment" })
+        let controller = Pods(try manifestObjects(["Manifests/controller"]).first { $0["kind"] == "Deployment" })
+        #expect(experts.ports == ["data", "metrics"])
+        for policy in policies {
+            #expect(policy[path: ["spec", "policyTypes"]] == ["Ingress"], "\(identity(policy)) restricts ingress")
+            for rule in policy[path: ["spec", "ingress"]]?.array ?? [] {
+                #expect(!(rule["ports"]?.array ?? []).isEmpty, "\(identity(policy)): a rule that opens every port")
+            }
+        }
+        func ports(_ rule: JSONValue) -> Set<String> { Set((rule["ports"]?.array ?? []).compactMap { $0["port"]?.string }) }
+
+        // Expert pods: data from the namespace's workers only; metrics from the controller and Prometheus only.
+        let expertPolicy = try named("eaas-expert-pods")
+        #expect(selects(expertPolicy[path: ["spec", "podSelector"]], experts.labels))
+        #expect(expertPolicy[path: ["metadata", "namespace"]]?.string == experts.namespace)
+        let rules = expertPolicy[path: ["spec", "ingress"]]?.array ?? []
+        #expect(rules.map(ports) == [["data"], ["metrics"]])
+        let dataFrom = rules.first?["from"]?.array ?? []
+        #expect(dataFrom.count == 1)
+        #expect(dataFrom.first?["namespaceSelector"] == nil)
+        #expect(selects(dataFrom.first?["podSelector"], worker.labels))
+        #expect(!selects(dataFrom.first?["podSelector"], controller.labels) && !selects(dataFrom.first?["podSelector"], experts.labels))
+        let metricsFrom = rules.last?["from"]?.array ?? []
+        #expect(metricsFrom.count == 2)
+        #expect(metricsFrom.contains {
+            $0[path: ["namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"]]?.string == controller.namespace && selects($0["podSelector"], controller.labels)
+        })
+        #expect(metricsFrom.contains { $0[path: ["namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"]] == "monitoring" && $0["podSelector"] == nil })
+
+        // The worker: its API port; the controller: its health port (/metrics) from Prometheus.
+        let workerPolicy = try named("tiny-worker")
+        #expect(selects(workerPolicy[path: ["spec", "podSelector"]], worker.labels))
+        #expect(workerPolicy[path: ["metadata", "namespace"]]?.string == worker.namespace)
+        #expect((workerPolicy[path: ["spec", "ingress"]]?.array ?? []).map(ports) == [["http"]])
+        #expect(worker.ports.contains("http"))
+        let controllerPolicy = try named("eaas-controller")
+        #expect(selects(controllerPolicy[path: ["spec", "podSelector"]], controller.labels))
+        #expect(controllerPolicy[path: ["metadata", "namespace"]]?.string == controller.namespace)
+        #expect((controllerPolicy[path: ["spec", "ingress"]]?.array ?? []).map(ports) == [["health"]])
+        #expect(controller.ports.contains("health"))
+    }
+
+    @Test("pods: expert pods mount no service-account token; the sample worker keeps its own (membership reads the API), is ready on /readyz, live on /healthz; the samples have their own namespace")
+    func podHardening() throws {
+        for deployment in try SampleObjects.expertDeployments() {
+            #expect(deployment[path: ["spec", "template", "spec", "automountServiceAccountToken"]] == false)
+        }
+        let samples = try manifestObjects(["Manifests/samples"])
+        let worker = try #require(samples.first { $0["kind"] == "Deployment" })
+        let container = worker[path: ["spec", "template", "spec", "containers"]]?.array?.first
+        // During SIGTERM /healthz stays 200 while /readyz is 503: readiness must be /readyz.
+        #expect(container?[path: ["readinessProbe", "httpGet", "path"]] == "/readyz")
+        #expect(container?[path: ["livenessProbe", "httpGet", "path"]] == "/healthz")
+        #expect(container?[path: ["resources", "limits", "cpu"]] != nil)
+        #expect(container?[path: ["resources", "limits", "memory"]] != nil)
+        // --pool lists and watches EndpointSlices and ConfigMaps with the pod's token (worker-rbac.yaml).
+        #expect(container?["args"]?.array?.contains("--pool") == true)
+        #expect(worker[path: ["spec", "template", "spec", "automountServiceAccountToken"]] != false)
+        #expect(worker[path: ["spec", "template", "spec", "serviceAccountName"]] == "eaas-worker")
+        #expect(samples.contains { $0["kind"] == "Namespace" && $0[path: ["metadata", "name"]] == "eaas-samples" })
+        for object in samples where object["kind"] != "Namespace" {
+            #expect(object[path: ["metadata", "namespace"]] == "eaas-samples", "\(identity(object)) is not in eaas-samples")
+        }
     }
 
     @Test("Chart.yaml is a Helm 3 application chart; its CRD is the generated one")
@@ -204,7 +364,8 @@ struct ShippingTests {
 
     @Test("every RBAC rule says why, verb by verb")
     func rbacJustified() throws {
-        for file in ["Manifests/rbac/cluster-role.yaml", "Manifests/rbac/leader-election-role.yaml", "Manifests/samples/worker-rbac.yaml"] {
+        for file in ["Manifests/rbac/cluster-role.yaml", "Manifests/rbac/leader-election-role.yaml", "Manifests/samples/worker-rbac.yaml",
+                     "Manifests/samples/controller-rbac.yaml", "charts/eaas/templates/pool-token-role.yaml"] {
             let text = try String(contentsOfFile: "\(packageRoot)/\(file)", encoding: .utf8)
             var inVerbs = false
             for line in text.split(separator: "\n") {
@@ -222,6 +383,16 @@ struct ShippingTests {
             "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
             "/configmaps:list", "/configmaps:watch",
         ])
+        // Secrets: not through the ClusterRole, only through a Role in the pools' namespace, for
+        // the pool's own token Secret by name.
+        let clusterRole = try RBACRules.granted(file: "Manifests/rbac/cluster-role.yaml")
+        #expect(!clusterRole.contains { $0.hasPrefix("/secrets:") })
+        #expect(try RBACRules.granted(file: "Manifests/samples/controller-rbac.yaml") == ["/secrets:get"])
+        let samples = try manifestObjects(["Manifests/samples"])
+        let role = try #require(samples.first { $0["kind"] == "Role" && $0[path: ["metadata", "name"]] == "eaas-controller-pool-token" })
+        let pool = try #require(samples.first { $0["kind"] == "ExpertPool" })
+        #expect(role["rules"]?.array?.first?["resourceNames"]?.array?.compactMap(\.string) == [pool[path: ["spec", "poolTokenSecret", "name"]]?.string ?? "?"])
+        #expect(role[path: ["metadata", "namespace"]] == pool[path: ["metadata", "namespace"]])
     }
 
     @Test("the sample pool is a valid spec with a valid plan")

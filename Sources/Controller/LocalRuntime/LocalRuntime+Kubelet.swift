@@ -55,6 +55,7 @@ extension LocalRuntime {
         if let status = container.launched.exitStatus {
             lock.withLock { containers[pod.uid ?? ""] = nil }
             container.launched.cleanUp()
+            for directory in container.local.scratchDirectories { try? FileManager.default.removeItem(atPath: directory) }
             logger.warning("pod's container exited; replacing the pod", metadata: ["pod": "\(pod.name ?? "")", "status": "\(status)"])
             try? await patchPodStatus(pod, phase: "Failed", ip: container.ip, ready: false, message: "container exited with status \(status)")
             await failed(pod)
@@ -105,6 +106,7 @@ extension LocalRuntime {
             }
             await container.launched.terminate(grace: max(.seconds(1), grace - (ContinuousClock.now - start)))
             container.launched.cleanUp()
+            for directory in container.local.scratchDirectories { try? FileManager.default.removeItem(atPath: directory) }
         }
         lock.withLock {
             draining.removeAll { $0.isCancelled }
@@ -150,6 +152,7 @@ extension LocalRuntime {
     func localPod(_ pod: KubeObject, ip: String, directory: String) async throws -> LocalPod {
         guard let container = pod.json[path: ["spec", "containers"]]?.array?.first else { throw LocalRuntimeError("pod \(pod.key) has no container") }
         var volumes: [String: String] = [:]
+        var scratch: [String] = []
         for volume in pod.json[path: ["spec", "volumes"]]?.array ?? [] {
             guard let name = volume["name"]?.string else { continue }
             if let secretName = volume[path: ["secret", "secretName"]]?.string {
@@ -173,9 +176,13 @@ extension LocalRuntime {
             } else if let path = volume[path: ["hostPath", "path"]]?.string {
                 volumes[name] = path
             } else if volume["emptyDir"] != nil {
-                let local = "\(directory)/volumes/\(name)"
-                try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+                // Short and private (a Unix socket path holds at most 107 bytes; the pod's own
+                // directory may be deep): /tmp/eaas-<pod uid>-<volume>, mode 0700, removed with the pod.
+                let local = NSTemporaryDirectory().replacingOccurrences(of: "//", with: "/") + "eaas-\((pod.uid ?? name).prefix(13))-\(name)"
+                try? FileManager.default.removeItem(atPath: local)
+                try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
                 volumes[name] = local
+                scratch.append(local)
             } else {
                 throw LocalRuntimeError("volume '\(name)' of pod \(pod.key): only secret, hostPath and emptyDir volumes run locally")
             }
@@ -198,7 +205,7 @@ extension LocalRuntime {
             if let name = variable["name"]?.string, let value = variable["value"]?.string { environment[name] = value }
         }
         return LocalPod(name: pod.name ?? "", namespace: pod.namespace ?? "", ip: ip, args: args, environment: environment, directory: directory,
-                        preStopCommand: preStop)
+                        preStopCommand: preStop, scratchDirectories: scratch)
     }
 
     /// The port (resolved by name from the container's ports) and path of an httpGet handler.

@@ -16,9 +16,12 @@ public struct LocalPod: Sendable {
     public var directory: String
     /// The container's preStop `exec` command, paths already local (`eaas` is this binary).
     public var preStopCommand: [String]?
+    /// emptyDir volumes' local directories, removed when the pod is gone.
+    public var scratchDirectories: [String]
 
     public init(name: String, namespace: String, ip: String, args: [String], environment: [String: String], directory: String,
-                preStopCommand: [String]? = nil) {
+                preStopCommand: [String]? = nil, scratchDirectories: [String] = []) {
+        self.scratchDirectories = scratchDirectories
         self.name = name
         self.namespace = namespace
         self.ip = ip
