@@ -273,7 +273,8 @@ struct ShippingTests {
         for policy in policies {
             #expect(policy[path: ["spec", "policyTypes"]] == ["Ingress"], "\(identity(policy)) restricts ingress")
             for rule in policy[path: ["spec", "ingress"]]?.array ?? [] {
-                #expect(!(rule["ports"]?.array ?? []).isEmpty, "\(identity(policy)): a rule that opens every port")
+                let opened = rule["ports"]?.array ?? []
+                #expect(opened.count > 0, "\(identity(policy)): a rule that opens every port")
             }
         }
         func ports(_ rule: JSONValue) -> Set<String> { Set((rule["ports"]?.array ?? []).compactMap { $0["port"]?.string }) }

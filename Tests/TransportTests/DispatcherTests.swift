@@ -149,7 +149,7 @@ struct DispatcherTests {
     @Test("A step that cannot finish by its deadline says what failed at each server")
     func stepDeadline() throws {
         let membership = StaticMembership(servers: [ServerInfo(id: "gone", address: "127.0.0.1:1", experts: [HostedExpert(layer: 2, expert: 0)])])
-        var configuration = Dispatcher.Configuration(poolToken: [], clientID: 7)
+        var configuration = Dispatcher.Configuration(poolToken: Array("t".utf8), clientID: 7)
         configuration.stepDeadline = .milliseconds(200)
         configuration.downFor = .milliseconds(20)
         configuration.noReplicaWait = .seconds(10)
