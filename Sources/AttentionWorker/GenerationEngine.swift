@@ -173,7 +173,10 @@ public final class GenerationEngine: @unchecked Sendable {
             throw .invalid("prompt token id \(bad) is outside the vocabulary (0..<\(config.vocabSize))", param: "prompt")
         }
         guard request.maxTokens >= 1 else { throw .invalid("max_tokens must be at least 1 (got \(request.maxTokens))", param: "max_tokens") }
-        guard request.prompt.count < maxContext, request.maxTokens <= maxContext - request.prompt.count else {
+        guard request.prompt.count < maxContext else {
+            throw .invalid("the prompt (\(request.prompt.count) tokens) leaves no room to generate in the context of \(maxContext) tokens", param: "prompt")
+        }
+        guard request.maxTokens <= maxContext - request.prompt.count else {
             throw .invalid("prompt (\(request.prompt.count) tokens) + max_tokens (\(request.maxTokens)) exceeds the context of \(maxContext) tokens", param: "max_tokens")
         }
         if let problem = request.sampling.problem { throw .invalid(problem, param: problem.split(separator: " ").first.map(String.init)) }

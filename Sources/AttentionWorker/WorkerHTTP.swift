@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import Logging
+import NIOCore
 
 /// The worker's HTTP API: `POST /v1/completions` (OpenAI's shape, prompts as token ids, `stream`
 /// as server-sent events), `GET /v1/models`, `/healthz`, `/readyz`.
@@ -10,8 +12,9 @@ public enum WorkerHTTP {
     /// Largest request body read.
     public static let maxBodyBytes = 16 << 20
 
-    public static func router(engine: GenerationEngine) -> Router<BasicRequestContext> {
-        let router = Router()
+    public static func router(engine: GenerationEngine, limits: WorkerServer.Limits = .init(),
+                              logger: Logger = Logger(label: "eaas.worker.http")) -> Router<WorkerRequestContext> {
+        let router = Router(context: WorkerRequestContext.self)
         router.get("healthz") { _, _ in "ok\n" }
         router.get("readyz") { _, _ -> Response in
             let ready = engine.isAccepting
@@ -34,7 +37,7 @@ public enum WorkerHTTP {
         }
         router.post("v1/completions") { request, context -> Response in
             let body: ByteBuffer
-            do { body = try await request.body.collect(upTo: maxBodyBytes) } catch {
+            do { body = try await request.body.collect(upTo: maxBodyBytes) } catch is NIOTooManyBytesError {
                 return failure(CompletionError(status: 413, type: "invalid_request_error", message: "the body is larger than \(maxBodyBytes) bytes", param: nil))
             }
             let completion: CompletionRequest
@@ -49,38 +52,38 @@ public enum WorkerHTTP {
                 return failure(.invalid("\(completion.prompts.count) prompts are more than this worker ever holds at once (\(engine.capacity)); send fewer per request",
                                         param: "prompt"))
             }
-            let streams: [AsyncStream<GenerationEvent>]
+            let submitted: [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)]
             do throws(CompletionError) {
-                streams = try submitAll(completion.generationRequests, to: engine)
+                submitted = try submitAll(completion.generationRequests, to: engine)
             } catch {
                 return failure(error)
             }
             let id = "cmpl-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
             let created = Int(Date().timeIntervalSince1970)
             if completion.stream {
-                return streaming(streams, id: id, created: created, model: engine.modelName, includeUsage: completion.includeUsage)
+                let watch = StreamWriteWatch(stallLimit: limits.streamStallTimeout, maxUnsent: limits.maxUnsentEvents)
+                return streaming(submitted, id: id, created: created, model: engine.modelName, includeUsage: completion.includeUsage,
+                                 watch: watch, channel: context.channel, logger: logger)
             }
-            return await whole(streams, id: id, created: created, model: engine.modelName)
+            return await whole(submitted.map(\.events), id: id, created: created, model: engine.modelName)
         }
         return router
     }
 
     /// Submits every prompt or none: when one is refused, the ones already queued are cancelled.
-    private static func submitAll(_ requests: [GenerationRequest], to engine: GenerationEngine) throws(CompletionError) -> [AsyncStream<GenerationEvent>] {
-        var handles: [GenerationEngine.Handle] = []
-        var streams: [AsyncStream<GenerationEvent>] = []
+    private static func submitAll(_ requests: [GenerationRequest], to engine: GenerationEngine) throws(CompletionError)
+        -> [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)] {
+        var submitted: [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)] = []
         for (index, request) in requests.enumerated() {
             do throws(SubmitError) {
-                let (stream, handle) = try engine.stream(request)
-                handles.append(handle)
-                streams.append(stream)
+                submitted.append(try engine.stream(request))
             } catch {
-                for handle in handles { handle.cancel() }
+                for (_, handle) in submitted { handle.cancel() }
                 if case let .invalid(message, param) = error, requests.count > 1 { throw .invalid("prompt[\(index)]: \(message)", param: param) }
                 throw CompletionError(error)
             }
         }
-        return streams
+        return submitted
     }
 
     /// Waits for every sequence and answers once.
@@ -109,28 +112,64 @@ public enum WorkerHTTP {
 
     /// Server-sent events: one chunk per token (per prompt, as tokens come), a chunk with the
     /// finish reason, the usage chunk when asked, then `data: [DONE]`.
-    private static func streaming(_ streams: [AsyncStream<GenerationEvent>], id: String, created: Int, model: String, includeUsage: Bool) -> Response {
+    ///
+    /// A client that stops reading does not keep its sequences generating: `watch` abandons the
+    /// stream (sequences cancelled, connection closed) once a write has waited its stall limit or
+    /// too many events wait unsent.
+    private static func streaming(_ submitted: [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)],
+                                  id: String, created: Int, model: String, includeUsage: Bool,
+                                  watch: StreamWriteWatch, channel: any Channel, logger: Logger) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
+        let handles = submitted.map(\.handle)
+        @Sendable func abandon(_ reason: StreamWriteWatch.Abandoned) {
+            logger.warning("abandoned a completion stream: \(reason); its \(handles.count) sequence(s) were cancelled", metadata: ["id": "\(id)"])
+            for handle in handles { handle.cancel() }
+            channel.close(promise: nil)
+        }
         let body = ResponseBody { writer in
             let (merged, continuation) = AsyncStream<(Int, GenerationEvent)>.makeStream()
             let relay = Task {
                 await withTaskGroup(of: Void.self) { group in
-                    for (index, stream) in streams.enumerated() {
-                        group.addTask { for await event in stream { continuation.yield((index, event)) } }
+                    for (index, (stream, _)) in submitted.enumerated() {
+                        group.addTask {
+                            for await event in stream {
+                                guard watch.queued() else {
+                                    if let reason = watch.reason { abandon(reason) }
+                                    return
+                                }
+                                continuation.yield((index, event))
+                            }
+                        }
                     }
                 }
                 continuation.finish()
             }
-            defer { relay.cancel() }
+            // Polls the write in progress a few times per stall limit.
+            let watchdog = Task {
+                let period = min(watch.stallLimit / 4, .seconds(1))
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: period)
+                    if let reason = watch.checkStall() {
+                        abandon(reason)
+                        return
+                    }
+                }
+            }
+            defer {
+                relay.cancel()
+                watchdog.cancel()
+            }
             var usage = CompletionBody.Usage()
             var started = Set<Int>()
             func send(_ data: Data) async throws {
                 var buffer = ByteBuffer(string: "data: ")
                 buffer.writeBytes(data)
                 buffer.writeString("\n\n")
+                watch.writing()
                 try await writer.write(buffer)
+                watch.wrote()
             }
             for await (index, event) in merged {
                 let chunk: CompletionBody
@@ -152,6 +191,8 @@ public enum WorkerHTTP {
                 }
                 try await send(chunk.json())
             }
+            // Abandoned: the connection is closing; no [DONE] for a stream that was cut short.
+            if let reason = watch.reason { throw StreamAbandoned(reason: reason) }
             if includeUsage {
                 try await send(CompletionBody(id: id, created: created, model: model, choices: [], usage: usage).json())
             }
@@ -159,6 +200,12 @@ public enum WorkerHTTP {
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: headers, body: body)
+    }
+
+    /// Ends an abandoned stream's body (its connection is already closing).
+    struct StreamAbandoned: Error, CustomStringConvertible {
+        let reason: StreamWriteWatch.Abandoned
+        var description: String { "completion stream abandoned: \(reason)" }
     }
 
     private static func json(status: HTTPResponse.Status, _ data: Data) -> Response {

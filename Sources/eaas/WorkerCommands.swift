@@ -213,14 +213,31 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Requests that may wait for a running place before new ones get 429.") var maxWaiting: Int = 1024
     @Option(help: "Longest prompt + generation (default: the model's max_position_embeddings).") var maxContext: Int?
     @Option(help: "GiB of KV cache (f32) the running sequences may hold together; a request that needs more is refused.") var kvCacheGib: Double = 4
+    @Option(help: "Seconds a client has to send a request's headers (from connecting, or from the previous answer's end: also the keep-alive idle limit).")
+    var headerTimeoutSeconds: Double = 10
+    @Option(help: "Seconds a client has to send a request's body once its headers are in.") var bodyTimeoutSeconds: Double = 30
+    @Option(help: "Seconds a streamed answer may wait for a client that reads nothing before its sequences are cancelled and the connection closed.")
+    var streamStallSeconds: Double = 15
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
     @OptionGroup var experts: ExpertOptions
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port \(port) is not a port") }
+        for (name, value) in [("--header-timeout-seconds", headerTimeoutSeconds), ("--body-timeout-seconds", bodyTimeoutSeconds),
+                              ("--stream-stall-seconds", streamStallSeconds)] where !(value > 0 && value <= 86_400) {
+            throw ValidationError("\(name) must be more than 0 and at most 86400 (got \(value))")
+        }
         guard kvCacheGib > 0, kvCacheGib < 1_048_576 else { throw ValidationError("--kv-cache-gib must be a positive number of GiB") }
         if let problem = engineConfiguration().problem { throw ValidationError(problem) }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+    }
+
+    func limits() -> WorkerServer.Limits {
+        var limits = WorkerServer.Limits()
+        limits.headerTimeout = .milliseconds(Int64(headerTimeoutSeconds * 1000))
+        limits.bodyTimeout = .milliseconds(Int64(bodyTimeoutSeconds * 1000))
+        limits.streamStallTimeout = .milliseconds(Int64(streamStallSeconds * 1000))
+        return limits
     }
 
     func engineConfiguration() -> GenerationEngine.Configuration {
@@ -243,15 +260,10 @@ struct WorkerCommand: AsyncParsableCommand {
                                           configuration: engineConfiguration())
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
         let announced = ManagedFlag()
-        let application = Application(
-            router: WorkerHTTP.router(engine: engine),
-            configuration: .init(address: .hostname(host, port: port), serverName: "eaas-worker"),
-            onServerRunning: { channel in
-                guard announced.setOnce() else { return }
-                FileHandle.standardOutput.write(Data("listening \(host):\(channel.localAddress?.port ?? port) experts \(engine.expertMode.rawValue)\n".utf8))
-            },
-            logger: logger
-        )
+        let application = WorkerServer.application(engine: engine, host: host, port: port, limits: limits(), logger: logger) { channel in
+            guard announced.setOnce() else { return }
+            FileHandle.standardOutput.write(Data("listening \(host):\(channel.localAddress?.port ?? port) experts \(engine.expertMode.rawValue)\n".utf8))
+        }
         // The engine shuts down first (drains accepted requests) while HTTP still streams them.
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: application), .init(service: EngineService(engine: engine))],

@@ -78,24 +78,43 @@ struct WorkerHTTPTests {
         let second = try Self.object(try await Self.post(worker.port, sampled).2)["choices"]
         #expect(first == second)
 
-        let refusals: [(String, Int, String)] = [
-            (#"{"prompt": "hello"}"#, 400, "tokenizer"),
-            (#"{"prompt": [1, 2, 64]}"#, 400, "outside the vocabulary"),
-            (#"{"prompt": [1, 2], "max_tokens": 0}"#, 400, "max_tokens"),
-            (#"{"prompt": [1, 2], "max_tokens": 500}"#, 400, "context"),
-            (#"{"prompt": [1], "max_tokens": 9223372036854775807}"#, 400, "context"),
-            (#"{"prompt": [1, 2], "temperature": -1}"#, 400, "temperature"),
-            (#"{"prompt": [[1, 2], "x"]}"#, 400, "prompt[1]"),
-            (#"{"prompt": [1, 2], "stop": ["\n"]}"#, 400, "stop_token_ids"),
-            (#"{"max_tokens": 3}"#, 400, "'prompt' is required"),
-            (#"{"prompt": [1, 2"#, 400, "not valid JSON"),
-            (#"{"prompt": [1, 2], "model": "gpt-4"}"#, 404, "does not exist"),
+        // The longest prompt the context holds leaves no room to generate: the prompt is named.
+        let config = try Self.object(try Data(contentsOf: URL(fileURLWithPath: fixture.directory + "/config.json")))
+        let context = try #require(config["max_position_embeddings"]?.int)
+        let tooLong = Array(repeating: "1", count: context).joined(separator: ",")
+        // (body, status, words in the message, the parameter named)
+        let refusals: [(String, Int, String, String?)] = [
+            (#"{"prompt": "hello"}"#, 400, "tokenizer", "prompt"),
+            (#"{"prompt": [1, 2, 64]}"#, 400, "outside the vocabulary", "prompt"),
+            (#"{"prompt": [1, 2], "max_tokens": 0}"#, 400, "max_tokens", "max_tokens"),
+            (#"{"prompt": [1, 2], "max_tokens": 500}"#, 400, "context", "max_tokens"),
+            (#"{"prompt": [1], "max_tokens": 9223372036854775807}"#, 400, "context", "max_tokens"),
+            (#"{"prompt": [\#(tooLong)], "max_tokens": 1}"#, 400, "context", "prompt"),
+            (#"{"prompt": [1, 2], "temperature": -1}"#, 400, "temperature", "temperature"),
+            (#"{"prompt": [[1, 2], "x"]}"#, 400, "prompt[1]", "prompt"),
+            (#"{"prompt": [1, 2], "stop": ["\n"]}"#, 400, "stop_token_ids", "stop"),
+            (#"{"max_tokens": 3}"#, 400, "'prompt' is required", "prompt"),
+            (#"{"prompt": [1, 2"#, 400, "not valid JSON", nil),
+            (#"{"prompt": [1, 2], "model": "gpt-4"}"#, 404, "does not exist", "model"),
         ]
-        for (body, expected, words) in refusals {
+        for (body, expected, words, param) in refusals {
             let (status, _, data) = try await Self.post(worker.port, body)
-            #expect(status == expected, "\(body)")
-            let message = try Self.object(data)["error"]?.object?["message"]?.string ?? ""
-            #expect(message.contains(words), "\(body): \(message)")
+            #expect(status == expected, "\(body.prefix(80))")
+            let error = try Self.object(data)["error"]?.object
+            let message = error?["message"]?.string ?? ""
+            #expect(message.contains(words), "\(body.prefix(80)): \(message)")
+            #expect(error?["param"]?.string == param, "\(body.prefix(80)): param \(String(describing: error?["param"]))")
+        }
+
+        // A path that exists answers a wrong method with 405 and the method it takes.
+        for (method, path, allowed) in [("GET", "v1/completions", "POST"), ("DELETE", "v1/completions", "POST"), ("POST", "v1/models", "GET")] {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(worker.port)/\(path)")!)
+            request.httpMethod = method
+            let (data, response) = try await URLSession.shared.data(for: request)
+            let http = try #require(response as? HTTPURLResponse)
+            #expect(http.statusCode == 405, "\(method) /\(path)")
+            #expect(http.value(forHTTPHeaderField: "Allow") == allowed, "\(method) /\(path)")
+            #expect(try Self.object(data)["error"]?.object?["message"]?.string?.contains("not allowed") == true)
         }
         worker.signal(SIGTERM)
         #expect(worker.waitForExit().status == 0)
@@ -124,14 +143,77 @@ struct WorkerHTTPTests {
         }
         #expect(freed, "the cancelled generation kept its place")
     }
+
+    @Test("requests whose headers or body trickle in are cut off at their deadline (not an idle timer); others are served meanwhile")
+    func slowRequestsAreCutOff() async throws {
+        let worker = try EaasProcess(["worker", "--model", WorkerFixture.directory, "--host", "127.0.0.1", "--port", "0",
+                                      "--header-timeout-seconds", "1", "--body-timeout-seconds", "2", "--log-level", "warning"])
+        defer { worker.cleanUp() }
+        let started = ContinuousClock.now
+        // 100 slowloris connections: half never finish their headers, half never finish a body
+        // they announced; each gets one more byte every 200 ms, far inside any idle timeout.
+        var headers = try (0..<50).map { _ in try RawSocket(port: worker.port, send: "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ") }
+        var bodies = try (0..<50).map { _ in
+            try RawSocket(port: worker.port, send: "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\": [1, ")
+        }
+        var headerClosed: [Duration] = [], bodyClosed: [Duration] = []
+        var served = false
+        while (!headers.isEmpty || !bodies.isEmpty), ContinuousClock.now - started < .seconds(15) {
+            headers.removeAll { socket in
+                guard socket.trickle("a") else { headerClosed.append(ContinuousClock.now - started); return true }
+                return false
+            }
+            bodies.removeAll { socket in
+                guard socket.trickle(" ") else { bodyClosed.append(ContinuousClock.now - started); return true }
+                return false
+            }
+            if !served {
+                // An ordinary client is answered while the slow ones are held.
+                served = try await Self.post(worker.port, #"{"prompt": [1, 2], "max_tokens": 2}"#).0 == 200
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        print("slow requests: headers cut off after \(headerClosed.min().map { "\($0)" } ?? "-")–\(headerClosed.max().map { "\($0)" } ?? "-"), "
+              + "bodies after \(bodyClosed.min().map { "\($0)" } ?? "-")–\(bodyClosed.max().map { "\($0)" } ?? "-"); \(headers.count + bodies.count) still open")
+        #expect(served, "an ordinary request was not answered while slow ones were open")
+        #expect(headers.isEmpty && bodies.isEmpty, "\(headers.count) trickling headers and \(bodies.count) trickling bodies were never cut off")
+        #expect(headerClosed.count == 50 && headerClosed.allSatisfy { $0 >= .milliseconds(800) && $0 < .seconds(6) })
+        #expect(bodyClosed.count == 50 && bodyClosed.allSatisfy { $0 >= .milliseconds(1800) && $0 < .seconds(8) })
+    }
+
+    @Test("a stream nobody reads is abandoned: its sequence stops short of max_tokens, its place is freed, the connection ends without [DONE]")
+    func unreadStreamStops() async throws {
+        let worker = try EaasProcess(["worker", "--model", WorkerFixture.directory, "--host", "127.0.0.1", "--port", "0",
+                                      "--max-running", "1", "--max-waiting", "0", "--stream-stall-seconds", "1", "--log-level", "warning"])
+        defer { worker.cleanUp() }
+        // A client with a small receive window that reads the first event and then nothing.
+        let stalled = try RawHTTPStream(port: worker.port, body: #"{"prompt": [5, 6, 7], "max_tokens": 4000, "ignore_eos": true, "stream": true}"#,
+                                        receiveBuffer: 4096)
+        #expect(try stalled.read(until: "data: ").hasPrefix("HTTP/1.1 200"))
+        let stopped = ContinuousClock.now
+        // Its running place comes free although the client never hung up.
+        var freed: Duration?
+        while freed == nil, ContinuousClock.now - stopped < .seconds(60) {
+            if try await Self.post(worker.port, #"{"prompt": [1, 2], "max_tokens": 2}"#).0 == 200 { freed = ContinuousClock.now - stopped }
+            else { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        // What the client gets when it reads again: what was buffered, then the end, short of 4000 tokens.
+        let rest = try stalled.read(until: "data: [DONE]")
+        let tokens = rest.components(separatedBy: "\"token_ids\":[").count - 1
+        print("unread stream: place freed after \(freed.map { "\($0)" } ?? "never"); the client had \(tokens + 1) of 4000 tokens buffered")
+        #expect(freed != nil, "the unread stream kept its running place")
+        #expect(!rest.contains("[DONE]"), "the abandoned stream ended as if complete")
+        #expect(tokens < 3999, "the sequence generated to max_tokens for a client that read nothing")
+    }
 }
 
 /// A request written on a plain socket, read as it streams, and abandoned at will.
 final class RawHTTPStream {
     private let fd: Int32
 
-    init(port: Int, body: String) throws {
+    init(port: Int, body: String, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -155,4 +237,31 @@ final class RawHTTPStream {
     }
 
     func close() { _ = Glibc.close(fd) }
+}
+
+/// A connection that sends its request a byte at a time, to see when the server cuts it off.
+final class RawSocket {
+    private let fd: Int32
+
+    init(port: Int, send first: String) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { throw EaasProcess.StartFailure(description: "cannot connect to 127.0.0.1:\(port)") }
+        _ = first.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Sends one more byte; false once the server has closed the connection.
+    func trickle(_ byte: Character) -> Bool {
+        var probe: UInt8 = 0
+        let peeked = recv(fd, &probe, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        if peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return false }
+        var value = byte.asciiValue ?? 0x20
+        return Glibc.send(fd, &value, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) == 1
+    }
+
+    deinit { close(fd) }
 }

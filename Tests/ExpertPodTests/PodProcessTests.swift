@@ -176,18 +176,25 @@ struct ChildrenLeftBehindTests {
 
     @Test("eaas bench pod stopped by SIGTERM or killed by SIGKILL leaves no expert-pod or client process running", arguments: [SIGTERM, SIGKILL])
     func benchLeavesNothing(signal: Int32) async throws {
+        let log = NSTemporaryDirectory() + "eaas-bench-pod-\(UUID().uuidString).log"
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let bench = try ChildProcess(executable: PodProcessTests.binary,
                                      arguments: ["bench", "pod", "--model", PodFixture.directory, "--shard", "0-7", "--clients", "2", "--seconds", "60"],
                                      environment: ProcessInfo.processInfo.environment.merging(["EAAS_POOL_TOKEN": "bench-token-0123456789"]) { $1 },
-                                     standardOutput: .null, standardError: .null)
+                                     standardOutput: .null, standardError: .handle(handle))
+        try? handle.close()
         defer { bench.kill(); bench.waitUntilExit() }
         var started: [Int32] = []
-        let deadline = ContinuousClock.now + .seconds(30)
-        while started.count < 3, ContinuousClock.now < deadline {  // the pod and two clients
+        // Generous: on a machine the rest of the suite loads, a debug binary starts slowly.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while started.count < 3, ContinuousClock.now < deadline, bench.isRunning {  // the pod and two clients
             started = Self.children(of: bench.pid)
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(started.count >= 3, "the benchmark did not start its processes: \(started)")
+        let stderr = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        try #require(started.count >= 3, "the benchmark did not start its processes (\(started), exit \(bench.exitStatus.map(String.init) ?? "none yet")): \(stderr.suffix(2000))")
         bench.send(signal)
         _ = await bench.exit(within: .seconds(30))
         let gone = ContinuousClock.now + .seconds(30)

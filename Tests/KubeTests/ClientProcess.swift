@@ -35,7 +35,7 @@ struct ClientProcess {
     }
 }
 
-/// A child process whose output is collected as it comes (by Foundation's reader threads), for
+/// A child process whose output is collected as it comes (by a reader thread per stream), for
 /// `kubectl get -w` and Python electors as well as one-shot commands.
 final class StreamingProcess: @unchecked Sendable {
     /// Dies with the test process (parent-death signal) and starts with default signal
@@ -51,30 +51,42 @@ final class StreamingProcess: @unchecked Sendable {
     /// `mergeOutput`: stderr is collected with stdout.
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], mergeOutput: Bool = true) throws {
         let out = Pipe(), err = Pipe()
-        out.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: false) }
-        err.fileHandleForReading.readabilityHandler = { [weak self] handle in self?.consume(handle, toError: !mergeOutput) }
         let child = try ChildProcess(executable: executable, arguments: arguments,
                                      environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
                                      standardOutput: .pipe(out), standardError: .pipe(err))
         process = child
+        // Blocking reads on threads of their own, not Foundation's readabilityHandler: a handler
+        // whose file handle is released closes the descriptor without ever seeing end of file,
+        // and the waiter for the exit then waits forever (seen as a hung suite in CI).
+        for (pipe, toError) in [(out, false), (err, !mergeOutput)] {
+            // The thread holds the pipe (so its descriptor) until end of file, and this object
+            // only weakly: dropping it still terminates the child (deinit).
+            let reader = Thread { [weak self, pipe] in
+                let descriptor = pipe.fileHandleForReading.fileDescriptor
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                    if count < 0, errno == EINTR { continue }
+                    guard count > 0 else { break }
+                    self?.append(buffer[..<count], toError: toError)
+                }
+                self?.streamEnded()
+            }
+            reader.stackSize = 1 << 20
+            reader.start()
+        }
         Thread { [weak self] in
             let code = child.waitUntilExit()
             self?.exited(code)
         }.start()
     }
 
-    private func consume(_ handle: FileHandle, toError: Bool) {
-        let data = handle.availableData
-        lock.withLock {
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                openStreams -= 1
-            } else if toError {
-                stderr.append(data)
-            } else {
-                stdout.append(data)
-            }
-        }
+    private func append(_ bytes: ArraySlice<UInt8>, toError: Bool) {
+        lock.withLock { if toError { stderr.append(contentsOf: bytes) } else { stdout.append(contentsOf: bytes) } }
+    }
+
+    private func streamEnded() {
+        lock.withLock { openStreams -= 1 }
         resumeIfDone()
     }
 
