@@ -102,7 +102,7 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "CLITests", dependencies: ["Platform", "eaas"]),
+        .testTarget(name: "CLITests", dependencies: ["Platform", "eaas", "kube-test-apiserver"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.
         .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "ExpertPod", "MoE", "Transport", "Platform", "eaas"]),

@@ -316,12 +316,39 @@ public final class GenerationEngine: @unchecked Sendable {
             if cache.length + chunk == sequence.request.prompt.count { sampled.append((sequence, batch.count - 1)) }
         }
         guard batch.count > 0 else { return }
+        let generated = run(batch, sampled: sampled)
+        condition.lock()
+        statistics.steps += 1
+        statistics.promptTokens += promptTokens
+        statistics.generatedTokens += generated
+        statistics.failovers = model.placement.failovers
+        condition.unlock()
+        retire()
+    }
+
+    /// Runs one step's batch and hands each sampled sequence its token; returns how many tokens
+    /// were generated.
+    ///
+    /// A step a pod refused for its values (one sequence's hidden states overflow the experts,
+    /// say) is run again one sequence at a time, so that only the sequence at fault fails: a
+    /// failed step leaves every cache as it was (lengths grow only once a step is done), so the
+    /// retry recomputes the same positions. Other failures (no replica in time) fail the step's
+    /// sequences at once, since running them apart would meet the same cause.
+    private func run(_ batch: StepBatch, sampled: [(sequence: Sequence, row: Int)]) -> Int {
         let logits: [Float]
         do {
             logits = try model.forward(batch, logitRows: sampled.map(\.row))
         } catch {
-            // The step's sequences cannot continue (their caches hold a half-written step).
             let failure = SequenceFailure.step(error)
+            if case .stepFailed(_, retryable: false) = failure, error is Dispatcher.StepError, batch.segments.count > 1 {
+                return batch.segments.reduce(0) { total, segment in
+                    var alone = StepBatch()
+                    alone.append(segment.cache, tokens: batch.tokens[segment.firstRow..<(segment.firstRow + segment.count)])
+                    let rows = sampled.filter { $0.sequence.kvCache === segment.cache }.map { (sequence: $0.sequence, row: alone.count - 1) }
+                    return total + run(alone, sampled: rows)
+                }
+            }
+            // The step's sequences cannot continue.
             for segment in batch.segments {
                 if let sequence = running.first(where: { $0.kvCache === segment.cache }) {
                     sequence.events(.failed(failure))
@@ -329,8 +356,7 @@ public final class GenerationEngine: @unchecked Sendable {
                     sequence.failed = true
                 }
             }
-            retire()
-            return
+            return 0
         }
         let vocab = config.vocabSize
         var generated = 0
@@ -354,13 +380,7 @@ public final class GenerationEngine: @unchecked Sendable {
                 }
             }
         }
-        condition.lock()
-        statistics.steps += 1
-        statistics.promptTokens += promptTokens
-        statistics.generatedTokens += generated
-        statistics.failovers = model.placement.failovers
-        condition.unlock()
-        retire()
+        return generated
     }
 
     /// Drops finished, failed and cancelled sequences and gives back their cache.

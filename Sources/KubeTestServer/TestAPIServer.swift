@@ -51,7 +51,9 @@ public final class TestAPIServer: Sendable {
         )
         runTask.task = Task {
             defer { ready.continuation.finish() }  // a server that could not start ends the wait below
-            try await application.runService()
+            // No signal handling of its own: whoever embeds the server (a test, `eaas up`, the
+            // kube-test-apiserver command) decides what SIGTERM means and calls `shutdown()`.
+            try await application.runService(gracefulShutdownSignals: [])
         }
         var iterator = ready.stream.makeAsyncIterator()
         guard let port = await iterator.next(), port > 0 else { throw KubeClientError.transport("the test API server did not start") }

@@ -73,6 +73,68 @@ struct RemoteExpertsTests {
         #expect(remoteResults[0].tokens == fixture.generated)
     }
 
+    @Test("a sequence whose hidden values a pod refuses fails alone with the pod's reason (500); the others in its steps finish with their own tokens")
+    func refusedSequenceFailsAlone() async throws {
+        // A checkpoint whose embedding row for token 200 is NaN: that token's hidden states and
+        // routing weights are not finite, and the pod refuses any request that carries them.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eaas-poisoned-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 64)
+        spec.dtype = .f32
+        spec.expertFFN = 32
+        spec.vocab = 256
+        spec.seed = 3
+        let config = try RandomModel.write(spec, to: directory)
+        try Self.poison(directory: directory, tensor: "model.embed_tokens.weight", row: 200, width: config.hiddenSize)
+
+        let pods = try ExpertServers(directory: directory, shards: ["0-7"])
+        defer { pods.stop() }
+        let membership = try ExpertPods.staticMembership(addresses: pods.infos.map(\.address), config: config, dispatcher: pods.dispatcher())
+        let engine = try GenerationEngine(modelDirectory: directory, experts: .remote(membership: membership, dispatcher: pods.dispatcher(), wireDType: .f32))
+        let good = [GenerationRequest(prompt: [5, 9, 11], maxTokens: 6, ignoreEOS: true), GenerationRequest(prompt: [6, 9, 12, 4], maxTokens: 5, ignoreEOS: true)]
+        let poisoned = GenerationRequest(prompt: [7, 200, 3], maxTokens: 6, ignoreEOS: true)
+        // Queued before the engine starts, so that the first step holds all three prompts.
+        let streams = try [good[0], poisoned, good[1]].map { try engine.stream($0).events }
+        engine.start()
+        defer { engine.shutdown(drain: false) }
+        var outcomes: [(tokens: [Int], failure: SequenceFailure?)] = []
+        for stream in streams {
+            var tokens: [Int] = [], failure: SequenceFailure?
+            for await event in stream {
+                switch event {
+                case .token(let token): tokens.append(token)
+                case .finished: break
+                case .failed(let reason): failure = reason
+                }
+            }
+            outcomes.append((tokens, failure))
+        }
+        let alone = try GenerationEngine(modelDirectory: directory, experts: .local).generate(good)
+        #expect(outcomes[0].failure == nil && outcomes[0].tokens == alone[0].tokens)
+        #expect(outcomes[2].failure == nil && outcomes[2].tokens == alone[1].tokens)
+        let failure = try #require(outcomes[1].failure, "the poisoned sequence was not failed")
+        // (Its routing weights are NaN as well, so the pod names the first bad field it meets.)
+        #expect(failure.description.contains("refused the request") && failure.description.lowercased().contains("nan"), "\(failure)")
+        #expect(CompletionError(failure).status == 500)
+        #expect(outcomes[1].tokens.isEmpty)
+    }
+
+    /// Overwrites one row of a tensor of the checkpoint in `directory` with NaN.
+    static func poison(directory: String, tensor: String, row: Int, width: Int) throws {
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory) where file.hasSuffix(".safetensors") {
+            let path = directory + "/" + file
+            guard let info = try SafeTensorsFile(path: path).tensors[tensor] else { continue }
+            #expect(info.dtype == .f32)
+            let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+            defer { try? handle.close() }
+            let headerLength = try handle.read(upToCount: 8)!.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian }
+            try handle.seek(toOffset: 8 + headerLength + UInt64(info.dataOffsets.lowerBound + row * width * 4))
+            handle.write([Float](repeating: .nan, count: width).withUnsafeBytes { Data($0) })
+            return
+        }
+        throw SafeTensorsError(file: directory, tensor: tensor, "no such tensor")
+    }
+
     @Test("a membership file is followed while generating: pods listed later take over from pods removed")
     func membershipFileIsFollowed() throws {
         let fixture = try GenerationFixture("qwen3-moe")

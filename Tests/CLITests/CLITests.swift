@@ -192,4 +192,47 @@ struct CLITests {
             #expect(result.status != 0 && result.stderr.contains(message), "\(options): \(result.stderr)")
         }
     }
+
+    @Test("model inspect exits 1 when an expert tensor is missing, and says why on its last line")
+    func inspectFailsOnMissingExpert() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
+        #expect(made.status == 0, "\(made.stderr)")
+        // Rename one expert tensor in the header (same length, so every offset stays right): the
+        // checkpoint still parses, but expert 1 of layer 0 has no down projection.
+        let path = dir + "/m/model.safetensors"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let name = Data("model.layers.0.mlp.experts.1.down_proj.weight".utf8)
+        let range = try #require(bytes.range(of: name), "the checkpoint has no tensor \(String(decoding: name, as: UTF8.self))")
+        bytes.replaceSubrange(range, with: Data("model.layers.0.mlp.experts.1.down_proj.weighx".utf8))
+        try bytes.write(to: URL(fileURLWithPath: path))
+
+        let inspected = try Self.run(["model", "inspect", dir + "/m"])
+        #expect(inspected.status == 1, "exit \(inspected.status): \(inspected.stdout)")
+        let last = inspected.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(last.contains("failed the check") && last.contains("experts.1.down_proj"), "last line: \(last)")
+    }
+
+    /// `kube-test-apiserver`, built beside `eaas`.
+    static let apiServerBinary = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("kube-test-apiserver").path
+
+    @Test("kube-test-apiserver stops cleanly (exit 0) on SIGTERM and on SIGINT", arguments: [SIGTERM, SIGINT])
+    func apiServerStopsOnSignal(signal: Int32) async throws {
+        let out = Pipe(), err = Pipe()
+        let server = try ChildProcess(executable: Self.apiServerBinary, arguments: ["0"], standardOutput: .pipe(out), standardError: .pipe(err))
+        defer { server.kill(); server.waitUntilExit() }
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        #expect(String(decoding: line, as: UTF8.self).hasPrefix("kube-test-apiserver listening on http://"))
+        server.send(signal)
+        let status = await server.exit(within: .seconds(10))
+        #expect(status == 0, "kube-test-apiserver did not stop on signal \(signal) (status \(status.map(String.init) ?? "still running"))")
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(stderr.contains("signal \(signal), stopping"), "\(stderr)")
+    }
 }
