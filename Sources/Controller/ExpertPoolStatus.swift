@@ -26,7 +26,7 @@ public struct ExpertPoolStatus: SpecObject {
             .field("selector", \.selector, "Label selector of the pool's pods (for the scale subresource)."),
             .field("shards", \.shards, "Each shard's replicas and load.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]]),
-            .field("conditions", \.conditions, "Ready, Progressing, Degraded and ScalingLimited.",
+            .field("conditions", \.conditions, "Ready, Progressing, Degraded, ScalingLimited and ModelsAgree.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]]),
         ]
     }
@@ -75,7 +75,7 @@ public struct PoolCondition: SpecObject {
 
     public static var fields: [SpecField<Self>] {
         [
-            .field("type", \.type, "Ready, Progressing, Degraded or ScalingLimited.", required: true),
+            .field("type", \.type, "Ready, Progressing, Degraded, ScalingLimited or ModelsAgree.", required: true),
             .field("status", \.status, "True, False or Unknown.", required: true),
             .field("reason", \.reason, "CamelCase reason.", required: true),
             .field("message", \.message, "What happened, for people."),

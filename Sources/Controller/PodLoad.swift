@@ -7,10 +7,13 @@ public struct PodCounters: Sendable, Equatable {
     public var tokens: Double
     /// `eaas_busy_seconds_total`.
     public var busySeconds: Double
+    /// The `digest` label of `eaas_model_info`: which checkpoint the pod serves.
+    public var modelDigest: String?
 
-    public init(tokens: Double, busySeconds: Double) {
+    public init(tokens: Double, busySeconds: Double, modelDigest: String? = nil) {
         self.tokens = tokens
         self.busySeconds = busySeconds
+        self.modelDigest = modelDigest
     }
 
     /// Reads the Prometheus text exposition; nil when the expert token counter is absent (not an
@@ -19,10 +22,15 @@ public struct PodCounters: Sendable, Equatable {
         var tokens = 0.0
         var busy = 0.0
         var sawTokens = false
+        var digest: String?
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) where !line.hasPrefix("#") {
             // name{labels} value [timestamp]
             let nameEnd = line.firstIndex { $0 == "{" || $0 == " " } ?? line.endIndex
             let name = line[..<nameEnd]
+            if name == "eaas_model_info" {
+                digest = Self.label("digest", in: line[nameEnd...])
+                continue
+            }
             guard name == "eaas_expert_tokens_total" || name == "eaas_busy_seconds_total" else { continue }
             var rest = line[nameEnd...]
             if rest.first == "{", let close = rest.lastIndex(of: "}") { rest = rest[rest.index(after: close)...] }
@@ -35,7 +43,23 @@ public struct PodCounters: Sendable, Equatable {
             }
         }
         guard sawTokens else { return nil }
-        self.init(tokens: tokens, busySeconds: busy)
+        self.init(tokens: tokens, busySeconds: busy, modelDigest: digest)
+    }
+
+    /// The value of label `name` in `{a="x",b="y"} …`, when it is a plain hex or word value (a
+    /// digest never needs escapes; anything else is ignored rather than half-read).
+    static func label(_ name: String, in rest: Substring) -> String? {
+        guard rest.first == "{", let close = rest.firstIndex(of: "}") else { return nil }
+        for pair in rest[rest.index(after: rest.startIndex)..<close].split(separator: ",") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == name else { continue }
+            let quoted = parts[1].trimmingCharacters(in: .whitespaces)
+            guard quoted.count >= 2, quoted.hasPrefix("\""), quoted.hasSuffix("\"") else { return nil }
+            let value = quoted.dropFirst().dropLast()
+            guard !value.isEmpty, value.count <= 128, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else { return nil }
+            return String(value)
+        }
+        return nil
     }
 }
 
@@ -87,6 +111,9 @@ public final class LoadTracker: @unchecked Sendable {
 
     /// The pod's last measured load, if it has one.
     public func load(of uid: String) -> PodLoad? { lock.withLock { readings[uid]?.load } }
+
+    /// The checkpoint digest the pod reported in its last reading, if any.
+    public func modelDigest(of uid: String) -> String? { lock.withLock { readings[uid]?.counters.modelDigest } }
 
     /// Marks a failed scrape: the pod's metric is missing until two readings succeed again.
     public func markMissing(pod uid: String) { _ = lock.withLock { readings.removeValue(forKey: uid) } }

@@ -177,6 +177,10 @@ public final class PoolReconciler: @unchecked Sendable {
             ? condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation)
             : condition("Progressing", .true, "RollingOut", "shard\(progressing.count == 1 ? "" : "s") \(Self.list(progressing)) not yet at the current spec and desired replicas", generation), now: timestamp)
         status.conditions.set(condition("Degraded", .false, "AsExpected", "the spec is valid and its Secret exists", generation), now: timestamp)
+        let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name) }.filter(Self.isReady)
+            .map { ModelAgreement.Pod(name: $0.name ?? "?", digest: $0.uid.flatMap(loads.modelDigest(of:))) }
+        let models = ModelAgreement.verdict(servingPods)
+        status.conditions.set(condition("ModelsAgree", models.status, models.reason, models.message, generation), now: timestamp)
         if let (shard, decision) = limited.first {
             status.conditions.set(condition("ScalingLimited", .true, decision.reason,
                                             "shard \(shard): recommended \(decision.stabilized), held at \(decision.replicas)" + (limited.count > 1 ? " (and \(limited.count - 1) more shards)" : ""), generation), now: timestamp)

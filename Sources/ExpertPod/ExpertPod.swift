@@ -17,7 +17,7 @@ public final class ExpertPod: @unchecked Sendable {
     public init(configuration: PodConfiguration, logger: Logger) throws {
         self.configuration = configuration
         shard = try ExpertShard(directory: configuration.model, spec: configuration.shard)
-        let metrics = PodMetrics(hosted: shard.hosted)
+        let metrics = PodMetrics(hosted: shard.hosted, modelDigest: shard.digest.description)
         self.metrics = metrics
         let computer = ShardComputer(shard: shard, dtype: configuration.wireDType)
         computer.onExpertTokens = { metrics.record(expert: $0, tokens: $1) }

@@ -13,7 +13,9 @@ import Transport
 /// - `eaas_request_latency_seconds` (histogram): arrival to answer;
 /// - `eaas_busy_seconds_total`: time spent computing; `eaas_queue_depth`: tcp requests waiting;
 /// - `eaas_handshake_refusals_total{reason}`: connections turned away before they became
-///   clients (wrong token, malformed, timeout, caps, draining).
+///   clients (wrong token, malformed, timeout, caps, draining);
+/// - `eaas_model_info{digest}` (always 1): the `ModelDigest` of the checkpoint served, so that
+///   the controller can say when a pool's pods serve different checkpoints.
 public final class PodMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let requests: CoreMetrics.Counter
@@ -25,7 +27,9 @@ public final class PodMetrics: @unchecked Sendable {
     private let errors: [WireErrorCode: CoreMetrics.Counter]
     private let refusals: [HandshakeRefusal: CoreMetrics.Counter]
 
-    public init(hosted: [HostedExpert]) {
+    private let modelInfo: CoreMetrics.Gauge?
+
+    public init(hosted: [HostedExpert], modelDigest: String? = nil) {
         var factory = PrometheusMetricsFactory(registry: registry)
         // Powers of two and the points halfway (in log) between: fine enough to rebuild the mix
         // of batch sizes a benchmark compares against.
@@ -57,6 +61,8 @@ public final class PodMetrics: @unchecked Sendable {
             refusals[reason] = CoreMetrics.Counter(label: "eaas_handshake_refusals_total", dimensions: [("reason", reason.rawValue)], factory: factory)
         }
         self.refusals = refusals
+        modelInfo = modelDigest.map { CoreMetrics.Gauge(label: "eaas_model_info", dimensions: [("digest", $0)], factory: factory) }
+        modelInfo?.record(1)
     }
 
     /// Counts a connection turned away before it became a client.

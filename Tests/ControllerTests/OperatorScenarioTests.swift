@@ -12,7 +12,11 @@ final class ShardLoad: @unchecked Sendable {
     private let lock = NSLock()
     private var rates: [String: Double] = [:]
     private var pods: [String: Set<String>] = [:]
+    private var digests: [String: String] = [:]
     func set(_ shard: String, _ rate: Double) { lock.withLock { rates[shard] = rate } }
+    /// The model digest pod `pod` reports (`eaas_model_info`); "d0d0" unless set.
+    func setDigest(_ pod: String, _ digest: String) { lock.withLock { digests[pod] = digest } }
+    func digest(_ pod: String) -> String { lock.withLock { digests[pod] ?? "d0d0" } }
     func join(_ shard: String, _ pod: String) { _ = lock.withLock { pods[shard, default: []].insert(pod) } }
     func leave(_ shard: String, _ pod: String) { _ = lock.withLock { pods[shard]?.remove(pod) } }
     func perPod(_ shard: String) -> Double { lock.withLock { (rates[shard] ?? 0) / Double(max(1, pods[shard]?.count ?? 1)) } }
@@ -58,6 +62,7 @@ final class FakeContainer: LaunchedContainer, @unchecked Sendable {
                 return self.tokens
             }
             return "eaas_expert_tokens_total{layer=\"1\",expert=\"0\"} \(Int(total))\neaas_busy_seconds_total 0\n"
+                + "eaas_model_info{digest=\"\(load.digest(self.name))\"} 1\n"
         }
         router.get("readyz") { _, _ in "ready\n" }
         router.get("healthz") { _, _ in "ok\n" }
@@ -350,6 +355,32 @@ struct OperatorScenarioTests {
             try await Self.until("served once the Secret exists") {
                 rig.status("nosecret")?.condition("Degraded")?.status == .false && rig.status("nosecret")?.readyReplicas == 2
             }
+        } catch {
+            await rig.stop()
+            throw error
+        }
+        await rig.stop()
+    }
+
+    @Test("pods that serve different checkpoints are named in the status (ModelsAgree False MixedModels); one checkpoint again: True")
+    func mixedModels() async throws {
+        let rig = try await Rig.start()
+        let controller = rig.controller()
+        rig.track(Task { try? await controller.run() })
+        do {
+            _ = try await rig.client.create(ExpertPoolCRD.resource, Self.pool(name: "tiny"), namespace: Self.namespace)
+            try await Self.until("ModelsAgree True") { rig.status()?.condition("ModelsAgree")?.reason == "OneModel" }
+            #expect(rig.status()?.condition("ModelsAgree")?.message.contains("d0d0") == true)
+            // One pod now serves another checkpoint (a Deployment edited by hand, say).
+            let pods = try await rig.client.list(.pods, namespace: Self.namespace).items.compactMap(\.name).sorted()
+            let odd = try #require(pods.first)
+            rig.load.setDigest(odd, "e1e1")
+            try await Self.until("ModelsAgree False MixedModels") { rig.status()?.condition("ModelsAgree")?.reason == "MixedModels" }
+            let condition = try #require(rig.status()?.condition("ModelsAgree"))
+            #expect(condition.status == .false)
+            #expect(condition.message.contains("e1e1 (1 pod: \(odd))") && condition.message.contains("d0d0"), "\(condition.message)")
+            rig.load.setDigest(odd, "d0d0")
+            try await Self.until("ModelsAgree True again") { rig.status()?.condition("ModelsAgree")?.reason == "OneModel" }
         } catch {
             await rig.stop()
             throw error
