@@ -113,6 +113,9 @@ public struct PoolChildren: Sendable {
             // Ready only while it serves: a draining pod leaves the EndpointSlices at once.
             "readinessProbe": ["httpGet": ["path": "/readyz", "port": "metrics"], "periodSeconds": 2, "failureThreshold": 1],
             "livenessProbe": ["httpGet": ["path": "/healthz", "port": "metrics"], "periodSeconds": 10, "failureThreshold": 3],
+            // The metrics port opens only once the shard is loaded (mapped and prefaulted): up to
+            // 10 minutes for a large shard before liveness is checked at all.
+            "startupProbe": ["httpGet": ["path": "/healthz", "port": "metrics"], "periodSeconds": 5, "failureThreshold": 120],
             // The preStop hook drains through the pod's local socket (no network request can):
             // /readyz turns 503, clients get GOAWAY, and it returns once they have left (or
             // drainSeconds passed); the drained pod then exits, and SIGTERM finds nothing left.

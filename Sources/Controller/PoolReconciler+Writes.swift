@@ -72,6 +72,12 @@ extension PoolReconciler {
             }
         } catch let error as KubeAPIError where error.reason == .notFound {
             problem = SpecProblem(reason: "SecretNotFound", message: "Secret \(namespace)/\(reference.name) (poolTokenSecret) does not exist")
+        } catch let error as KubeAPIError where error.reason == .forbidden {
+            // The controller reads Secrets only where a Role lets it (the chart's
+            // controller.poolTokenSecrets): a pool elsewhere is a setup mistake, said as such.
+            problem = SpecProblem(reason: "SecretForbidden",
+                                  message: "the controller may not read Secret \(namespace)/\(reference.name) (poolTokenSecret): grant its service account get on it "
+                                      + "(the chart's controller.poolTokenSecrets, or the eaas-controller-pool-token Role in Manifests/rbac); the API server said: \(error.message)")
         }
         lock.withLock { secretChecks[key] = (problem, ContinuousClock.now) }
         return problem

@@ -40,6 +40,10 @@ struct APIResponder: Sendable {
 
     static func reason(for status: Int) -> String {
         switch status {
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "NotFound"
+        case 409: "Conflict"
         case 429: "TooManyRequests"
         case 500: "InternalError"
         case 503: "ServiceUnavailable"

@@ -336,7 +336,7 @@ struct OperatorScenarioTests {
         }
     }
 
-    @Test("a pool whose Secret is missing is Degraded SecretNotFound and gets no pods; once the Secret exists it is served")
+    @Test("a pool whose Secret is missing is Degraded SecretNotFound and gets no pods; once the Secret exists it is served; a Secret it may not read is SecretForbidden")
     func missingSecret() async throws {
         let rig = try await Rig.start()
         let controller = rig.controller()
@@ -355,6 +355,16 @@ struct OperatorScenarioTests {
             try await Self.until("served once the Secret exists") {
                 rig.status("nosecret")?.condition("Degraded")?.status == .false && rig.status("nosecret")?.readyReplicas == 2
             }
+            // A Secret the controller's Role does not cover is a setup mistake named as such, and
+            // what runs is kept.
+            var forbidden = Self.pool(name: "forbidden")
+            forbidden.json[path: ["spec", "poolTokenSecret", "name"]] = "elsewhere-token"
+            rig.server.failNext(1000, status: 403) { method, path in method == "GET" && path.hasSuffix("/secrets/elsewhere-token") }
+            _ = try await rig.client.create(ExpertPoolCRD.resource, forbidden, namespace: Self.namespace)
+            try await Self.until("Degraded SecretForbidden") { rig.status("forbidden")?.condition("Degraded")?.reason == "SecretForbidden" }
+            #expect(rig.status("forbidden")?.condition("Degraded")?.message.contains("poolTokenSecrets") == true)
+            #expect(rig.status("nosecret")?.readyReplicas == 2)
+            rig.server.clearFaults()
         } catch {
             await rig.stop()
             throw error

@@ -160,7 +160,7 @@ final class HandshakeGate {
                 }
                 entry.total = FrameHeader.size + header.payloadLength
             } catch {
-                let version = "\(error)".contains("'version'")
+                let version = (error as? WireError)?.field == "version"
                 return reject(fd, entry, version ? .versionMismatch : .malformed, version ? .versionMismatch : .malformedFrame, "\(error)")
             }
         }

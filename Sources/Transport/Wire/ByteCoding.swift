@@ -125,6 +125,13 @@ public enum WireError: Error, CustomStringConvertible, Sendable, Equatable {
     case truncated(frame: String, field: String, needed: Int, available: Int)
     case invalid(frame: String, field: String, reason: String)
 
+    /// The field the decoder stopped at.
+    public var field: String {
+        switch self {
+        case let .truncated(_, field, _, _), let .invalid(_, field, _): field
+        }
+    }
+
     public var description: String {
         switch self {
         case let .truncated(frame, field, needed, available):
