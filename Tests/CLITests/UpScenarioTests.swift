@@ -8,7 +8,7 @@ import Testing
 /// `eaas up` as a user runs it: the embedded pool under a load that rises and falls, one expert
 /// pod SIGKILLed on the way, Ctrl-C at the end. Reads the `--plain` table from a file, so no
 /// concurrency thread ever blocks on a pipe.
-@Suite("eaas up")
+@Suite("eaas up", .serialized)
 struct UpScenarioTests {
     /// One shard row of the table: replicas, desired, ready.
     struct Row: Equatable {
@@ -195,5 +195,60 @@ struct UpScenarioTests {
         let summary = text().split(separator: "\n").last { $0.hasPrefix("eaas up stopped") }.map(String.init) ?? ""
         #expect(summary.contains(" 0 failed"), "\(summary)")
         #expect(Self.podProcesses(parent: process.processIdentifier).isEmpty)
+    }
+
+    @Test("requests that fail make eaas up exit 1, saying how many failed on its last line")
+    func upExitsOneWhenRequestsFail() async throws {
+        let directory = try CLITests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let made = try CLITests.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32",
+                                     "--dtype", "f32", "--out", directory + "/model"])
+        #expect(made.status == 0, "\(made.stderr)")
+        // Every embedding NaN: every request's hidden states are refused by the pods (and none
+        // of this is the machine's fault), so every request fails.
+        let path = directory + "/model/model.safetensors"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let headerLength = Int(bytes.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
+        let header = try #require(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + headerLength))) as? [String: Any])
+        let offsets = try #require((header["model.embed_tokens.weight"] as? [String: Any])?["data_offsets"] as? [Int])
+        let nan = Float.nan.bitPattern.littleEndian
+        for offset in stride(from: 8 + headerLength + offsets[0], to: 8 + headerLength + offsets[1], by: 4) {
+            withUnsafeBytes(of: nan) { bytes.replaceSubrange(offset..<(offset + 4), with: $0) }
+        }
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let pool = """
+            apiVersion: eaas.dev/v1alpha1
+            kind: ExpertPool
+            metadata:
+              name: poisoned
+            spec:
+              model: {path: \(directory)/model, experts: 4}
+              shards: {expertsPerShard: 4}
+              replicas: {min: 1, max: 1}
+              transport: {backend: tcp, port: 7070, metricsPort: 9090}
+              poolTokenSecret: {name: poisoned-token}
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata:
+              name: poisoned-token
+            data:
+              token: cG9pc29uZWQtcG9vbC10b2tlbg==
+            """
+        try pool.write(toFile: directory + "/pool.yaml", atomically: true, encoding: .utf8)
+        let output = directory + "/out.txt"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        let process = try ChildProcess(executable: CLITests.binary,
+                                       arguments: ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain",
+                                                   "--load", "30:2", "--duration", "15", "--request-tokens", "4"],
+                                       standardOutput: .handle(handle), standardError: .handle(handle))
+        try? handle.close()
+        defer { if process.isRunning { process.kill() } }
+        let status = await process.exit(within: .seconds(150))
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(status == 1, "eaas up exited \(status.map(String.init) ?? "not at all"):\n\(text.suffix(2000))")
+        let last = text.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(last.hasPrefix("eaas up: ") && last.contains("requests failed"), "last line: \(last)")
     }
 }
