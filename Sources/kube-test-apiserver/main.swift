@@ -20,32 +20,37 @@ while let argument = arguments.popFirst() {
         port = value
     }
 }
+// SIGTERM and SIGINT stop it cleanly: handled here rather than by the default action, so that
+// watches are ended and the port released before it exits 0. The handlers are in place (their
+// registration awaited) before the server says it listens, so a signal sent as soon as the line
+// is read is never lost to the default action. On Linux, Dispatch installs its own handler for a
+// signal source (an ignored signal would be discarded before it sees it); Darwin's kqueue sees a
+// signal only when its disposition is SIG_IGN.
+let (stop, stopped) = AsyncStream<Int32>.makeStream()
+let registered = DispatchGroup()
+let sources = [SIGTERM, SIGINT].map { signal in
+    #if canImport(Darwin)
+    Foundation.signal(signal, SIG_IGN)
+    #endif
+    let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+    source.setEventHandler { stopped.yield(signal) }
+    registered.enter()
+    source.setRegistrationHandler { registered.leave() }
+    source.resume()
+    return source
+}
+await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in registered.notify(queue: .global()) { done.resume() } }
+
 var configuration = TestAPIServer.Configuration()
 configuration.port = port
 let server = try await TestAPIServer(configuration: configuration)
 if let kubeconfigPath { try server.kubeconfig().write(toFile: kubeconfigPath, atomically: true, encoding: .utf8) }
 print("kube-test-apiserver listening on \(server.url)")
 fflush(nil)  // a pipe is fully buffered: whoever waits for this line must get it now
-// SIGTERM and SIGINT stop it cleanly: handled here rather than by the default action, so that
-// watches are ended and the port released before it exits 0. On Linux, Dispatch installs its own
-// handler for a signal source (an ignored signal would be discarded before it sees it); Darwin's
-// kqueue sees a signal only when its disposition is SIG_IGN.
-let stop = AsyncStream<Int32> { continuation in
-    let sources = [SIGTERM, SIGINT].map { signal in
-        #if canImport(Darwin)
-        Foundation.signal(signal, SIG_IGN)
-        #endif
-        let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
-        source.setEventHandler { continuation.yield(signal) }
-        source.resume()
-        return source
-    }
-    nonisolated(unsafe) let keep = sources
-    continuation.onTermination = { _ in keep.forEach { $0.cancel() } }
-}
 for await signal in stop {
     FileHandle.standardError.write(Data("kube-test-apiserver: signal \(signal), stopping\n".utf8))
     break
 }
+sources.forEach { $0.cancel() }
 await server.shutdown()
 exit(0)
