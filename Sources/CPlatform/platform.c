@@ -41,73 +41,98 @@ int eaas_pin_to_current_cpu(void) {
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <sys/mman.h>
+#include <pthread.h>
 #include <linux/close_range.h>
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+// What the child of eaas_spawn needs; it shares the parent's memory until it execs.
+struct eaas_spawn_args {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    int fds[3];
+    int parent_death_signal;
+    pid_t parent;
+    volatile int error;
+};
+
+// Runs in the child on its own stack, in the parent's memory (CLONE_VM), with every signal
+// blocked: only system calls from here to exec, and nothing written but `error`.
+static int eaas_spawn_child(void *opaque) {
+    struct eaas_spawn_args *args = opaque;
+    struct sigaction deflt;
+    memset(&deflt, 0, sizeof deflt);
+    deflt.sa_handler = SIG_DFL;
+    // Dispositions back to default before the mask is cleared, so no handler of the parent's
+    // ever runs in the child.
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &deflt, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (args->parent_death_signal > 0) {
+        prctl(PR_SET_PDEATHSIG, args->parent_death_signal);
+        // The parent may have died before prctl took effect.
+        if (getppid() != args->parent) {
+            args->error = ESRCH;
+            _exit(127);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        int fd = args->fds[i];
+        if (fd >= 0 && fd != i) {
+            if (dup2(fd, i) < 0) goto failed;
+        } else if (fd == i) {
+            fcntl(i, F_SETFD, 0);
+        }
+    }
+    // Nothing else of the parent's (listening sockets, shared regions) goes with the child.
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+        struct rlimit limit;
+        long top = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 65536 ? (long)limit.rlim_cur : 65536;
+        for (long fd = 3; fd < top; fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    }
+    execve(args->path, args->argv, args->envp);
+failed:
+    args->error = errno != 0 ? errno : EINVAL;
+    _exit(127);
+}
+
 pid_t eaas_spawn(const char *path, char *const argv[], char *const envp[],
                  int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal) {
-    // The exec failure travels back through a close-on-exec pipe: a successful exec closes it empty.
-    int report[2];
-    if (pipe2(report, O_CLOEXEC) != 0) return -1;
-    pid_t parent = getpid();
-    pid_t child = fork();
+    // clone(CLONE_VM | CLONE_VFORK), as glibc's posix_spawn does, and not fork(): fork runs the
+    // atfork handlers libraries register, and OpenBLAS's joins its thread pool, which hangs the
+    // forking thread while another thread is inside a BLAS call (eaas up's worker computes while
+    // its local kubelet starts pods). The parent sleeps until the child has exec'd or exited, so
+    // an exec failure is simply read from shared memory.
+    struct eaas_spawn_args args = {
+        .path = path, .argv = argv, .envp = envp, .fds = {stdin_fd, stdout_fd, stderr_fd},
+        .parent_death_signal = parent_death_signal, .parent = getpid(), .error = 0,
+    };
+    const size_t stack_size = 256 << 10;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return -1;
+    // Every signal blocked across the clone: a handler must not run in the child while it
+    // shares our memory (the child unblocks once its dispositions are default).
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t child = clone(eaas_spawn_child, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    munmap(stack, stack_size);
     if (child < 0) {
-        int saved = errno;
-        close(report[0]);
-        close(report[1]);
         errno = saved;
         return -1;
     }
-    if (child == 0) {
-        // Only async-signal-safe calls from here to exec.
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        struct sigaction deflt;
-        memset(&deflt, 0, sizeof deflt);
-        deflt.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; sig++) {
-            if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &deflt, NULL);
-        }
-        if (parent_death_signal > 0) {
-            prctl(PR_SET_PDEATHSIG, parent_death_signal);
-            // The parent may have died before prctl took effect.
-            if (getppid() != parent) _exit(127);
-        }
-        int fds[3] = {stdin_fd, stdout_fd, stderr_fd};
-        for (int i = 0; i < 3; i++) {
-            if (fds[i] >= 0 && fds[i] != i) {
-                if (dup2(fds[i], i) < 0) goto failed;
-            } else if (fds[i] == i) {
-                fcntl(i, F_SETFD, 0);
-            }
-        }
-        // Nothing else of the parent's (listening sockets, shared regions) goes with the child.
-        if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-            struct rlimit limit;
-            long top = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 65536 ? (long)limit.rlim_cur : 65536;
-            for (long fd = 3; fd < top; fd++) {
-                if (fd != report[1]) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
-            }
-        }
-        execve(path, argv, envp);
-    failed:;
-        int code = errno;
-        ssize_t ignored = write(report[1], &code, sizeof code);
-        (void)ignored;
-        _exit(127);
-    }
-    close(report[1]);
-    int code = 0;
-    ssize_t n;
-    do { n = read(report[0], &code, sizeof code); } while (n < 0 && errno == EINTR);
-    close(report[0]);
-    if (n == sizeof code) {
+    if (args.error != 0) {
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
-        errno = code;
+        errno = args.error;
         return -1;
     }
     return child;

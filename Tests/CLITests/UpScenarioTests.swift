@@ -185,6 +185,8 @@ struct UpScenarioTests {
             }
         } catch {
             Issue.record("eaas up output:\n\(text().suffix(3000))")
+            let log = (try? String(contentsOfFile: directory + "/up/eaas.log", encoding: .utf8)) ?? ""
+            Issue.record("eaas.log (last 6000 bytes):\n\(log.suffix(6000))")
             throw error
         }
 

@@ -1,4 +1,5 @@
 import Foundation
+import MoE
 import Platform
 import Testing
 
@@ -14,6 +15,63 @@ struct ChildProcessTests {
         killed.kill()
         #expect(killed.waitUntilExit() == 128 + SIGKILL)
         #expect(throws: ChildProcessError.self) { try ChildProcess(executable: "/nonexistent/program", arguments: []) }
+    }
+
+    /// `eaas up` starts pods while its attention worker computes: a `fork()` then runs OpenBLAS's
+    /// atfork handler, which joins the BLAS thread pool and waits forever for a call in progress
+    /// (the local kubelet froze with a pod half started). The spawn must not run atfork handlers.
+    @Test("Children start while another thread is inside a multi-threaded BLAS call")
+    func spawnDuringBLAS() throws {
+        final class Flag: @unchecked Sendable {
+            private let lock = NSLock()
+            private var value = false
+            var isSet: Bool { lock.withLock { value } }
+            func set() { lock.withLock { value = true } }
+        }
+        let stop = Flag()
+        let computing = DispatchSemaphore(value: 0)
+        let computed = DispatchSemaphore(value: 0)
+        let blas = Thread {
+            let n = 384
+            let a = [Float](repeating: 0.5, count: n * n), b = [Float](repeating: 0.25, count: n * n)
+            var c = [Float](repeating: 0, count: n * n)
+            var first = true
+            while !stop.isSet {
+                a.withUnsafeBufferPointer { a in
+                    b.withUnsafeBufferPointer { b in
+                        c.withUnsafeMutableBufferPointer { c in
+                            BLAS.gemm(m: n, n: n, k: n, a: a.baseAddress!, lda: n, b: b.baseAddress!, ldb: n, c: c.baseAddress!, ldc: n)
+                        }
+                    }
+                }
+                if first { computing.signal(); first = false }
+            }
+            computed.signal()
+        }
+        blas.start()
+        computing.wait()
+        // The spawns run on a thread of their own, so that a hang fails the test instead of the run.
+        let spawned = DispatchSemaphore(value: 0)
+        let statuses = StatusList()
+        Thread {
+            for _ in 0..<40 { statuses.append((try? ChildProcess(executable: "/bin/true", arguments: []))?.waitUntilExit()) }
+            spawned.signal()
+        }.start()
+        let finished = spawned.wait(timeout: .now() + 60) == .success
+        stop.set()
+        #expect(finished, "a child could not be started while BLAS computed (\(statuses.count) of 40 started)")
+        if finished {
+            #expect(statuses.all == Array(repeating: 0, count: 40))
+            computed.wait()
+        }
+    }
+
+    final class StatusList: @unchecked Sendable {
+        private let lock = NSLock()
+        private var values: [Int32?] = []
+        func append(_ value: Int32?) { lock.withLock { values.append(value) } }
+        var count: Int { lock.withLock { values.count } }
+        var all: [Int32?] { lock.withLock { values } }
     }
 
     @Test("A child starts with SIGTERM at its default action even when this process ignores it")
