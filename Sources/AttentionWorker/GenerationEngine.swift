@@ -45,6 +45,10 @@ public final class GenerationEngine: @unchecked Sendable {
         public var failedRequests = 0
         /// Expert servers marked down by the dispatcher (remote experts).
         public var failovers = 0
+        /// Steps that only decoded (no prompt tokens), and the distinct routed experts their
+        /// layers ran, summed: the expert weight a decode step reads.
+        public var decodeSteps = 0
+        public var decodeExpertsTouched = 0
     }
 
     /// Lets a submitter stop its sequence (a client that went away).
@@ -316,8 +320,14 @@ public final class GenerationEngine: @unchecked Sendable {
             if cache.length + chunk == sequence.request.prompt.count { sampled.append((sequence, batch.count - 1)) }
         }
         guard batch.count > 0 else { return }
+        let touchedBefore = model.placement.expertsTouched
         let generated = run(batch, sampled: sampled)
+        let touched = model.placement.expertsTouched - touchedBefore
         condition.lock()
+        if promptTokens == 0 {
+            statistics.decodeSteps += 1
+            statistics.decodeExpertsTouched += touched
+        }
         statistics.steps += 1
         statistics.promptTokens += promptTokens
         statistics.generatedTokens += generated

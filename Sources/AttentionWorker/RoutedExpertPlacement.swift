@@ -34,9 +34,29 @@ final class RoutedExpertPlacement {
     /// Servers marked down since start (remote only).
     var failovers: Int { dispatcher?.failovers ?? 0 }
 
+    /// Distinct routed experts the layers ran, summed over every call: how much expert weight a
+    /// step had to read (the benchmarks' roofline).
+    private(set) var expertsTouched = 0
+    private var seen: [UInt32] = []
+    private var calls: UInt32 = 0
+
+    private func countTouched(_ routing: Routing) {
+        calls &+= 1
+        if calls == 0 { seen = seen.map { _ in 0 }; calls = 1 }
+        for id in routing.ids where id >= 0 {
+            let e = Int(id)
+            if e >= seen.count { seen.append(contentsOf: repeatElement(0, count: e + 1 - seen.count)) }
+            if seen[e] != calls {
+                seen[e] = calls
+                expertsTouched += 1
+            }
+        }
+    }
+
     /// Adds the routed experts of `routing` for `input` `[tokens, hidden]` into `output` (zeroed).
     func run(_ block: MoELayer, input: UnsafeBufferPointer<Float>, routing: Routing, output: UnsafeMutableBufferPointer<Float>,
              scratch: ExpertScratch) throws {
+        countTouched(routing)
         guard let dispatcher else {
             try block.accumulateRouted(input, routing: routing, into: output, scratch: scratch)
             return

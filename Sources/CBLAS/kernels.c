@@ -234,8 +234,26 @@ void eaas_widen_f16(const uint16_t *src, float *dst, size_t n) { DISPATCH(widen_
 void eaas_narrow_bf16(const float *src, uint16_t *dst, size_t n) { DISPATCH(narrow_bf16, (src, dst, n)) }
 void eaas_silu_mul(const float *gate, const float *up, float *out, size_t n) { DISPATCH(silu_mul, (gate, up, out, n)) }
 void eaas_axpy(float w, const float *x, float *acc, size_t n) { DISPATCH(axpy, (w, x, acc, n)) }
+#if EAAS_X86
+// skinny_avx512.c: the same sums, four weight rows at a time with intrinsics.
+void eaas_skinny_avx512(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                        int rows, size_t n_begin, size_t n_end, size_t k);
+#endif
+
 void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
                       int rows, size_t n_begin, size_t n_end, size_t k) {
+    if (rows < 1 || rows > EAAS_SKINNY_MAX_ROWS) return;
+#if EAAS_X86
+    if (pick_variant() == VARIANT_AVX512) {
+        eaas_skinny_avx512(w_type, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k);
+        return;
+    }
+#endif
+    DISPATCH(skinny, (w_type, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k))
+}
+
+void eaas_skinny_gemm_portable(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                               int rows, size_t n_begin, size_t n_end, size_t k) {
     if (rows < 1 || rows > EAAS_SKINNY_MAX_ROWS) return;
     DISPATCH(skinny, (w_type, w, ldw, x, ldx, y, ldy, rows, n_begin, n_end, k))
 }

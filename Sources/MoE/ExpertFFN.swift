@@ -12,6 +12,8 @@ public final class ExpertScratch {
     let logits = FloatBuffer()
     var counts: [Int] = []
     var slots: [Int] = []
+    /// One scratch per compute thread for the expert-parallel decode path (made on first use).
+    var workers: [ExpertScratch] = []
 
     public init() {}
 }
@@ -59,8 +61,9 @@ public enum ExpertFFN {
     /// (`[tokens, hidden]`, overwritten).
     public static func run(
         _ expert: ExpertWeights, activation: Activation, tokens: Int,
-        input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, scratch: ExpertScratch
+        input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>, scratch: ExpertScratch, threads: Int? = nil
     ) {
+        let threads = threads ?? BLAS.threads
         guard tokens > 0 else { return }
         let hidden = expert.hidden, ffn = expert.ffn
         let gateUp = scratch.gateUp.reserve(tokens * 2 * ffn)
@@ -68,27 +71,27 @@ public enum ExpertFFN {
             // One GEMM for gate and up together: [tokens, 2F] = x · [gate; up]ᵀ.
             let fused = WeightMatrix(name: expert.gate.name, dtype: expert.gate.dtype, rows: 2 * ffn, cols: hidden,
                                      base: expert.gate.base, owner: expert.gate.owner)
-            multiply(input, lda: hidden, tokens: tokens, by: fused, into: gateUp, ldc: 2 * ffn, scratch: scratch)
+            multiply(input, lda: hidden, tokens: tokens, by: fused, into: gateUp, ldc: 2 * ffn, scratch: scratch, threads: threads)
         } else {
-            multiply(input, lda: hidden, tokens: tokens, by: expert.gate, into: gateUp, ldc: 2 * ffn, scratch: scratch)
-            multiply(input, lda: hidden, tokens: tokens, by: expert.up, into: gateUp + ffn, ldc: 2 * ffn, scratch: scratch)
+            multiply(input, lda: hidden, tokens: tokens, by: expert.gate, into: gateUp, ldc: 2 * ffn, scratch: scratch, threads: threads)
+            multiply(input, lda: hidden, tokens: tokens, by: expert.up, into: gateUp + ffn, ldc: 2 * ffn, scratch: scratch, threads: threads)
         }
         let activated = scratch.activated.reserve(tokens * ffn)
         for t in 0..<tokens {
             applyActivation(activation, gate: gateUp + t * 2 * ffn, up: gateUp + t * 2 * ffn + ffn, out: activated + t * ffn, count: ffn)
         }
-        multiply(activated, lda: ffn, tokens: tokens, by: expert.down, into: output, ldc: hidden, scratch: scratch)
+        multiply(activated, lda: ffn, tokens: tokens, by: expert.down, into: output, ldc: hidden, scratch: scratch, threads: threads)
     }
 
     /// `C[tokens, W.rows] = A[tokens, W.cols] · Wᵀ`, widening W band by band when it is not f32.
     static func multiply(
         _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
-        into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch
+        into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch, threads: Int = BLAS.threads
     ) {
         if tokens <= skinnyRows {
             let type: Int32 = weight.dtype == .f32 ? 0 : weight.dtype == .bf16 ? 1 : 2
             let job = SkinnyJob(type: type, w: weight.base, cols: weight.cols, x: a, lda: lda, y: c, ldc: ldc, rows: Int32(tokens))
-            parallelRows(weight.rows, minimumPerChunk: 64) { begin, end in job.run(begin, end) }
+            parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
             return
         }
         if weight.dtype == .f32 {
@@ -121,8 +124,8 @@ public enum ExpertFFN {
 
     /// Splits `rows` into one contiguous chunk per compute thread (the BLAS thread count) and runs
     /// `body(begin, end)` on each, in parallel when there is more than one chunk.
-    static func parallelRows(_ rows: Int, minimumPerChunk: Int, _ body: @Sendable (Int, Int) -> Void) {
-        let chunks = max(1, min(BLAS.threads, rows / max(1, minimumPerChunk)))
+    static func parallelRows(_ rows: Int, minimumPerChunk: Int, threads: Int = BLAS.threads, _ body: @Sendable (Int, Int) -> Void) {
+        let chunks = max(1, min(threads, rows / max(1, minimumPerChunk)))
         if chunks == 1 {
             body(0, rows)
             return

@@ -41,7 +41,8 @@ struct E2EBenchCommand: ParsableCommand {
     @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 30
     @Option(help: "Tokens of load a pod already in a step may carry before the step adds another pod; the pods share this host's cores, so the default keeps each step on one pod.") var contactCost: Int = 1 << 20
     @Option(help: "Rounds of the side-by-side measurement (modes interleaved); each mode's median is reported.") var repeats: Int = 3
-    @Option(help: "Python with vLLM (e.g. a venv's bin/python): also run vLLM on the same model and prompts.") var vllm: String?
+    @Option(help: "Python with vLLM (e.g. a venv's bin/python): also run vLLM on the same model and prompts, in the checkpoint's dtype.") var vllm: String?
+    @Flag(help: "With --vllm: also run vLLM with fp32 weights (its dtype=float32), reported beside the checkpoint-dtype run.") var vllmFp32 = false
     @Flag(help: "Print one JSON document instead of tables.") var json = false
 
     func validate() throws {
@@ -75,6 +76,12 @@ struct E2EBenchCommand: ParsableCommand {
         engineConfiguration.maxRunning = max(largest, failureBatch ?? largest)
         engineConfiguration.maxBatchTokens = max(engineConfiguration.maxRunning, min(2048, largest * promptTokens))
         let token = "bench-e2e-\(UInt64.random(in: 0...UInt64.max))"
+        log("measuring this machine: read bandwidth and peak FLOP rates on \(BLAS.threads) threads")
+        let limits = MachineLimits.measure(threads: BLAS.threads)
+        let cost = try StepCost(directory: directory)
+        log(String(format: "memory read %.1f GB/s, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@; a decode step reads %.0f MB of dense weights, %.1f MB per routed expert",
+                   limits.readGBps, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none",
+                   cost.denseBytes / 1e6, cost.expertBytes / 1e6))
         log("model \(directory): \(config.architecture.cliName), hidden \(config.hiddenSize), \(config.expertCount) experts top-\(config.router.topK), \(config.layerCount) layers")
 
         // Pods first (they map the checkpoint while the monolithic engine loads).
@@ -118,14 +125,23 @@ struct E2EBenchCommand: ParsableCommand {
             log("warming up \(name)")
             _ = try DecodeRun.measure(engine, batch: largest, promptTokens: promptTokens, decodeTokens: 2, vocab: config.vocabSize, seed: 1)
         }
-        var table = TextTable(columns: ["batch", "monolithic tok/s", "remote shm tok/s", "remote tcp tok/s", "shm/mono", "tcp/mono"])
+        var table = TextTable(columns: ["batch", "monolithic tok/s", "remote shm tok/s", "remote tcp tok/s", "shm/mono", "tcp/mono",
+                                        "experts/step", "roofline tok/s", "mono/roofline"])
         var rows: [[String: Any]] = []
         var last: [Double] = []
         for batch in sizes {
             // Interleaved rounds, so that a slow moment of this shared machine hits every mode alike.
             var samples = [[Double]](repeating: [], count: engines.count)
+            var decodeSteps = 0, touched = 0
             for round in 0..<repeats {
                 for (index, (name, engine)) in engines.enumerated() {
+                    let before = engine.stats
+                    defer {
+                        if index == 0 {
+                            decodeSteps += engine.stats.decodeSteps - before.decodeSteps
+                            touched += engine.stats.decodeExpertsTouched - before.decodeExpertsTouched
+                        }
+                    }
                     let rate = try DecodeRun.measure(engine, batch: batch, promptTokens: promptTokens, decodeTokens: decodeTokens,
                                                      vocab: config.vocabSize, seed: UInt64(batch * 100 + round))
                     log(String(format: "batch %d %@ round %d: %.1f tok/s", batch, name, round + 1, rate))
@@ -134,9 +150,15 @@ struct E2EBenchCommand: ParsableCommand {
             }
             let rates = samples.map(\.median)
             last = rates
+            // The experts the monolithic engine's decode steps actually ran (all layers).
+            let touchedPerStep = Double(touched) / Double(max(1, decodeSteps))
+            let roofline = cost.rooflineTokensPerSecond(batch: batch, context: Double(promptTokens) + Double(decodeTokens) / 2,
+                                                        expertsTouched: touchedPerStep, limits: limits)
             rows.append(["batch": batch, "monolithic_tok_s": rates[0], "remote_shm_tok_s": rates[1], "remote_tcp_tok_s": rates[2],
-                         "remote_shm_over_monolithic": rates[1] / rates[0], "remote_tcp_over_monolithic": rates[2] / rates[0]])
-            table.rows.append(["\(batch)"] + rates.map { String(format: "%.1f", $0) } + [String(format: "%.2f", rates[1] / rates[0]), String(format: "%.2f", rates[2] / rates[0])])
+                         "remote_shm_over_monolithic": rates[1] / rates[0], "remote_tcp_over_monolithic": rates[2] / rates[0],
+                         "experts_touched_per_step": touchedPerStep, "roofline_tok_s": roofline, "roofline_fraction": rates[0] / roofline])
+            table.rows.append(["\(batch)"] + rates.map { String(format: "%.1f", $0) } + [String(format: "%.2f", rates[1] / rates[0]), String(format: "%.2f", rates[2] / rates[0])]
+                              + [String(format: "%.1f", touchedPerStep), String(format: "%.1f", roofline), String(format: "%.2f", rates[0] / roofline)])
         }
 
         log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
@@ -151,12 +173,26 @@ struct E2EBenchCommand: ParsableCommand {
             podProcesses[served.indices.max { served[$0] < served[$1] }!].kill()
         }
 
-        var vllmRows: [[String: Any]] = []
-        if let vllm {
-            log("vLLM: \(vllm)")
-            vllmRows = try VLLMRun.measure(python: vllm, model: directory, sizes: sizes, promptTokens: promptTokens, decodeTokens: decodeTokens)
+        // vLLM in the checkpoint's dtype (the like-for-like comparison), and in fp32 when asked.
+        var vllmRuns: [(key: String, dtype: String)] = []
+        if vllm != nil {
+            let checkpoint = config.dtype ?? .f32
+            let native = checkpoint == .bf16 ? "bfloat16" : checkpoint == .f16 ? "float16" : "float32"
+            vllmRuns.append((checkpoint == .bf16 ? "bf16" : checkpoint == .f16 ? "f16" : "fp32", native))
+            if vllmFp32 && native != "float32" { vllmRuns.append(("fp32", "float32")) }
+        }
+        for (key, dtype) in vllmRuns {
+            log("vLLM (\(dtype)): \(vllm!)")
+            let vllmRows = try VLLMRun.measure(python: vllm!, model: directory, sizes: sizes, promptTokens: promptTokens, decodeTokens: decodeTokens, dtype: dtype)
             for (index, row) in vllmRows.enumerated() {
-                if let rate = row["vllm_tok_s"] as? Double { rows[index]["vllm_tok_s"] = rate; rows[index]["monolithic_over_vllm"] = (rows[index]["monolithic_tok_s"] as! Double) / rate }
+                guard let rate = row["vllm_tok_s"] as? Double else { continue }
+                let mono = rows[index]["monolithic_tok_s"] as! Double
+                rows[index]["vllm_\(key)_tok_s"] = rate
+                rows[index]["monolithic_over_vllm_\(key)"] = mono / rate
+                if key == vllmRuns[0].key {
+                    rows[index]["vllm_tok_s"] = rate
+                    rows[index]["monolithic_over_vllm"] = mono / rate
+                }
             }
         }
 
@@ -171,21 +207,28 @@ struct E2EBenchCommand: ParsableCommand {
             "failure_loss_fraction": failure.loss, "failed_requests": failure.failedRequests,
             "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
             "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
+            "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
+            "threads": limits.threads,
         ]
         if json {
             print(try report.json())
             return
         }
         print(table.render())
-        if !vllmRows.isEmpty {
-            var comparison = TextTable(columns: ["batch", "monolithic tok/s", "vLLM tok/s", "mono/vLLM"])
+        if !vllmRuns.isEmpty {
+            let keys = vllmRuns.map(\.key)
+            var comparison = TextTable(columns: ["batch", "monolithic tok/s"] + keys.map { "vLLM \($0) tok/s" } + keys.map { "mono/vLLM \($0)" } + ["roofline tok/s"])
             for row in rows {
-                guard let rate = row["vllm_tok_s"] as? Double else { continue }
-                comparison.rows.append(["\(row["batch"]!)", String(format: "%.1f", row["monolithic_tok_s"] as! Double), String(format: "%.1f", rate),
-                                        String(format: "%.2f", (row["monolithic_tok_s"] as! Double) / rate)])
+                let rates = keys.map { row["vllm_\($0)_tok_s"] as? Double }
+                comparison.rows.append(["\(row["batch"]!)", String(format: "%.1f", row["monolithic_tok_s"] as! Double)]
+                                       + rates.map { $0.map { String(format: "%.1f", $0) } ?? "-" }
+                                       + rates.map { $0.map { String(format: "%.2f", (row["monolithic_tok_s"] as! Double) / $0) } ?? "-" }
+                                       + [String(format: "%.1f", row["roofline_tok_s"] as! Double)])
             }
             print("\n" + comparison.render())
         }
+        print(String(format: "\nthis machine: memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
+                     limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss %.2f%%, %d failed requests, %d failovers",
                      failureBatch ?? largest, failure.before, failure.after, failure.loss * 100, failure.failedRequests, failure.failovers))
         print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))

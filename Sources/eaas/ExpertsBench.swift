@@ -72,7 +72,11 @@ struct ExpertsBenchCommand: ParsableCommand {
         #endif
         if let threads { BLAS.threads = threads }
         var report = BenchReport(bench: "experts")
-        var table = TextTable(columns: ["shape", "dtype", "tokens", "tok/expert", "ms/step", "GFLOP/s", "sgemm GFLOP/s", "ratio"])
+        let limits = MachineLimits.measure(threads: BLAS.threads)
+        report.summary["memory_read_gbps"] = limits.readGBps
+        report.summary["f32_peak_gflops"] = limits.f32GFlops
+        report.summary["bf16_peak_gflops"] = limits.bf16GFlops ?? 0
+        var table = TextTable(columns: ["shape", "dtype", "tokens", "tok/expert", "ms/step", "GFLOP/s", "sgemm GFLOP/s", "ratio", "weight GB/s", "of read bw"])
         for shape in try parsedShapes() {
             let bench = try ExpertsBench(shape: shape)
             for dtypeName in dtypes.split(separator: ",") {
@@ -81,13 +85,17 @@ struct ExpertsBenchCommand: ParsableCommand {
                 for t in steps(for: shape) {
                     let row = bench.measure(experts: experts, tokens: t, seconds: seconds)
                     let perExpert = Double(t * shape.topK) / Double(shape.experts)
+                    // Every weight byte of the experts the step touches is read once.
+                    let touched = min(shape.experts, t * shape.topK)
+                    let weightGBps = Double(touched * 3 * shape.hidden * shape.ffn * dtype.byteSize) / row.seconds / 1e9
                     report.results.append([
                         "shape": shape.label, "dtype": dtype.rawValue, "tokens": t, "tokens_per_expert": perExpert,
                         "gflops": row.gflops, "sgemm_gflops": row.sgemmGflops, "ratio_to_sgemm": row.ratio,
-                        "ms_per_step": row.seconds * 1e3,
+                        "ms_per_step": row.seconds * 1e3, "weight_gbps": weightGBps, "bandwidth_fraction": weightGBps / limits.readGBps,
                     ])
                     table.rows.append([shape.label, dtype.rawValue, "\(t)", String(format: "%.1f", perExpert), String(format: "%.2f", row.seconds * 1e3),
-                                       String(format: "%.1f", row.gflops), String(format: "%.1f", row.sgemmGflops), String(format: "%.3f", row.ratio)])
+                                       String(format: "%.1f", row.gflops), String(format: "%.1f", row.sgemmGflops), String(format: "%.3f", row.ratio),
+                                       String(format: "%.1f", weightGBps), String(format: "%.2f", weightGBps / limits.readGBps)])
                     // Progress on stderr, so that stdout stays one JSON document with --json.
                     FileHandle.standardError.write(Data("  \(table.rows.last!.joined(separator: " "))\n".utf8))
                 }
@@ -103,6 +111,8 @@ struct ExpertsBenchCommand: ParsableCommand {
         } else {
             print(table.render())
             for (key, value) in report.summary.sorted(by: { $0.key < $1.key }) { print("\(key): \(String(format: "%.3f", value as! Double))") }
+            print(String(format: "this machine: memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
+                         limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         }
     }
 }

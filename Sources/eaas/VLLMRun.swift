@@ -4,7 +4,8 @@ import MoE
 
 /// vLLM on the same checkpoint and prompts, for `eaas bench e2e --vllm PYTHON`: decode tokens/s
 /// per batch size, measured as (batch × decode tokens) / (time of a full generation − time of a
-/// prefill-only generation), both greedy with end-of-sequence ignored, weights in fp32.
+/// prefill-only generation), both greedy with end-of-sequence ignored, weights in the dtype asked
+/// for (vLLM's names: bfloat16, float16, float32).
 enum VLLMRun {
     static let script = #"""
 import json, os, sys, time
@@ -16,7 +17,7 @@ def main():
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     sizes = request["sizes"]
-    llm = LLM(model=request["model"], dtype="float32", skip_tokenizer_init=True, max_num_seqs=max(sizes),
+    llm = LLM(model=request["model"], dtype=request["dtype"], skip_tokenizer_init=True, max_num_seqs=max(sizes),
               max_model_len=request["prompt_tokens"] + request["decode_tokens"] + 8, seed=0)
 
     def run(prompts, tokens):
@@ -40,13 +41,13 @@ if __name__ == "__main__":
     main()
 """#
 
-    static func measure(python: String, model: String, sizes: [Int], promptTokens: Int, decodeTokens: Int) throws -> [[String: Any]] {
+    static func measure(python: String, model: String, sizes: [Int], promptTokens: Int, decodeTokens: Int, dtype: String) throws -> [[String: Any]] {
         let vocab = try ModelConfig.load(directory: model).vocabSize
         var prompts: [String: [[Int]]] = [:]
         for batch in Set(sizes) {
             prompts["\(batch)"] = DecodeRun.prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: UInt64(batch))
         }
-        let request: [String: Any] = ["model": model, "sizes": sizes, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "prompts": prompts]
+        let request: [String: Any] = ["model": model, "dtype": dtype, "sizes": sizes, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "prompts": prompts]
         let scriptPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).py", requestPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).json"
         try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
         try JSONSerialization.data(withJSONObject: request).write(to: URL(fileURLWithPath: requestPath))

@@ -142,6 +142,16 @@ struct CLITests {
         #expect(document?["failed_requests"] as? Int == 0)
         #expect((document?["results"] as? [[String: Any]])?.map { $0["batch"] as? Int } == [1, 4])
         #expect((document?["failure_failovers"] as? Int ?? 0) >= 1, "the killed pod was never noticed")
+        // The roofline beside the figures: this machine's read bandwidth, and per batch the experts
+        // the decode steps ran (at most every expert of every layer) and the fraction achieved.
+        #expect((document?["memory_read_gbps"] as? Double ?? 0) > 0.1)
+        for row in document?["results"] as? [[String: Any]] ?? [] {
+            let touched = row["experts_touched_per_step"] as? Double ?? -1
+            #expect(touched > 0 && touched <= 16, "experts touched per step: \(touched)")
+            #expect((row["roofline_tok_s"] as? Double ?? 0) > 0)
+            let fraction = row["roofline_fraction"] as? Double ?? -1
+            #expect(fraction > 0 && fraction < 1.5, "roofline fraction \(fraction)")
+        }
     }
 
     @Test("generate prints the greedy tokens of a fixture, as transformers does")
@@ -166,11 +176,12 @@ struct CLITests {
         let rows = document?["results"] as? [[String: Any]] ?? []
         #expect(rows.count == 6)
         for row in rows {
-            for key in ["shape", "tokens_per_expert", "gflops", "sgemm_gflops", "ratio_to_sgemm"] { #expect(row[key] != nil, "row lacks \(key)") }
+            for key in ["shape", "tokens_per_expert", "gflops", "sgemm_gflops", "ratio_to_sgemm", "weight_gbps", "bandwidth_fraction"] { #expect(row[key] != nil, "row lacks \(key)") }
             #expect((row["ratio_to_sgemm"] as? Double ?? 0) > 0)
         }
         #expect(rows.first?["shape"] as? String == "h64-f48-e4-k2")
         #expect(rows.first?["tokens_per_expert"] as? Double == 0.5)
+        #expect((document?["memory_read_gbps"] as? Double ?? 0) > 0.1)
     }
 
     @Test("expert-pod refuses bad options, shards the model cannot serve, and a missing pool token, each by name")

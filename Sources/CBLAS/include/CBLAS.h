@@ -34,6 +34,20 @@ void eaas_axpy(float w, const float *x, float *acc, size_t n);
 #define EAAS_SKINNY_MAX_ROWS 8
 void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
                       int rows, size_t n_begin, size_t n_end, size_t k);
+/// The same through the compiler-vectorised portable body only (not the AVX-512 intrinsics): the
+/// reference the tests hold the fast schedule to, bit for bit.
+void eaas_skinny_gemm_portable(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
+                               int rows, size_t n_begin, size_t n_end, size_t k);
+
+/// Probes for the benchmarks' roofline (roofline.c). `eaas_probe_read` streams `bytes` of
+/// `buffer` (64-byte aligned, a multiple of 256 bytes) with the widest loads the CPU has and
+/// returns a value that depends on every byte. `eaas_probe_fma` runs `iterations` rounds of 12
+/// independent fused multiply-adds on vectors of `*lanes` floats (set to 0 without FMA: then
+/// nothing ran); each lane of a round is 2 FLOPs. `eaas_probe_dpbf16` does the same with
+/// `vdpbf16ps` (4 FLOPs a lane a round), `*lanes` 0 where the CPU lacks avx512_bf16.
+double eaas_probe_read(const void *buffer, size_t bytes);
+double eaas_probe_fma(size_t iterations, int *lanes);
+double eaas_probe_dpbf16(size_t iterations, int *lanes);
 
 /// The name of the kernel set the running CPU gets ("avx512", "avx2" or "generic").
 const char *eaas_kernel_variant(void);
