@@ -12,8 +12,8 @@ public final class ExpertScratch {
     let logits = FloatBuffer()
     var counts: [Int] = []
     var slots: [Int] = []
-    /// One scratch per compute thread for the expert-parallel decode path (made on first use).
-    var workers: [ExpertScratch] = []
+    /// The decode path's work items (made on first use).
+    lazy var decodeWork = DecodeExpertWork()
 
     public init() {}
 }
@@ -47,8 +47,10 @@ final class FloatBuffer {
 ///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
 ///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
 public enum ExpertFFN {
-    /// Largest group that takes the skinny path.
-    public static let skinnyRows = Int(EAAS_SKINNY_MAX_ROWS)
+    /// Largest expert group that takes the skinny path (past it, widened tiles and sgemm win).
+    public static let skinnyRows = 8
+    /// Most activation rows one skinny pass takes (dense layers use it up to here).
+    public static let skinnyPassRows = Int(EAAS_SKINNY_MAX_ROWS)
 
     /// Weight tiles widened for the sgemm path: up to 1024 rows × 2048 columns (8 MiB of f32,
     /// within the last-level cache). Measured on 2 cores (Zen, AVX2) against 256-512-row bands and
@@ -83,15 +85,25 @@ public enum ExpertFFN {
         multiply(activated, lda: ffn, tokens: tokens, by: expert.down, into: output, ldc: hidden, scratch: scratch, threads: threads)
     }
 
+    /// `C[tokens, W.rows] = A[tokens, W.cols] · Wᵀ` in one pass over W with the skinny kernel
+    /// (`tokens` ≤ `skinnyPassRows`), split by output rows across `threads`.
+    static func skinny(
+        _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
+        into c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int = BLAS.threads
+    ) {
+        precondition(tokens <= skinnyPassRows, "skinny pass of \(tokens) rows")
+        let type: Int32 = weight.dtype == .f32 ? 0 : weight.dtype == .bf16 ? 1 : 2
+        let job = SkinnyJob(type: type, w: weight.base, cols: weight.cols, x: a, lda: lda, y: c, ldc: ldc, rows: Int32(tokens))
+        parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+    }
+
     /// `C[tokens, W.rows] = A[tokens, W.cols] · Wᵀ`, widening W band by band when it is not f32.
     static func multiply(
         _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
         into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch, threads: Int = BLAS.threads
     ) {
         if tokens <= skinnyRows {
-            let type: Int32 = weight.dtype == .f32 ? 0 : weight.dtype == .bf16 ? 1 : 2
-            let job = SkinnyJob(type: type, w: weight.base, cols: weight.cols, x: a, lda: lda, y: c, ldc: ldc, rows: Int32(tokens))
-            parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+            skinny(a, lda: lda, tokens: tokens, by: weight, into: c, ldc: ldc, threads: threads)
             return
         }
         if weight.dtype == .f32 {

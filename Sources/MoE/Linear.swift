@@ -8,14 +8,10 @@ public enum Linear {
         output: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch
     ) {
         guard tokens > 0 else { return }
-        var row = 0
-        // The skinny kernel takes up to `skinnyRows` rows at once; sgemm beyond a few of those.
-        if tokens <= 4 * ExpertFFN.skinnyRows {
-            while row < tokens {
-                let rows = min(ExpertFFN.skinnyRows, tokens - row)
-                ExpertFFN.multiply(input + row * lda, lda: lda, tokens: rows, by: weight, into: output + row * ldc, ldc: ldc, scratch: scratch)
-                row += rows
-            }
+        // Up to `skinnyPassRows` rows: one pass over the weights (a decode step reads the LM head
+        // and attention projections once, whatever the batch); sgemm beyond.
+        if tokens <= ExpertFFN.skinnyPassRows {
+            ExpertFFN.skinny(input, lda: lda, tokens: tokens, by: weight, into: output, ldc: ldc)
             return
         }
         ExpertFFN.multiply(input, lda: lda, tokens: tokens, by: weight, into: output, ldc: ldc, scratch: scratch)

@@ -50,25 +50,30 @@ public enum RoutedExperts {
             cursor[e] += 1
         }
 
-        // Decode (every group fits the skinny kernel) with at least one expert per thread: each
-        // thread runs whole experts on one core, so the cores stream different weights with no
-        // barrier inside an expert. The sums are added afterwards in the same order as below.
-        let threads = BLAS.threads
+        // Decode (every group fits the skinny kernel): the experts' weight rows in blocks that
+        // the compute threads take as they go (`DecodeExpertWork`), so both cores stream until the
+        // layer is done. The sums are added afterwards in the same order as below.
         var active: [Int] = []
         var largest = 0
         for e in 0..<expertCount where scratch.counts[e + 1] > scratch.counts[e] {
             active.append(e)
             largest = max(largest, scratch.counts[e + 1] - scratch.counts[e])
         }
-        if threads > 1, active.count >= threads, largest <= ExpertFFN.skinnyRows {
-            for e in active { guard experts(e) != nil else { throw MissingExpert(expert: e) } }
+        if largest <= ExpertFFN.skinnyRows {
+            var weights: [ExpertWeights] = []
+            weights.reserveCapacity(active.count)
+            for e in active {
+                guard let expert = experts(e) else { throw MissingExpert(expert: e) }
+                weights.append(expert)
+            }
             let gathered = scratch.input.reserve(used * hidden)
             for i in 0..<used { (gathered + i * hidden).update(from: input + (scratch.slots[i] / k) * hidden, count: hidden) }
+            let ffnRows = zip(active, weights).reduce(0) { $0 + (scratch.counts[$1.0 + 1] - scratch.counts[$1.0]) * $1.1.ffn }
             let results = scratch.output.reserve(used * hidden)
-            while scratch.workers.count < threads { scratch.workers.append(ExpertScratch()) }
-            let work = ParallelExperts(active: active, counts: scratch.counts, weights: active.map { experts($0)! }, workers: scratch.workers,
-                                       activation: activation, hidden: hidden, gathered: gathered, results: results)
-            DispatchQueue.concurrentPerform(iterations: threads) { t in work.run(thread: t, of: threads) }
+            scratch.decodeWork.run(experts: weights, offsets: active.map { scratch.counts[$0] },
+                                   tokens: active.map { scratch.counts[$0 + 1] - scratch.counts[$0] }, activation: activation, hidden: hidden,
+                                   gathered: gathered, gateUp: scratch.gateUp.reserve(2 * ffnRows), activated: scratch.activated.reserve(ffnRows),
+                                   results: results, threads: BLAS.threads)
             for e in active {
                 for i in scratch.counts[e]..<scratch.counts[e + 1] {
                     let slot = scratch.slots[i]
@@ -94,30 +99,6 @@ public enum RoutedExperts {
                 let slot = scratch.slots[begin + i]
                 eaas_axpy(routing.weights[slot], results + i * hidden, output + (slot / k) * hidden, hidden)
             }
-        }
-    }
-}
-
-/// The experts of a decode step shared out over the compute threads: thread `t` runs active
-/// experts `t`, `t + threads`, … (they are the same size, so the shares are even), each on one
-/// core with its own scratch, writing its rows of `results`.
-private struct ParallelExperts: @unchecked Sendable {
-    let active: [Int]
-    let counts: [Int]
-    let weights: [ExpertWeights]
-    let workers: [ExpertScratch]
-    let activation: Activation
-    let hidden: Int
-    let gathered: UnsafeMutablePointer<Float>
-    let results: UnsafeMutablePointer<Float>
-
-    func run(thread: Int, of threads: Int) {
-        var index = thread
-        while index < active.count {
-            let e = active[index], begin = counts[e], n = counts[e + 1] - begin
-            ExpertFFN.run(weights[index], activation: activation, tokens: n, input: gathered + begin * hidden,
-                          output: results + begin * hidden, scratch: workers[thread], threads: 1)
-            index += threads
         }
     }
 }

@@ -29,13 +29,15 @@ void eaas_axpy(float w, const float *x, float *acc, size_t n);
 /// `y[m * ldy + n] = sum_k x[m * ldx + k] * w[n * ldw + k]` for `m < rows`, `n` in `[n_begin, n_end)`.
 /// `w_type` is 0 for f32, 1 for bf16, 2 for f16. Weights are widened in registers, so each weight
 /// byte is read once: the decode path is bound by memory bandwidth, not by a widening pass.
-/// `rows` must be at most EAAS_SKINNY_MAX_ROWS. Sums run in a fixed order, independent of the
-/// dispatch variant and of how `[n_begin, n_end)` is split between threads.
-#define EAAS_SKINNY_MAX_ROWS 8
+/// `rows` must be at most EAAS_SKINNY_MAX_ROWS: a dense layer at batch 32 reads its weights once
+/// (each block of weight rows stays in L1 while the activation rows pass over it). Sums run in a
+/// fixed order per variant, independent of how `[n_begin, n_end)` is split between threads; the
+/// AVX-512 variant fuses each multiply-add (see skinny_avx512.c).
+#define EAAS_SKINNY_MAX_ROWS 32
 void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
                       int rows, size_t n_begin, size_t n_end, size_t k);
 /// The same through the compiler-vectorised portable body only (not the AVX-512 intrinsics): the
-/// reference the tests hold the fast schedule to, bit for bit.
+/// reference the tests hold the fused schedule to (within a rounding per term).
 void eaas_skinny_gemm_portable(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
                                int rows, size_t n_begin, size_t n_end, size_t k);
 
