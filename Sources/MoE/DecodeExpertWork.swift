@@ -17,20 +17,9 @@ final class DecodeExpertWork: @unchecked Sendable {
     static let blockRows = 128
 
     private struct Item {
-        let type: Int32
-        let weights: UnsafeRawPointer
-        let cols: Int
-        let input: UnsafePointer<Float>
-        let inputStride: Int
-        let output: UnsafeMutablePointer<Float>
-        let outputStride: Int
-        let tokens: Int32
+        let job: SkinnyJob
         let begin: Int
         let end: Int
-
-        func run() {
-            eaas_skinny_gemm(type, weights, cols, input, inputStride, output, outputStride, tokens, begin, end, cols)
-        }
     }
 
     private let next = Atomic<Int>(0)
@@ -75,11 +64,11 @@ final class DecodeExpertWork: @unchecked Sendable {
     private func add(_ weight: WeightMatrix, input: UnsafePointer<Float>, inputStride: Int,
                      output: UnsafeMutablePointer<Float>, outputStride: Int, tokens: Int) {
         let type: Int32 = weight.dtype == .f32 ? 0 : weight.dtype == .bf16 ? 1 : 2
+        let job = SkinnyJob(type: type, w: weight.base, cols: weight.cols, x: input, lda: inputStride, y: output, ldc: outputStride, rows: Int32(tokens))
         var begin = 0
         while begin < weight.rows {
             let end = min(weight.rows, begin + Self.blockRows)
-            items.append(Item(type: type, weights: weight.base, cols: weight.cols, input: input, inputStride: inputStride,
-                              output: output, outputStride: outputStride, tokens: Int32(tokens), begin: begin, end: end))
+            items.append(Item(job: job, begin: begin, end: end))
             begin = end
         }
     }
@@ -98,7 +87,8 @@ final class DecodeExpertWork: @unchecked Sendable {
         while true {
             let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
             guard index < items.count else { return }
-            items[index].run()
+            let item = items[index]
+            item.job.run(item.begin, item.end)
         }
     }
 }

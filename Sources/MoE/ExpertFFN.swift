@@ -172,7 +172,8 @@ public enum ExpertFFN {
 }
 
 /// One skinny GEMM call's operands, handed to the compute threads; each writes disjoint output columns.
-private struct SkinnyJob: @unchecked Sendable {
+/// One skinny-kernel product; `run` computes output rows `[begin, end)`.
+struct SkinnyJob: @unchecked Sendable {
     let type: Int32
     let w: UnsafeRawPointer
     let cols: Int
