@@ -8,6 +8,9 @@ public final class ExpertScratch {
     let gateUp = FloatBuffer()
     let activated = FloatBuffer()
     let output = FloatBuffer()
+    /// Input and output of an expert with more tokens than a skinny pass (one at a time).
+    let largeInput = FloatBuffer()
+    let largeOutput = FloatBuffer()
     let block = FloatBuffer()
     let logits = FloatBuffer()
     var counts: [Int] = []
@@ -39,7 +42,7 @@ final class FloatBuffer {
 /// The expert FFN on BLAS: `y = down(act(gate(x)) * up(x))` for a group of tokens routed to one expert.
 ///
 /// Weights stay in their checkpoint dtype (in the mapped file). Two paths, by group size:
-/// - up to `skinnyRows` tokens (decode): a skinny GEMM kernel reads each weight row once, widening
+/// - up to `skinnyPassRows` tokens (decode): a skinny GEMM kernel reads each weight row once, widening
 ///   bf16/f16 in registers, split across the compute threads by output rows. The step is bound by
 ///   memory bandwidth, so 16-bit weights move half the bytes of f32.
 /// - more tokens: `cblas_sgemm`. f32 weights feed it straight from the file; bf16/f16 weights are
@@ -47,9 +50,9 @@ final class FloatBuffer {
 ///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
 ///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
 public enum ExpertFFN {
-    /// Largest expert group that takes the skinny path (past it, widened tiles and sgemm win).
-    public static let skinnyRows = 8
-    /// Most activation rows one skinny pass takes (dense layers use it up to here).
+    /// Most activation rows one skinny pass takes; larger groups take widened tiles and sgemm.
+    /// Measured on this 2-core Zen (AVX-512, `eaas bench experts`): at 16 and 32 tokens an expert
+    /// one fused pass beat widening + sgemm, which writes and rereads every weight as f32.
     public static let skinnyPassRows = Int(EAAS_SKINNY_MAX_ROWS)
 
     /// Weight tiles widened for the sgemm path: up to 1024 rows × 2048 columns (8 MiB of f32,
@@ -102,13 +105,18 @@ public enum ExpertFFN {
         _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
         into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch, threads: Int = BLAS.threads
     ) {
-        if tokens <= skinnyRows {
+        if tokens <= skinnyPassRows {
             skinny(a, lda: lda, tokens: tokens, by: weight, into: c, ldc: ldc, threads: threads)
             return
         }
+        // OpenBLAS runs on one thread (`BLAS`): each compute thread multiplies its own band of
+        // weight rows (output columns).
         if weight.dtype == .f32 {
-            BLAS.gemmTransposedB(m: tokens, n: weight.rows, k: weight.cols, a: a, lda: lda,
-                                 b: weight.base.assumingMemoryBound(to: Float.self), ldb: weight.cols, c: c, ldc: ldc)
+            let b = weight.base.assumingMemoryBound(to: Float.self), cols = weight.cols
+            let job = GemmJob(a: a, lda: lda, tokens: tokens, b: b, cols: cols, c: c, ldc: ldc)
+            parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in
+                job.run(rows: begin..<end, b: job.b + begin * cols, ldb: cols, kOffset: 0, k: cols, accumulate: false)
+            }
             return
         }
         // Tiles of the weight, [tileRows, tileCols], are widened into the scratch buffer and
@@ -125,9 +133,13 @@ public enum ExpertFFN {
                 let cols = min(tileCols, weight.cols - col)
                 let widen = WidenJob(dtype: weight.dtype, source: weight.base, sourceCols: weight.cols, firstRow: row, firstCol: col,
                                      cols: cols, destination: buffer)
-                parallelRows(rows, minimumPerChunk: 16) { begin, end in widen.run(begin, end) }
-                BLAS.gemmTransposedB(m: tokens, n: rows, k: cols, a: a + col, lda: lda, b: buffer, ldb: cols, c: c + row, ldc: ldc,
-                                     accumulate: col > 0)
+                let job = GemmJob(a: a, lda: lda, tokens: tokens, b: UnsafePointer(buffer), cols: cols, c: c + row, ldc: ldc)
+                let accumulate = col > 0, kOffset = col
+                // Each thread widens its band of the tile and multiplies it while it is in its cache.
+                parallelRows(rows, minimumPerChunk: 64, threads: threads) { begin, end in
+                    widen.run(begin, end)
+                    job.run(rows: begin..<end, b: job.b + begin * cols, ldb: cols, kOffset: kOffset, k: cols, accumulate: accumulate)
+                }
                 col += cols
             }
             row += rows
@@ -185,6 +197,23 @@ struct SkinnyJob: @unchecked Sendable {
 
     func run(_ begin: Int, _ end: Int) {
         eaas_skinny_gemm(type, w, cols, x, lda, y, ldc, rows, begin, end, cols)
+    }
+}
+
+/// One sgemm `C[tokens, rows] (+)= A[tokens, kOffset..<kOffset+k] · B[rows, k]ᵀ` over a band of
+/// weight rows, handed to a compute thread.
+private struct GemmJob: @unchecked Sendable {
+    let a: UnsafePointer<Float>
+    let lda: Int
+    let tokens: Int
+    let b: UnsafePointer<Float>
+    let cols: Int
+    let c: UnsafeMutablePointer<Float>
+    let ldc: Int
+
+    func run(rows: Range<Int>, b band: UnsafePointer<Float>, ldb: Int, kOffset: Int, k: Int, accumulate: Bool) {
+        BLAS.gemmTransposedB(m: tokens, n: rows.count, k: k, a: a + kOffset, lda: lda, b: band, ldb: ldb,
+                             c: c + rows.lowerBound, ldc: ldc, accumulate: accumulate)
     }
 }
 

@@ -50,51 +50,55 @@ public enum RoutedExperts {
             cursor[e] += 1
         }
 
-        // Decode (every group fits the skinny kernel): the experts' weight rows in blocks that
-        // the compute threads take as they go (`DecodeExpertWork`), so both cores stream until the
-        // layer is done. The sums are added afterwards in the same order as below.
-        var active: [Int] = []
-        var largest = 0
+        // Experts with few tokens (every expert of a decode step, most of a mixed batch's) run
+        // together as row blocks of their weights that the compute threads take as they go
+        // (`DecodeExpertWork`): both cores stream until all of them are done, one pass over each
+        // weight. Experts with more tokens than one skinny pass takes run one by one on the sgemm
+        // path (`ExpertFFN.run`). Sums are then added in ascending expert order either way.
+        var small: [Int] = [], smallWeights: [ExpertWeights] = [], smallOffsets: [Int] = [], smallTokens: [Int] = []
+        var smallRows = 0, ffnRows = 0
         for e in 0..<expertCount where scratch.counts[e + 1] > scratch.counts[e] {
-            active.append(e)
-            largest = max(largest, scratch.counts[e + 1] - scratch.counts[e])
+            let n = scratch.counts[e + 1] - scratch.counts[e]
+            guard let expert = experts(e) else { throw MissingExpert(expert: e) }
+            guard n <= ExpertFFN.skinnyPassRows else { continue }
+            small.append(e)
+            smallWeights.append(expert)
+            smallOffsets.append(smallRows)
+            smallTokens.append(n)
+            smallRows += n
+            ffnRows += n * expert.ffn
         }
-        if largest <= ExpertFFN.skinnyRows {
-            var weights: [ExpertWeights] = []
-            weights.reserveCapacity(active.count)
-            for e in active {
-                guard let expert = experts(e) else { throw MissingExpert(expert: e) }
-                weights.append(expert)
-            }
-            let gathered = scratch.input.reserve(used * hidden)
-            for i in 0..<used { (gathered + i * hidden).update(from: input + (scratch.slots[i] / k) * hidden, count: hidden) }
-            let ffnRows = zip(active, weights).reduce(0) { $0 + (scratch.counts[$1.0 + 1] - scratch.counts[$1.0]) * $1.1.ffn }
-            let results = scratch.output.reserve(used * hidden)
-            scratch.decodeWork.run(experts: weights, offsets: active.map { scratch.counts[$0] },
-                                   tokens: active.map { scratch.counts[$0 + 1] - scratch.counts[$0] }, activation: activation, hidden: hidden,
-                                   gathered: gathered, gateUp: scratch.gateUp.reserve(2 * ffnRows), activated: scratch.activated.reserve(ffnRows),
-                                   results: results, threads: BLAS.threads)
-            for e in active {
-                for i in scratch.counts[e]..<scratch.counts[e + 1] {
-                    let slot = scratch.slots[i]
-                    eaas_axpy(routing.weights[slot], results + i * hidden, output + (slot / k) * hidden, hidden)
+        let smallResults = scratch.output.reserve(max(1, smallRows) * hidden)
+        if !small.isEmpty {
+            let gathered = scratch.input.reserve(smallRows * hidden)
+            for (i, e) in small.enumerated() {
+                for j in 0..<smallTokens[i] {
+                    let token = scratch.slots[scratch.counts[e] + j] / k
+                    (gathered + (smallOffsets[i] + j) * hidden).update(from: input + token * hidden, count: hidden)
                 }
             }
-            return
+            scratch.decodeWork.run(experts: smallWeights, offsets: smallOffsets, tokens: smallTokens, activation: activation, hidden: hidden,
+                                   gathered: gathered, gateUp: scratch.gateUp.reserve(2 * ffnRows), activated: scratch.activated.reserve(ffnRows),
+                                   results: smallResults, threads: BLAS.threads)
         }
-
+        var nextSmall = 0
         for e in 0..<expertCount {
             let begin = scratch.counts[e], end = scratch.counts[e + 1]
             guard end > begin else { continue }
-            guard let weights = experts(e) else { throw MissingExpert(expert: e) }
             let n = end - begin
-            let gathered = scratch.input.reserve(n * hidden)
-            for i in 0..<n {
-                let token = scratch.slots[begin + i] / k
-                (gathered + i * hidden).update(from: input + token * hidden, count: hidden)
+            let results: UnsafeMutablePointer<Float>
+            if nextSmall < small.count, small[nextSmall] == e {
+                results = smallResults + smallOffsets[nextSmall] * hidden
+                nextSmall += 1
+            } else {
+                let gathered = scratch.largeInput.reserve(n * hidden)
+                for i in 0..<n {
+                    let token = scratch.slots[begin + i] / k
+                    (gathered + i * hidden).update(from: input + token * hidden, count: hidden)
+                }
+                results = scratch.largeOutput.reserve(n * hidden)
+                ExpertFFN.run(experts(e)!, activation: activation, tokens: n, input: gathered, output: results, scratch: scratch)
             }
-            let results = scratch.output.reserve(n * hidden)
-            ExpertFFN.run(weights, activation: activation, tokens: n, input: gathered, output: results, scratch: scratch)
             for i in 0..<n {
                 let slot = scratch.slots[begin + i]
                 eaas_axpy(routing.weights[slot], results + i * hidden, output + (slot / k) * hidden, hidden)

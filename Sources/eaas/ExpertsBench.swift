@@ -191,6 +191,11 @@ final class ExpertsBench {
             }
         }
         func reference() {
+            // OpenBLAS on its own, multi-threaded as a user would call it (our kernels keep it on one
+            // thread and split the work themselves).
+            BLAS.withLibraryThreads(BLAS.threads) { referenceBody() }
+        }
+        func referenceBody() {
             refGateUp.withUnsafeMutableBufferPointer { gu in
                 refOutput.withUnsafeMutableBufferPointer { y in
                     refInput.withUnsafeBufferPointer { x in

@@ -113,14 +113,22 @@ struct ExpertFFNTests {
         }
     }
 
-    @Test("Grouped experts equal running each token's experts one by one, summed in ascending expert order")
-    func groupedCombine() throws {
-        let hidden = 16, ffn = 24, experts = 5, k = 2, tokens = 9
+    /// Shapes: small groups only (every expert on the decode path); one expert past the skinny pass
+    /// (`skinnyPassRows`) beside small ones, so a layer mixes both paths; odd widths for the kernel tails.
+    @Test("Grouped experts equal running each token's experts one by one, summed in ascending expert order, whether an expert's group is small (decode work items) or large (sgemm) or both in one layer",
+          arguments: [(tokens: 9, hidden: 16, ffn: 24, skewed: false), (tokens: ExpertFFN.skinnyPassRows + 13, hidden: 130, ffn: 75, skewed: true),
+                      (tokens: 3 * ExpertFFN.skinnyPassRows + 1, hidden: 33, ffn: 19, skewed: false)])
+    func groupedCombine(shape: (tokens: Int, hidden: Int, ffn: Int, skewed: Bool)) throws {
+        let hidden = shape.hidden, ffn = shape.ffn, experts = 5, k = 2, tokens = shape.tokens
         let bank = (0..<experts).map { Self.expert(hidden: hidden, ffn: ffn, dtype: .bf16, seed: UInt64(100 + $0)) }
         var random = TestRandom(seed: 4)
         let x = random.floats(tokens * hidden)
-        // Token t uses experts (t, t+2) mod 5 in descending order of preference, to check the sum order is by id.
-        let ids = (0..<tokens).flatMap { [Int32(($0 + 2) % experts), Int32($0 % experts)] }
+        // Token t uses experts (t, t+2) mod 5 in descending order of preference, to check the sum order is by id;
+        // skewed, every token also uses expert 4, whose group then outgrows the skinny pass while the others stay small.
+        var ids: [Int32] = []
+        for t in 0..<tokens {
+            ids += shape.skewed ? [4, Int32(t % 4)] : [Int32((t + 2) % experts), Int32(t % experts)]
+        }
         let weights = (0..<(tokens * k)).map { Float($0 % 7 + 1) / 10 }
         let routing = Routing(tokens: tokens, topK: k, ids: ids, weights: weights)
         var out = [Float](repeating: 0, count: tokens * hidden)
@@ -131,7 +139,7 @@ struct ExpertFFNTests {
         let scratch = ExpertScratch()
         for t in 0..<tokens {
             var expected = [Float](repeating: 0, count: hidden)
-            let picks = (0..<k).map { (Int(ids[t * k + $0]), weights[t * k + $0]) }.sorted { $0.0 < $1.0 }
+            let picks: [(Int, Float)] = (0..<k).map { (Int(ids[t * k + $0]), weights[t * k + $0]) }.sorted { $0.0 < $1.0 }
             for (e, w) in picks {
                 var y = [Float](repeating: 0, count: hidden)
                 Array(x[(t * hidden)..<((t + 1) * hidden)]).withUnsafeBufferPointer {
@@ -139,7 +147,7 @@ struct ExpertFFNTests {
                 }
                 for h in 0..<hidden { expected[h] = expected[h] + w * y[h] }
             }
-            #expect(maxAbsDifference(Array(out[(t * hidden)..<((t + 1) * hidden)]), expected) < 1e-6)
+            #expect(maxAbsDifference(Array(out[(t * hidden)..<((t + 1) * hidden)]), expected) < 1e-5, "token \(t) of \(tokens)")
         }
     }
 
