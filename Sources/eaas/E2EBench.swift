@@ -35,6 +35,9 @@ struct E2EBenchCommand: ParsableCommand {
     @Option(help: "Batch sizes (sequences decoding together), comma-separated; the JSON summary uses the largest.") var batchSizes: String = "1,8,32"
     @Option(help: "Prompt tokens per sequence.") var promptTokens: Int = 16
     @Option(help: "Decode steps measured per sequence (after its first token).") var decodeTokens: Int = 32
+    @Option(help: "Prompt tokens per sequence of the prefill runs.") var prefillTokens: Int = 512
+    @Option(help: "Batch sizes of the prefill runs, comma-separated ('none': no prefill runs).") var prefillBatchSizes: String = "1,8"
+    @Option(help: "Most prompt tokens one prefill step takes, ours and vLLM's (its max_num_batched_tokens; 4096 is its CPU default).") var prefillBatchTokens: Int = 4096
     @Option(help: "Expert pods for the remote runs (each hosts every expert).") var pods: Int = 2
     @Option(help: "Hidden-state dtype on the wire (f32, bf16, f16).") var wireDtype: String = "bf16"
     @Option(help: "Sequences kept generating in the failure run (default: the largest batch size).") var failureBatch: Int?
@@ -47,6 +50,11 @@ struct E2EBenchCommand: ParsableCommand {
 
     func validate() throws {
         guard try !sizes().isEmpty else { throw ValidationError("--batch-sizes is empty") }
+        let prefill = try prefillSizes()
+        guard prefillTokens >= 1 else { throw ValidationError("--prefill-tokens must be at least 1") }
+        if let largest = prefill.max(), prefillBatchTokens < largest {
+            throw ValidationError("--prefill-batch-tokens (\(prefillBatchTokens)) must be at least the largest prefill batch (\(largest))")
+        }
         guard hidden >= 1, expertFfn >= 1, experts >= 1, layers >= 1, heads >= 1, kvHeads >= 1, vocab >= 2 else {
             throw ValidationError("model sizes must be at least 1")
         }
@@ -60,9 +68,15 @@ struct E2EBenchCommand: ParsableCommand {
         guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
     }
 
-    func sizes() throws -> [Int] {
-        try batchSizes.split(separator: ",").map {
-            guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n >= 1 else { throw ValidationError("--batch-sizes '\(batchSizes)' is not a list of positive integers") }
+    func sizes() throws -> [Int] { try Self.positiveList(batchSizes, option: "--batch-sizes") }
+
+    func prefillSizes() throws -> [Int] {
+        prefillBatchSizes.trimmingCharacters(in: .whitespaces) == "none" ? [] : try Self.positiveList(prefillBatchSizes, option: "--prefill-batch-sizes")
+    }
+
+    static func positiveList(_ text: String, option: String) throws -> [Int] {
+        try text.split(separator: ",").map {
+            guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n >= 1 else { throw ValidationError("\(option) '\(text)' is not a list of positive integers") }
             return n
         }
     }
@@ -161,6 +175,30 @@ struct E2EBenchCommand: ParsableCommand {
                               + [String(format: "%.1f", touchedPerStep), String(format: "%.1f", roofline), String(format: "%.2f", rates[0] / roofline)])
         }
 
+        let prefillSizes = try prefillSizes()
+        var prefillRows: [[String: Any]] = []
+        if !prefillSizes.isEmpty {
+            // Its own monolithic engine: prompt chunks of up to --prefill-batch-tokens, as vLLM's.
+            var configuration = GenerationEngine.Configuration()
+            configuration.maxRunning = prefillSizes.max()!
+            configuration.maxBatchTokens = prefillBatchTokens
+            let engine = try GenerationEngine(modelDirectory: directory, experts: .local, configuration: configuration)
+            engine.start()
+            defer { engine.shutdown(drain: false) }
+            log("prefill: warming up (\(prefillTokens)-token prompts, steps of up to \(prefillBatchTokens) tokens)")
+            _ = try PrefillRun.measure(engine, batch: prefillSizes.max()!, promptTokens: prefillTokens, vocab: config.vocabSize, seed: 5)
+            for batch in prefillSizes {
+                var outcomes: [PrefillRun.Outcome] = []
+                for round in 0..<repeats {
+                    outcomes.append(try PrefillRun.measure(engine, batch: batch, promptTokens: prefillTokens, vocab: config.vocabSize, seed: UInt64(batch)))
+                    log(String(format: "prefill batch %d round %d: %.1f tok/s, %.0f ms", batch, round + 1, outcomes.last!.tokensPerSecond, outcomes.last!.seconds * 1e3))
+                }
+                let median = outcomes.sorted { $0.seconds < $1.seconds }[outcomes.count / 2]
+                prefillRows.append(["batch": batch, "prompt_tokens": prefillTokens, "monolithic_prefill_tok_s": median.tokensPerSecond,
+                                    "ttft_ms": median.seconds * 1e3])
+            }
+        }
+
         log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
         func requestsServed() -> [Double] {
             endpoints.map { (try? PodBenchCommand.httpGet("http://\($0.metrics)/metrics")).map { PodBenchCommand.metric($0, "eaas_requests_total") } ?? 0 }
@@ -183,8 +221,15 @@ struct E2EBenchCommand: ParsableCommand {
         }
         for (key, dtype) in vllmRuns {
             log("vLLM (\(dtype)): \(vllm!)")
-            let vllmRows = try VLLMRun.measure(python: vllm!, model: directory, sizes: sizes, promptTokens: promptTokens, decodeTokens: decodeTokens, dtype: dtype)
-            for (index, row) in vllmRows.enumerated() {
+            let measured = try VLLMRun.measure(python: vllm!, model: directory, sizes: sizes, promptTokens: promptTokens, decodeTokens: decodeTokens,
+                                               prefill: (sizes: prefillSizes, promptTokens: prefillTokens, batchTokens: prefillBatchTokens), dtype: dtype)
+            for (index, row) in measured.prefill.enumerated() where index < prefillRows.count {
+                guard let rate = row["vllm_prefill_tok_s"] as? Double, let seconds = row["vllm_prefill_seconds"] as? Double else { continue }
+                prefillRows[index]["vllm_\(key)_prefill_tok_s"] = rate
+                prefillRows[index]["vllm_\(key)_ttft_ms"] = seconds * 1e3
+                prefillRows[index]["monolithic_over_vllm_\(key)_prefill"] = (prefillRows[index]["monolithic_prefill_tok_s"] as! Double) / rate
+            }
+            for (index, row) in measured.decode.enumerated() {
                 guard let rate = row["vllm_tok_s"] as? Double else { continue }
                 let mono = rows[index]["monolithic_tok_s"] as! Double
                 rows[index]["vllm_\(key)_tok_s"] = rate
@@ -208,7 +253,7 @@ struct E2EBenchCommand: ParsableCommand {
             "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
             "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
             "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
-            "threads": limits.threads,
+            "threads": limits.threads, "prefill": prefillRows, "prefill_batch_tokens": prefillBatchTokens,
         ]
         if json {
             print(try report.json())
@@ -226,6 +271,21 @@ struct E2EBenchCommand: ParsableCommand {
                                        + [String(format: "%.1f", row["roofline_tok_s"] as! Double)])
             }
             print("\n" + comparison.render())
+        }
+        if !prefillRows.isEmpty {
+            let keys = vllmRuns.map(\.key)
+            var prefill = TextTable(columns: ["prefill batch", "prompt tokens", "monolithic tok/s", "TTFT ms"]
+                                    + keys.flatMap { ["vLLM \($0) tok/s", "vLLM \($0) TTFT ms", "mono/vLLM \($0)"] })
+            for row in prefillRows {
+                prefill.rows.append(["\(row["batch"]!)", "\(row["prompt_tokens"]!)", String(format: "%.1f", row["monolithic_prefill_tok_s"] as! Double),
+                                     String(format: "%.1f", row["ttft_ms"] as! Double)]
+                                    + keys.flatMap { key -> [String] in
+                                        guard let rate = row["vllm_\(key)_prefill_tok_s"] as? Double, let ttft = row["vllm_\(key)_ttft_ms"] as? Double else { return ["-", "-", "-"] }
+                                        return [String(format: "%.1f", rate), String(format: "%.1f", ttft),
+                                                String(format: "%.2f", (row["monolithic_prefill_tok_s"] as! Double) / rate)]
+                                    })
+            }
+            print("\n" + prefill.render())
         }
         print(String(format: "\nthis machine: memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))

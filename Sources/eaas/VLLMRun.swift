@@ -4,7 +4,8 @@ import MoE
 
 /// vLLM on the same checkpoint and prompts, for `eaas bench e2e --vllm PYTHON`: decode tokens/s
 /// per batch size, measured as (batch × decode tokens) / (time of a full generation − time of a
-/// prefill-only generation), both greedy with end-of-sequence ignored, weights in the dtype asked
+/// prefill-only generation), both greedy with end-of-sequence ignored; then prefill of long prompts
+/// (one token each, timed to the last first token), weights in the dtype asked
 /// for (vLLM's names: bfloat16, float16, float32).
 enum VLLMRun {
     static let script = #"""
@@ -21,8 +22,12 @@ def main():
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     sizes = request["sizes"]
-    llm = LLM(model=request["model"], dtype=request["dtype"], skip_tokenizer_init=True, max_num_seqs=max(sizes),
-              max_model_len=request["prompt_tokens"] + request["decode_tokens"] + 8, seed=0)
+    long = request["prefill"]
+    llm = LLM(model=request["model"], dtype=request["dtype"], skip_tokenizer_init=True, max_num_seqs=max(sizes + long["sizes"]),
+              max_model_len=max(request["prompt_tokens"] + request["decode_tokens"], long["prompt_tokens"] + 1) + 8,
+              max_num_batched_tokens=max(long["batch_tokens"], request["prompt_tokens"] * max(sizes)),
+              # Every run computes its prompts, as ours does: a repeated prompt would otherwise come from the prefix cache.
+              enable_prefix_caching=False, seed=0)
 
     def run(prompts, tokens):
         params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True, detokenize=False)
@@ -39,19 +44,34 @@ def main():
         total = run(prompts, request["decode_tokens"] + 1)
         results.append({"batch": batch, "vllm_tok_s": batch * request["decode_tokens"] / max(total - prefill, 1e-9),
                         "vllm_prefill_seconds": prefill, "vllm_total_seconds": total})
-    print("EAAS-RESULT " + json.dumps(results), flush=True)
+    # Long prompts, one token each: submission to the last first token (median of three, after a warm-up).
+    prefills = []
+    if long["sizes"]:
+        run(long["prompts"][str(max(long["sizes"]))], 1)
+    for batch in long["sizes"]:
+        prompts = long["prompts"][str(batch)]
+        seconds = sorted(run(prompts, 1) for _ in range(3))[1]
+        prefills.append({"batch": batch, "vllm_prefill_tok_s": batch * long["prompt_tokens"] / seconds, "vllm_prefill_seconds": seconds})
+    print("EAAS-RESULT " + json.dumps({"decode": results, "prefill": prefills}), flush=True)
 
 if __name__ == "__main__":
     main()
 """#
 
-    static func measure(python: String, model: String, sizes: [Int], promptTokens: Int, decodeTokens: Int, dtype: String) throws -> [[String: Any]] {
+    /// Decode rows per batch size (`vllm_tok_s`) and prefill rows per prefill batch size
+    /// (`vllm_prefill_tok_s`, `vllm_prefill_seconds`), on the prompts our runs use (same seeds).
+    static func measure(python: String, model: String, sizes: [Int], promptTokens: Int, decodeTokens: Int,
+                        prefill: (sizes: [Int], promptTokens: Int, batchTokens: Int), dtype: String) throws -> (decode: [[String: Any]], prefill: [[String: Any]]) {
         let vocab = try ModelConfig.load(directory: model).vocabSize
-        var prompts: [String: [[Int]]] = [:]
+        var prompts: [String: [[Int]]] = [:], longPrompts: [String: [[Int]]] = [:]
         for batch in Set(sizes) {
             prompts["\(batch)"] = DecodeRun.prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: UInt64(batch))
         }
-        let request: [String: Any] = ["model": model, "dtype": dtype, "sizes": sizes, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "prompts": prompts]
+        for batch in Set(prefill.sizes) {
+            longPrompts["\(batch)"] = DecodeRun.prompts(batch: batch, promptTokens: prefill.promptTokens, vocab: vocab, seed: UInt64(batch))
+        }
+        let request: [String: Any] = ["model": model, "dtype": dtype, "sizes": sizes, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "prompts": prompts,
+                                      "prefill": ["sizes": prefill.sizes, "prompt_tokens": prefill.promptTokens, "batch_tokens": prefill.batchTokens, "prompts": longPrompts]]
         let scriptPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).py", requestPath = NSTemporaryDirectory() + "eaas-bench-vllm-\(getpid()).json"
         try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
         try JSONSerialization.data(withJSONObject: request).write(to: URL(fileURLWithPath: requestPath))
@@ -69,10 +89,11 @@ if __name__ == "__main__":
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let status = process.waitUntilExit()
         guard let line = text.split(separator: "\n").last(where: { $0.hasPrefix("EAAS-RESULT ") }),
-              let rows = try JSONSerialization.jsonObject(with: Data(line.dropFirst(12).utf8)) as? [[String: Any]] else {
+              let result = try JSONSerialization.jsonObject(with: Data(line.dropFirst(12).utf8)) as? [String: Any],
+              let decode = result["decode"] as? [[String: Any]], let prefillRows = result["prefill"] as? [[String: Any]] else {
             throw CommandFailure("vLLM run failed (exit \(status)): \(errorText.tail)")
         }
-        return rows
+        return (decode, prefillRows)
     }
 
     final class ErrorText: @unchecked Sendable {

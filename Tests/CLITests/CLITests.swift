@@ -103,6 +103,8 @@ struct CLITests {
         (["worker", "--model", "/tmp/x", "--experts", "both"], "--experts 'both' is not local or remote"),
         (["bench", "e2e", "--batch-sizes", "1,x"], "--batch-sizes '1,x'"),
         (["bench", "e2e", "--pods", "1"], "--pods must be at least 2"),
+        (["bench", "e2e", "--prefill-batch-sizes", "1,0"], "--prefill-batch-sizes '1,0'"),
+        (["bench", "e2e", "--prefill-batch-sizes", "8", "--prefill-batch-tokens", "4"], "--prefill-batch-tokens (4) must be at least the largest prefill batch (8)"),
     ])
     func refusesBadArguments(arguments: [String], fragment: String) throws {
         let result = try Self.run(arguments)
@@ -132,6 +134,7 @@ struct CLITests {
         defer { try? FileManager.default.removeItem(atPath: cache) }
         let result = try Self.run(["bench", "e2e", "--hidden", "64", "--expert-ffn", "32", "--experts", "8", "--top-k", "2", "--layers", "2",
                                    "--heads", "4", "--kv-heads", "2", "--vocab", "256", "--batch-sizes", "1,4", "--decode-tokens", "4",
+                                   "--prefill-tokens", "40", "--prefill-batch-sizes", "1,3", "--prefill-batch-tokens", "64",
                                    "--failure-seconds", "2", "--cache-dir", cache, "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
@@ -151,6 +154,17 @@ struct CLITests {
             #expect((row["roofline_tok_s"] as? Double ?? 0) > 0)
             let fraction = row["roofline_fraction"] as? Double ?? -1
             #expect(fraction > 0 && fraction < 1.5, "roofline fraction \(fraction)")
+        }
+        // Prefill rows: 40-token prompts at batch 1 and 3 (the second in two steps of at most 64 tokens).
+        let prefill = document?["prefill"] as? [[String: Any]] ?? []
+        #expect(prefill.map { $0["batch"] as? Int } == [1, 3])
+        for row in prefill {
+            #expect(row["prompt_tokens"] as? Int == 40)
+            let rate = row["monolithic_prefill_tok_s"] as? Double ?? 0, ttft = row["ttft_ms"] as? Double ?? 0
+            #expect(rate > 0 && ttft > 0)
+            // tokens/s and the time to the last first token describe the same run.
+            let tokens = Double(40 * (row["batch"] as? Int ?? 0))
+            #expect(abs(rate * ttft / 1e3 - tokens) < 1e-6 * tokens)
         }
     }
 

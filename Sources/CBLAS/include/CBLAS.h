@@ -41,6 +41,17 @@ void eaas_skinny_gemm(int w_type, const void *w, size_t ldw, const float *x, siz
 void eaas_skinny_gemm_portable(int w_type, const void *w, size_t ldw, const float *x, size_t ldx, float *y, size_t ldy,
                                int rows, size_t n_begin, size_t n_end, size_t k);
 
+/// Large-batch (prefill) GEMM on bf16 weights and bf16 activations (raw bits) with `vdpbf16ps`:
+/// `y[m * ldy + n] (=|+=) sum_k x[m * ldx + k] * w[n * ldw + k]` for `m < rows`, `n` in
+/// `[begin, end)`; `accumulate` != 0 adds into `y`, else overwrites. Products and sums in f32: each
+/// output runs 16 lanes of bf16 pairs in ascending k (tail zero-filled) and a fixed reduction of the
+/// lanes, so its value does not depend on how rows or `[begin, end)` are split (bf16dot_avx512.c).
+/// Any `k` and `rows`; without avx512_bf16 a portable body does the same sums (slowly).
+void eaas_bf16dot_gemm(const uint16_t *w, size_t ldw, const uint16_t *x, size_t ldx, float *y, size_t ldy,
+                       size_t rows, size_t begin, size_t end, size_t k, int accumulate);
+/// 1 when this CPU runs `vdpbf16ps` (avx512_bf16), else 0: then `eaas_bf16dot_gemm` is the portable body.
+int eaas_bf16dot_available(void);
+
 /// Probes for the benchmarks' roofline (roofline.c). `eaas_probe_read` streams `bytes` of
 /// `buffer` (64-byte aligned, a multiple of 256 bytes) with the widest loads the CPU has and
 /// returns a value that depends on every byte. `eaas_probe_fma` runs `iterations` rounds of 12
