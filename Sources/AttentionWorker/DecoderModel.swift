@@ -9,7 +9,7 @@ final class DecoderModel {
     let placement: RoutedExpertPlacement
     private let attention: Attention
     private let attentionScratch = AttentionScratch()
-    private let expertScratch = ExpertScratch()
+    let expertScratch = ExpertScratch()
 
     init(weights: DecoderWeights, placement: RoutedExpertPlacement) {
         config = weights.config

@@ -140,8 +140,17 @@ TARGET static int gemm_avx512(const uint16_t *w, size_t ldw, const uint16_t *x, 
                               size_t rows, size_t begin, size_t end, size_t k, int accumulate) {
     const size_t kp = (k + 31) & ~(size_t)31;
     const size_t mc_max = rows < BF16_MC ? rows : BF16_MC;
-    uint16_t *xp = malloc(mc_max * kp * sizeof(uint16_t) + 64);
-    if (!xp) return 0;
+    // A buffer per thread, grown on demand and kept: steady-state calls allocate nothing.
+    static __thread uint16_t *xp_buffer;
+    static __thread size_t xp_capacity;
+    if (xp_capacity < mc_max * kp) {
+        uint16_t *grown = malloc(mc_max * kp * sizeof(uint16_t) + 64);
+        if (!grown) return 0;
+        free(xp_buffer);
+        xp_buffer = grown;
+        xp_capacity = mc_max * kp;
+    }
+    uint16_t *xp = xp_buffer;
     for (size_t m0 = 0; m0 < rows; m0 += BF16_MC) {
         const size_t mc = rows - m0 < BF16_MC ? rows - m0 : BF16_MC;
         for (size_t g0 = 0; g0 < mc; g0 += 6)
@@ -151,7 +160,6 @@ TARGET static int gemm_avx512(const uint16_t *w, size_t ldw, const uint16_t *x, 
         for (; n + 4 <= end; n += 4) column4(w + n * ldw, ldw, xp, kp, yc + n, ldy, mc, k, accumulate);
         if (n < end) column_tail((int)(end - n), w + n * ldw, ldw, xp, kp, yc + n, ldy, mc, k, accumulate);
     }
-    free(xp);
     return 1;
 }
 #endif
@@ -190,9 +198,15 @@ static float dot_portable(const uint16_t *w, const uint16_t *x, size_t k) {
 
 int eaas_bf16dot_available(void) {
 #if defined(__x86_64__) && defined(__clang__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    static int known = -1;  // every thread that races here computes the same answer
+    int answer = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (answer < 0) {
+        __builtin_cpu_init();
+        answer = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+        __atomic_store_n(&known, answer, __ATOMIC_RELAXED);
+    }
+    return answer;
 #else
     return 0;
 #endif

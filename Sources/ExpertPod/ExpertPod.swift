@@ -39,7 +39,7 @@ public final class ExpertPod: @unchecked Sendable {
                                             })
         service = ExpertPodService(server: dataPlane, status: status, gracePeriod: configuration.gracePeriod, logger: logger)
         logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)",
-                                               "model_digest": "\(shard.digest)"])
+                                               "model_digest": "\(shard.digest)", "matmul": "\(MatmulPrecision.process.summary)"])
     }
 
     /// The HTTP routes, describing the shard and the transports offered.

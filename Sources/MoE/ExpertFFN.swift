@@ -13,21 +13,36 @@ public final class ExpertScratch {
     let largeOutput = FloatBuffer()
     let block = FloatBuffer()
     let logits = FloatBuffer()
+    /// Activations rounded to bf16 for the `bf16` precision's GEMMs.
+    let narrowed = ScratchBuffer<UInt16>()
     var counts: [Int] = []
     var slots: [Int] = []
     /// The decode path's work items (made on first use).
     lazy var decodeWork = DecodeExpertWork()
+    /// How GEMMs of more than `skinnyPassRows` rows on bf16 weights multiply.
+    public var matmul: MatmulPrecision
+    /// Fewest rows a GEMM takes the bf16 dot products at (tests lower it to reach every product).
+    var bf16DotMinimumRows = ExpertFFN.skinnyPassRows + 1
 
-    public init() {}
+    public init(matmul: MatmulPrecision = .process) {
+        self.matmul = matmul
+    }
+
+    /// Whether `tokens` rows times `weight` take the bf16 dot products.
+    func usesBF16Dot(_ weight: WeightMatrix, tokens: Int) -> Bool {
+        weight.dtype == .bf16 && tokens >= bf16DotMinimumRows && matmul.effective == .bf16
+    }
 }
 
-/// A growable, uninitialised f32 buffer.
-final class FloatBuffer {
-    private(set) var pointer = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+typealias FloatBuffer = ScratchBuffer<Float>
+
+/// A growable, uninitialised buffer.
+final class ScratchBuffer<Element> {
+    private(set) var pointer = UnsafeMutablePointer<Element>.allocate(capacity: 1)
     private(set) var capacity = 1
 
-    /// A pointer to at least `count` floats (contents not preserved when it grows).
-    func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+    /// A pointer to at least `count` elements (contents not preserved when it grows).
+    func reserve(_ count: Int) -> UnsafeMutablePointer<Element> {
         if count > capacity {
             pointer.deallocate()
             capacity = max(count, capacity * 2)
@@ -41,7 +56,8 @@ final class FloatBuffer {
 
 /// The expert FFN on BLAS: `y = down(act(gate(x)) * up(x))` for a group of tokens routed to one expert.
 ///
-/// Weights stay in their checkpoint dtype (in the mapped file). Two paths, by group size:
+/// Weights stay in their checkpoint dtype (in the mapped file). Three paths, by group size and
+/// `MatmulPrecision`:
 /// - up to `skinnyPassRows` tokens (decode): a skinny GEMM kernel reads each weight row once, widening
 ///   bf16/f16 in registers, split across the compute threads by output rows. The step is bound by
 ///   memory bandwidth, so 16-bit weights move half the bytes of f32.
@@ -49,6 +65,10 @@ final class FloatBuffer {
 ///   widened tile by tile (`tileRows` × `tileCols`, by all compute threads) into a scratch buffer that
 ///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
 ///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
+/// - more tokens on bf16 weights under `MatmulPrecision.bf16` (the default where the CPU has
+///   avx512_bf16): the activations are rounded to bf16 once and multiplied with `vdpbf16ps` straight
+///   from the checkpoint (`eaas_bf16dot_gemm`), bands of weight rows per thread: twice the FMA
+///   rate, and no widened copy of the weights.
 public enum ExpertFFN {
     /// Most activation rows one skinny pass takes; larger groups take widened tiles and sgemm.
     /// Measured on this 2-core Zen (AVX-512, `eaas bench experts`): at 16 and 32 tokens an expert
@@ -105,6 +125,15 @@ public enum ExpertFFN {
         _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
         into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch, threads: Int = BLAS.threads
     ) {
+        if scratch.usesBF16Dot(weight, tokens: tokens) {
+            // The activations rounded to bf16 once, then bands of weight rows per thread straight
+            // from the checkpoint (`MatmulPrecision.bf16`).
+            let cols = weight.cols, narrowed = scratch.narrowed.reserve(tokens * cols)
+            for t in 0..<tokens { eaas_narrow_bf16(a + t * lda, narrowed + t * cols, cols) }
+            let job = BF16DotJob(w: weight.base.assumingMemoryBound(to: UInt16.self), cols: cols, x: narrowed, y: c, ldc: ldc, rows: tokens)
+            parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+            return
+        }
         if tokens <= skinnyPassRows {
             skinny(a, lda: lda, tokens: tokens, by: weight, into: c, ldc: ldc, threads: threads)
             return
@@ -197,6 +226,21 @@ struct SkinnyJob: @unchecked Sendable {
 
     func run(_ begin: Int, _ end: Int) {
         eaas_skinny_gemm(type, w, cols, x, lda, y, ldc, rows, begin, end, cols)
+    }
+}
+
+/// One bf16 dot-product GEMM, `C[rows, n] = X[rows, cols] · W[n, cols]ᵀ`; `run` computes the
+/// outputs `n` in `[begin, end)`.
+private struct BF16DotJob: @unchecked Sendable {
+    let w: UnsafePointer<UInt16>
+    let cols: Int
+    let x: UnsafePointer<UInt16>
+    let y: UnsafeMutablePointer<Float>
+    let ldc: Int
+    let rows: Int
+
+    func run(_ begin: Int, _ end: Int) {
+        eaas_bf16dot_gemm(w, cols, x, cols, y, ldc, rows, begin, end, cols, 0)
     }
 }
 

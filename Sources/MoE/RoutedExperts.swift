@@ -60,7 +60,7 @@ public enum RoutedExperts {
         for e in 0..<expertCount where scratch.counts[e + 1] > scratch.counts[e] {
             let n = scratch.counts[e + 1] - scratch.counts[e]
             guard let expert = experts(e) else { throw MissingExpert(expert: e) }
-            guard n <= ExpertFFN.skinnyPassRows else { continue }
+            guard n <= ExpertFFN.skinnyPassRows, !scratch.usesBF16Dot(expert.gate, tokens: n) else { continue }
             small.append(e)
             smallWeights.append(expert)
             smallOffsets.append(smallRows)

@@ -254,6 +254,7 @@ struct E2EBenchCommand: ParsableCommand {
             "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
             "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
             "threads": limits.threads, "prefill": prefillRows, "prefill_batch_tokens": prefillBatchTokens,
+            "matmul": MatmulPrecision.process.effective.rawValue,
         ]
         if json {
             print(try report.json())
@@ -289,6 +290,7 @@ struct E2EBenchCommand: ParsableCommand {
         }
         print(String(format: "\nthis machine: memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
+        print("matmul: \(MatmulPrecision.process.summary)")
         print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss %.2f%%, %d failed requests, %d failovers",
                      failureBatch ?? largest, failure.before, failure.after, failure.loss * 100, failure.failedRequests, failure.failovers))
         print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))

@@ -74,6 +74,7 @@ struct ExpertsBenchCommand: ParsableCommand {
         var report = BenchReport(bench: "experts")
         let limits = MachineLimits.measure(threads: BLAS.threads)
         report.summary["memory_read_gbps"] = limits.readGBps
+        report.summary["matmul"] = MatmulPrecision.process.effective.rawValue
         report.summary["f32_peak_gflops"] = limits.f32GFlops
         report.summary["bf16_peak_gflops"] = limits.bf16GFlops ?? 0
         var table = TextTable(columns: ["shape", "dtype", "tokens", "tok/expert", "ms/step", "GFLOP/s", "sgemm GFLOP/s", "ratio", "weight GB/s", "of read bw"])

@@ -259,6 +259,7 @@ struct WorkerCommand: AsyncParsableCommand {
             engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model, kubernetes: kubernetes),
                                           configuration: engineConfiguration())
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
+        logger.info("model loaded", metadata: ["model": "\(model)", "matmul": "\(MatmulPrecision.process.summary)"])
         let announced = ManagedFlag()
         let application = WorkerServer.application(engine: engine, host: host, port: port, limits: limits(), logger: logger) { channel in
             guard announced.setOnce() else { return }

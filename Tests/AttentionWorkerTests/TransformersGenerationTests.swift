@@ -1,5 +1,5 @@
 import Foundation
-import MoE
+@testable import MoE
 import Testing
 @testable import AttentionWorker
 
@@ -52,6 +52,38 @@ struct TransformersGenerationTests {
         let logits = try model.forward(batch, logitRows: Array(0..<sequence.count))
         let error = relativeError(logits[...], fixture.logits[...])
         #expect(error < 1e-4, "\(name): prefill logits differ by \(error)")
+    }
+
+    /// The bf16 fast path's stated tolerance for whole-model logits (relative to their scale).
+    static let bf16DotTolerance: Float = 1e-2
+
+    @Test("with bf16 dot products on every GEMM (MatmulPrecision.bf16, even one row), the bf16 checkpoint's logits stay within 1e-2 of transformers' and every argmax whose margin exceeds that is transformers'")
+    func bf16DotWithinTolerance() throws {
+        guard MatmulPrecision.cpuHasBF16Dot else {
+            print("bf16DotWithinTolerance skipped: this CPU has no avx512_bf16 (MatmulPrecision.bf16 runs exact here)")
+            return
+        }
+        let fixture = try GenerationFixture("qwen3-moe-bf16")
+        let model = DecoderModel(weights: try DecoderWeights(directory: fixture.directory, localExperts: true), placement: RoutedExpertPlacement())
+        model.expertScratch.matmul = .bf16
+        model.expertScratch.bf16DotMinimumRows = 1
+        let sequence = fixture.prompt + fixture.generated.dropLast()
+        let cache = model.makeCache(capacity: sequence.count)
+        var batch = StepBatch()
+        batch.append(cache, tokens: sequence.map { Int32($0) })
+        let logits = try model.forward(batch, logitRows: Array(0..<sequence.count))
+        let error = relativeError(logits[...], fixture.logits[...])
+        #expect(error < Self.bf16DotTolerance, "logits differ by \(error)")
+        #expect(error > 1e-6, "logits equal to f32's: the bf16 path did not run")
+        let vocab = logits.count / sequence.count
+        let scale = max(1, fixture.logits.map(abs).max()!)
+        for row in 0..<sequence.count {
+            let ours = logits[(row * vocab)..<((row + 1) * vocab)], theirs = fixture.logits[(row * vocab)..<((row + 1) * vocab)]
+            let ranked = theirs.indices.sorted { theirs[$0] > theirs[$1] }
+            guard theirs[ranked[0]] - theirs[ranked[1]] > 2 * Self.bf16DotTolerance * scale else { continue }
+            #expect(ours.indices.max { ours[$0] < ours[$1] } == ranked[0], "row \(row): argmax differs")
+        }
+        print("bf16DotWithinTolerance: logits within \(error) of transformers' (f32 reference on the bf16 weights)")
     }
 
     @Test("decoding token by token through the KV cache gives transformers' logits at every step", arguments: architectures)

@@ -65,11 +65,85 @@ struct ExpertFFNTests {
             let x = random.floats(tokens * hidden)
             var y = [Float](repeating: .nan, count: tokens * hidden)
             x.withUnsafeBufferPointer { input in
-                ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &y, scratch: ExpertScratch())
+                ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &y, scratch: ExpertScratch(matmul: .exact))
             }
             let expected = Self.reference(x: x, tokens: tokens, hidden: hidden, ffn: ffn, gate: gate, up: up, down: down)
             let error = maxAbsDifference(y, expected)
             #expect(error < 2e-4, "\(dtype) tokens \(tokens) adjacent \(adjacent): error \(error)")
+        }
+    }
+
+    @Test("bf16 dot products equal the double-precision sums of the same bf16 values within 1e-5 of Σ|x·w|, for any k, rows and outputs (tails), and a split of rows or outputs changes no bit")
+    func bf16DotKernel() {
+        var random = TestRandom(seed: 21)
+        for k in [1, 2, 31, 32, 33, 70, 200] {
+            let n = 45, ldw = k + 3, ldx = k + 5, ldy = n + 2
+            let wValues = random.floats(n * ldw), xValues = random.floats(13 * ldx)
+            var w = [UInt16](repeating: 0, count: wValues.count), x = [UInt16](repeating: 0, count: xValues.count)
+            eaas_narrow_bf16(wValues, &w, w.count)
+            eaas_narrow_bf16(xValues, &x, x.count)
+            var wide = [Float](repeating: 0, count: w.count), xWide = [Float](repeating: 0, count: x.count)
+            eaas_widen_bf16(w, &wide, w.count)
+            eaas_widen_bf16(x, &xWide, x.count)
+            for rows in [1, 4, 7, 13] {
+                var whole = [Float](repeating: .nan, count: rows * ldy)
+                eaas_bf16dot_gemm(w, ldw, x, ldx, &whole, ldy, rows, 0, n, k, 0)
+                for m in 0..<rows {
+                    for j in 0..<n {
+                        var sum = 0.0, magnitude = 0.0
+                        for i in 0..<k {
+                            let product = Double(wide[j * ldw + i]) * Double(xWide[m * ldx + i])
+                            sum += product
+                            magnitude += abs(product)
+                        }
+                        #expect(abs(Double(whole[m * ldy + j]) - sum) <= 1e-5 * magnitude + 1e-30, "k \(k) rows \(rows) at (\(m), \(j))")
+                    }
+                }
+                // Outputs split at odd places, rows one at a time from the end, accumulated onto zeros.
+                var split = [Float](repeating: 0, count: rows * ldy)
+                split.withUnsafeMutableBufferPointer { y in
+                    x.withUnsafeBufferPointer { xs in
+                        for m in stride(from: rows - 1, through: 0, by: -1) {
+                            for (begin, end) in [(0, 3), (3, 44), (44, 45)] {
+                                eaas_bf16dot_gemm(w, ldw, xs.baseAddress! + m * ldx, ldx, y.baseAddress! + m * ldy, ldy, 1, begin, end, k, 1)
+                            }
+                        }
+                    }
+                }
+                for m in 0..<rows {
+                    #expect(whole[(m * ldy)..<(m * ldy + n)].map(\.bitPattern) == split[(m * ldy)..<(m * ldy + n)].map(\.bitPattern), "k \(k) rows \(rows): a split changed row \(m)")
+                }
+            }
+        }
+    }
+
+    @Test("Under MatmulPrecision.bf16 an expert stays within 1% of its output scale of the exact sums, at every group size and on odd widths (the activations' rounding to bf16 is the only change)",
+          arguments: [1, 5, 33, 97])
+    func bf16DotExpert(tokens: Int) {
+        let hidden = 130, ffn = 75
+        let (weights, gate, up, down) = Self.expert(hidden: hidden, ffn: ffn, dtype: .bf16, seed: 31)
+        var random = TestRandom(seed: 32)
+        let x = random.floats(tokens * hidden)
+        let scratch = ExpertScratch(matmul: .bf16)
+        scratch.bf16DotMinimumRows = 1
+        var y = [Float](repeating: .nan, count: tokens * hidden)
+        x.withUnsafeBufferPointer { input in
+            ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &y, scratch: scratch)
+        }
+        let expected = Self.reference(x: x, tokens: tokens, hidden: hidden, ffn: ffn, gate: gate, up: up, down: down)
+        let scale = expected.map(abs).max()!
+        let error = maxAbsDifference(y, expected)
+        #expect(error < 1e-2 * scale, "tokens \(tokens): error \(error) at scale \(scale)")
+        // It did round: the exact path is closer (unless this CPU lacks the bf16 dot products).
+        if MatmulPrecision.cpuHasBF16Dot {
+            var exact = [Float](repeating: .nan, count: tokens * hidden)
+            let exactScratch = ExpertScratch(matmul: .exact)
+            x.withUnsafeBufferPointer { input in
+                ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &exact, scratch: exactScratch)
+            }
+            #expect(maxAbsDifference(exact, expected) < error, "tokens \(tokens): the bf16 path did not run")
+        } else {
+            print("bf16DotExpert: this CPU has no avx512_bf16; MatmulPrecision.bf16 ran exact (skipped the rounding check)")
         }
     }
 
@@ -134,9 +208,9 @@ struct ExpertFFNTests {
         var out = [Float](repeating: 0, count: tokens * hidden)
         try x.withUnsafeBufferPointer { input in
             try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: experts,
-                                         activation: .silu, experts: { bank[$0].0 }, output: &out, scratch: ExpertScratch())
+                                         activation: .silu, experts: { bank[$0].0 }, output: &out, scratch: ExpertScratch(matmul: .exact))
         }
-        let scratch = ExpertScratch()
+        let scratch = ExpertScratch(matmul: .exact)
         for t in 0..<tokens {
             var expected = [Float](repeating: 0, count: hidden)
             let picks: [(Int, Float)] = (0..<k).map { (Int(ids[t * k + $0]), weights[t * k + $0]) }.sorted { $0.0 < $1.0 }
