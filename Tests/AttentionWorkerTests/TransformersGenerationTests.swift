@@ -44,14 +44,22 @@ struct TransformersGenerationTests {
     @Test("the whole model's logits over prompt and continuation match transformers within 1e-4", arguments: architectures)
     func logitsMatch(name: String) throws {
         let fixture = try GenerationFixture(name)
+        let logits = try Self.teacherForcedLogits(fixture, matmul: .exact)
+        let error = relativeError(logits[...], fixture.logits[...])
+        #expect(error < 1e-4, "\(name): prefill logits differ by \(error)")
+    }
+
+    /// The logits of every position of prompt + continuation in one forward; `minimumRows` lowers
+    /// where the bf16 dot products start (to reach every GEMM of a short fixture).
+    static func teacherForcedLogits(_ fixture: GenerationFixture, matmul: MatmulPrecision, minimumRows: Int? = nil) throws -> [Float] {
         let model = DecoderModel(weights: try DecoderWeights(directory: fixture.directory, localExperts: true), placement: RoutedExpertPlacement())
+        model.expertScratch.matmul = matmul
+        if let minimumRows { model.expertScratch.bf16DotMinimumRows = minimumRows }
         let sequence = fixture.prompt + fixture.generated.dropLast()
         let cache = model.makeCache(capacity: sequence.count)
         var batch = StepBatch()
         batch.append(cache, tokens: sequence.map { Int32($0) })
-        let logits = try model.forward(batch, logitRows: Array(0..<sequence.count))
-        let error = relativeError(logits[...], fixture.logits[...])
-        #expect(error < 1e-4, "\(name): prefill logits differ by \(error)")
+        return try model.forward(batch, logitRows: Array(0..<sequence.count))
     }
 
     /// The bf16 fast path's stated tolerance for whole-model logits (relative to their scale).
@@ -64,14 +72,8 @@ struct TransformersGenerationTests {
             return
         }
         let fixture = try GenerationFixture("qwen3-moe-bf16")
-        let model = DecoderModel(weights: try DecoderWeights(directory: fixture.directory, localExperts: true), placement: RoutedExpertPlacement())
-        model.expertScratch.matmul = .bf16
-        model.expertScratch.bf16DotMinimumRows = 1
+        let logits = try Self.teacherForcedLogits(fixture, matmul: .bf16, minimumRows: 1)
         let sequence = fixture.prompt + fixture.generated.dropLast()
-        let cache = model.makeCache(capacity: sequence.count)
-        var batch = StepBatch()
-        batch.append(cache, tokens: sequence.map { Int32($0) })
-        let logits = try model.forward(batch, logitRows: Array(0..<sequence.count))
         let error = relativeError(logits[...], fixture.logits[...])
         #expect(error < Self.bf16DotTolerance, "logits differ by \(error)")
         #expect(error > 1e-6, "logits equal to f32's: the bf16 path did not run")
