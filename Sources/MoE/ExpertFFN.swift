@@ -22,7 +22,7 @@ public final class ExpertScratch {
     /// How GEMMs of more than `skinnyPassRows` rows on bf16 weights multiply.
     public var matmul: MatmulPrecision
     /// Fewest rows a GEMM takes the bf16 dot products at (tests lower it to reach every product).
-    var bf16DotMinimumRows = ExpertFFN.skinnyPassRows + 1
+    var bf16DotMinimumRows = MatmulPrecision.bf16MinimumRows
 
     public init(matmul: MatmulPrecision = .process) {
         self.matmul = matmul
@@ -65,8 +65,9 @@ final class ScratchBuffer<Element> {
 ///   widened tile by tile (`tileRows` × `tileCols`, by all compute threads) into a scratch buffer that
 ///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
 ///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
-/// - more tokens on bf16 weights under `MatmulPrecision.bf16` (the default where the CPU has
-///   avx512_bf16): the activations are rounded to bf16 once and multiplied with `vdpbf16ps` straight
+/// - at least `MatmulPrecision.bf16MinimumRows` tokens on bf16 weights under `MatmulPrecision.bf16`
+///   (the default where the CPU has avx512_bf16), before either of the above: the activations are
+///   rounded to bf16 once and multiplied with `vdpbf16ps` straight
 ///   from the checkpoint (`eaas_bf16dot_gemm`), bands of weight rows per thread: twice the FMA
 ///   rate, and no widened copy of the weights.
 public enum ExpertFFN {
