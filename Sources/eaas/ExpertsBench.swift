@@ -111,7 +111,7 @@ struct ExpertsBenchCommand: ParsableCommand {
             print(try report.json())
         } else {
             print(table.render())
-            for (key, value) in report.summary.sorted(by: { $0.key < $1.key }) { print("\(key): \(String(format: "%.3f", value as! Double))") }
+            for (key, value) in report.summary.sorted(by: { $0.key < $1.key }) { print("\(key): \((value as? Double).map { String(format: "%.3f", $0) } ?? "\(value)")") }
             print(String(format: "this machine: memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                          limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         }

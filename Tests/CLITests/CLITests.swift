@@ -25,9 +25,10 @@ struct CLITests {
         let stderr: String
     }
 
-    static func run(_ arguments: [String]) throws -> Result {
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
         let out = Pipe(), err = Pipe()
-        let process = try ChildProcess(executable: binary, arguments: arguments, standardOutput: .pipe(out), standardError: .pipe(err))
+        let process = try ChildProcess(executable: binary, arguments: arguments, environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
+                                       standardOutput: .pipe(out), standardError: .pipe(err))
         // stderr is read on a thread of its own, so that neither pipe can fill while the other is read.
         final class Box: @unchecked Sendable { var data = Data() }
         let errors = Box(), read = DispatchSemaphore(value: 0)
@@ -196,6 +197,24 @@ struct CLITests {
         #expect(rows.first?["shape"] as? String == "h64-f48-e4-k2")
         #expect(rows.first?["tokens_per_expert"] as? Double == 0.5)
         #expect((document?["memory_read_gbps"] as? Double ?? 0) > 0.1)
+        #expect(["bf16", "exact"].contains(document?["matmul"] as? String ?? ""))
+    }
+
+    @Test("bench experts as a table prints every summary line, the matmul precision among them, and exits 0")
+    func benchTable() throws {
+        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,128", "--dtypes", "bf16", "--seconds", "0.01"],
+                                  environment: ["EAAS_MATMUL": "exact"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("matmul: exact"), "\(result.stdout)")
+        #expect(result.stdout.contains("memory_read_gbps: "))
+    }
+
+    @Test("EAAS_MATMUL that is neither bf16 nor exact stops a command that multiplies, naming the value")
+    func refusesBadMatmul() throws {
+        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1", "--dtypes", "bf16", "--seconds", "0.01"],
+                                  environment: ["EAAS_MATMUL": "fast"])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("EAAS_MATMUL='fast' is not 'bf16' or 'exact'"), "\(result.stderr)")
     }
 
     @Test("expert-pod refuses bad options, shards the model cannot serve, and a missing pool token, each by name")
