@@ -13,6 +13,12 @@ public struct MachineLimits: Sendable, Equatable {
     public var bf16GFlops: Double?
     public var threads: Int
 
+    /// The higher of each limit: what the machine showed it can do in either probe.
+    public func best(with other: MachineLimits) -> MachineLimits {
+        MachineLimits(readGBps: max(readGBps, other.readGBps), f32GFlops: max(f32GFlops, other.f32GFlops),
+                      bf16GFlops: bf16GFlops.map { max($0, other.bf16GFlops ?? 0) } ?? other.bf16GFlops, threads: threads)
+    }
+
     /// Measures the limits on `threads` threads (about a second).
     public static func measure(threads: Int, readBytes: Int = 1 << 30) -> MachineLimits {
         MachineLimits(readGBps: readBandwidth(threads: threads, bytes: readBytes),
