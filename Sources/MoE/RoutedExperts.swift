@@ -50,11 +50,12 @@ public enum RoutedExperts {
             cursor[e] += 1
         }
 
-        // Experts with few tokens (every expert of a decode step, most of a mixed batch's) run
-        // together as row blocks of their weights that the compute threads take as they go
-        // (`DecodeExpertWork`): both cores stream until all of them are done, one pass over each
-        // weight. Experts with more tokens than one skinny pass takes run one by one on the sgemm
-        // path (`ExpertFFN.run`). Sums are then added in ascending expert order either way.
+        // Experts whose groups take the exact skinny pass (every expert of a small decode step,
+        // most of a mixed batch's) run together as row blocks of their weights that the compute
+        // threads take as they go (`DecodeExpertWork`): both cores stream until all of them are
+        // done, one pass over each weight. The others (more tokens than a skinny pass takes, or
+        // enough for the bf16 dot products) run one by one through `ExpertFFN.run`. Sums are then
+        // added in ascending expert order either way.
         var small: [Int] = [], smallWeights: [ExpertWeights] = [], smallOffsets: [Int] = [], smallTokens: [Int] = []
         var smallRows = 0, ffnRows = 0
         for e in 0..<expertCount where scratch.counts[e + 1] > scratch.counts[e] {

@@ -14,52 +14,14 @@ enum PrefillRun {
 
     static func measure(_ engine: GenerationEngine, batch: Int, promptTokens: Int, vocab: Int, seed: UInt64) throws -> Outcome {
         let prompts = DecodeRun.prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: seed)
-        let waiter = FirstTokens(count: batch)
+        let timeline = Timeline(sequences: batch)
         let start = Timeline.now()
         for (index, prompt) in prompts.enumerated() {
             try engine.submit(GenerationRequest(prompt: prompt, maxTokens: 1, ignoreEOS: true)) { event in
-                waiter.record(event, sequence: index)
+                timeline.record(event, sequence: index, step: engine.stats.steps)
             }
         }
-        let last = try waiter.wait()
-        let seconds = max(last - start, 1e-9)
+        let seconds = max(try timeline.lastFirstTokenTime() - start, 1e-9)
         return Outcome(tokensPerSecond: Double(batch * promptTokens) / seconds, seconds: seconds)
-    }
-
-    /// When each sequence's first token came; a failure of any is the run's.
-    final class FirstTokens: @unchecked Sendable {
-        private let condition = NSCondition()
-        private var times: [Double?]
-        private var ended: [Bool]
-        private var failure: String?
-
-        init(count: Int) {
-            times = Array(repeating: nil, count: count)
-            ended = Array(repeating: false, count: count)
-        }
-
-        func record(_ event: GenerationEvent, sequence: Int) {
-            let time = Timeline.now()
-            condition.lock()
-            defer { condition.unlock() }
-            switch event {
-            case .token: if times[sequence] == nil { times[sequence] = time }
-            case .finished: ended[sequence] = true
-            case .failed(let reason): ended[sequence] = true; failure = reason.description
-            }
-            condition.broadcast()
-        }
-
-        /// Waits until every sequence ended; the time of the last first token.
-        func wait() throws -> Double {
-            condition.lock()
-            defer { condition.unlock() }
-            while !ended.allSatisfy({ $0 }) { condition.wait() }
-            if let failure { throw CommandFailure("prefill failed: \(failure)") }
-            guard let last = times.compactMap({ $0 }).max(), times.allSatisfy({ $0 != nil }) else {
-                throw CommandFailure("prefill ended without a first token for every sequence")
-            }
-            return last
-        }
     }
 }
