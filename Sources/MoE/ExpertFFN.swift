@@ -232,7 +232,7 @@ struct SkinnyJob: @unchecked Sendable {
 
 /// One bf16 dot-product GEMM, `C[rows, n] = X[rows, cols] · W[n, cols]ᵀ`; `run` computes the
 /// outputs `n` in `[begin, end)`.
-private struct BF16DotJob: @unchecked Sendable {
+struct BF16DotJob: @unchecked Sendable {
     let w: UnsafePointer<UInt16>
     let cols: Int
     let x: UnsafePointer<UInt16>

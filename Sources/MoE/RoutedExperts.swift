@@ -50,18 +50,17 @@ public enum RoutedExperts {
             cursor[e] += 1
         }
 
-        // Experts whose groups take the exact skinny pass (every expert of a small decode step,
-        // most of a mixed batch's) run together as row blocks of their weights that the compute
-        // threads take as they go (`DecodeExpertWork`): both cores stream until all of them are
-        // done, one pass over each weight. The others (more tokens than a skinny pass takes, or
-        // enough for the bf16 dot products) run one by one through `ExpertFFN.run`. Sums are then
-        // added in ascending expert order either way.
+        // Experts with at most `skinnyPassRows` tokens (every expert of a decode step, most of a
+        // mixed batch's) run together as row blocks of their weights that the compute threads take
+        // as they go (`DecodeExpertWork`, skinny kernel or bf16 dot products by group): both cores
+        // stream until all of them are done, one pass over each weight. Larger groups (prefill) run
+        // one by one through `ExpertFFN.run`. Sums are then added in ascending expert order either way.
         var small: [Int] = [], smallWeights: [ExpertWeights] = [], smallOffsets: [Int] = [], smallTokens: [Int] = []
         var smallRows = 0, ffnRows = 0
         for e in 0..<expertCount where scratch.counts[e + 1] > scratch.counts[e] {
             let n = scratch.counts[e + 1] - scratch.counts[e]
             guard let expert = experts(e) else { throw MissingExpert(expert: e) }
-            guard n <= ExpertFFN.skinnyPassRows, !scratch.usesBF16Dot(expert.gate, tokens: n) else { continue }
+            guard n <= ExpertFFN.skinnyPassRows else { continue }
             small.append(e)
             smallWeights.append(expert)
             smallOffsets.append(smallRows)
@@ -80,7 +79,7 @@ public enum RoutedExperts {
             }
             scratch.decodeWork.run(experts: smallWeights, offsets: smallOffsets, tokens: smallTokens, activation: activation, hidden: hidden,
                                    gathered: gathered, gateUp: scratch.gateUp.reserve(2 * ffnRows), activated: scratch.activated.reserve(ffnRows),
-                                   results: smallResults, threads: BLAS.threads)
+                                   results: smallResults, threads: BLAS.threads) { scratch.usesBF16Dot($0, tokens: $1) }
         }
         var nextSmall = 0
         for e in 0..<expertCount {

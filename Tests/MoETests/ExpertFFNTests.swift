@@ -225,6 +225,45 @@ struct ExpertFFNTests {
         }
     }
 
+    /// Group sizes on both sides of `MatmulPrecision.bf16MinimumRows` and of the skinny pass, in one
+    /// layer; top-1 routing with weight 1, so that each token's output is its expert's value itself.
+    @Test("Under the bf16 precision, the decode work items give every expert's group the bits ExpertFFN.run gives it alone, bf16-dot groups (4+ tokens) and skinny groups side by side, beside a group past the skinny pass, on odd widths")
+    func decodeWorkMixesKernels() throws {
+        let hidden = 130, ffn = 75
+        let sizes = [1, 3, 4, 7, 12, ExpertFFN.skinnyPassRows, ExpertFFN.skinnyPassRows + 8]
+        let bank = sizes.indices.map { Self.expert(hidden: hidden, ffn: ffn, dtype: .bf16, seed: UInt64(300 + $0)) }
+        // Tokens of the experts interleaved, so that a group's rows are gathered from all over the batch.
+        var ids: [Int32] = []
+        var remaining = sizes
+        while remaining.contains(where: { $0 > 0 }) {
+            for e in sizes.indices where remaining[e] > 0 {
+                ids.append(Int32(e))
+                remaining[e] -= 1
+            }
+        }
+        let tokens = ids.count
+        var random = TestRandom(seed: 9)
+        let x = random.floats(tokens * hidden)
+        let routing = Routing(tokens: tokens, topK: 1, ids: ids, weights: [Float](repeating: 1, count: tokens))
+        var out = [Float](repeating: 0, count: tokens * hidden)
+        try x.withUnsafeBufferPointer { input in
+            try RoutedExperts.accumulate(input: input.baseAddress!, hidden: hidden, routing: routing, expertCount: sizes.count,
+                                         activation: .silu, experts: { bank[$0].0 }, output: &out, scratch: ExpertScratch(matmul: .bf16))
+        }
+        let alone = ExpertScratch(matmul: .bf16)
+        for e in sizes.indices {
+            let members = (0..<tokens).filter { ids[$0] == Int32(e) }
+            let group = members.flatMap { x[($0 * hidden)..<(($0 + 1) * hidden)] }
+            var y = [Float](repeating: 0, count: members.count * hidden)
+            group.withUnsafeBufferPointer {
+                ExpertFFN.run(bank[e].0, activation: .silu, tokens: members.count, input: $0.baseAddress!, output: &y, scratch: alone)
+            }
+            let grouped = members.flatMap { out[($0 * hidden)..<(($0 + 1) * hidden)] }
+            let differing = zip(grouped, y).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(grouped.count == y.count && differing == 0, "expert \(e), \(sizes[e]) tokens: \(differing) of \(y.count) values differ")
+        }
+    }
+
     @Test("A token routed to an expert that is not hosted, or out of range, is an error naming the expert")
     func missingExpert() {
         let (weights, _, _, _) = Self.expert(hidden: 8, ffn: 8, dtype: .f32, seed: 1)
