@@ -13,9 +13,8 @@ import Synchronization
 /// per phase; either kernel computes each output row the same way whatever block it falls in, so
 /// the results are bit for bit those of running the experts one by one through `ExpertFFN.run`.
 final class DecodeExpertWork: @unchecked Sendable {
-    /// Rows of one work item: 128 rows of a 2048-wide bf16 matrix are 512 KiB, about 20 µs of
-    /// streaming, so the threads finish a phase within a few microseconds of each other.
-    static let blockRows = 128
+    /// Rows of one work item (`ExpertFFN.decodeBlockRows`).
+    static let blockRows = ExpertFFN.decodeBlockRows
 
     private enum Job {
         case skinny(SkinnyJob)

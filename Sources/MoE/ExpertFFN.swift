@@ -1,5 +1,6 @@
 import CBLAS
 import Foundation
+import Synchronization
 
 /// Reusable buffers for expert computation, grown on demand and never shrunk, so that steady-state
 /// steps allocate nothing. One per thread: it is not shareable.
@@ -59,17 +60,18 @@ final class ScratchBuffer<Element> {
 /// Weights stay in their checkpoint dtype (in the mapped file). Three paths, by group size and
 /// `MatmulPrecision`:
 /// - up to `skinnyPassRows` tokens (decode): a skinny GEMM kernel reads each weight row once, widening
-///   bf16/f16 in registers, split across the compute threads by output rows. The step is bound by
-///   memory bandwidth, so 16-bit weights move half the bytes of f32.
+///   bf16/f16 in registers, in blocks of output rows that the compute threads take as they go
+///   (`parallelBlocks`). The step is bound by memory bandwidth, so 16-bit weights move half the
+///   bytes of f32.
 /// - more tokens: `cblas_sgemm`. f32 weights feed it straight from the file; bf16/f16 weights are
 ///   widened tile by tile (`tileRows` × `tileCols`, by all compute threads) into a scratch buffer that
 ///   `cblas_sgemm` then consumes, accumulating over the tiles along K, so that the widening pass
 ///   stays small next to the GEMM and OpenBLAS repacks the activations only a few times per matrix.
 /// - at least `MatmulPrecision.bf16MinimumRows` tokens on bf16 weights under `MatmulPrecision.bf16`
 ///   (the default where the CPU has avx512_bf16), before either of the above: the activations are
-///   rounded to bf16 once and multiplied with `vdpbf16ps` straight
-///   from the checkpoint (`eaas_bf16dot_gemm`), bands of weight rows per thread: twice the FMA
-///   rate, and no widened copy of the weights.
+///   rounded to bf16 once and multiplied with `vdpbf16ps` straight from the checkpoint
+///   (`eaas_bf16dot_gemm`), in blocks taken as the threads go up to `skinnyPassRows` tokens and in
+///   one band per thread past it: twice the FMA rate, and no widened copy of the weights.
 public enum ExpertFFN {
     /// Most activation rows one skinny pass takes; larger groups take widened tiles and sgemm.
     /// Measured on this 2-core Zen (AVX-512, `eaas bench experts`): at 16 and 32 tokens an expert
@@ -110,7 +112,7 @@ public enum ExpertFFN {
     }
 
     /// `C[tokens, W.rows] = A[tokens, W.cols] · Wᵀ` in one pass over W with the skinny kernel
-    /// (`tokens` ≤ `skinnyPassRows`), split by output rows across `threads`.
+    /// (`tokens` ≤ `skinnyPassRows`), in blocks of output rows taken by `threads` threads.
     static func skinny(
         _ a: UnsafePointer<Float>, lda: Int, tokens: Int, by weight: WeightMatrix,
         into c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int = BLAS.threads
@@ -118,7 +120,7 @@ public enum ExpertFFN {
         precondition(tokens <= skinnyPassRows, "skinny pass of \(tokens) rows")
         let type: Int32 = weight.dtype == .f32 ? 0 : weight.dtype == .bf16 ? 1 : 2
         let job = SkinnyJob(type: type, w: weight.base, cols: weight.cols, x: a, lda: lda, y: c, ldc: ldc, rows: Int32(tokens))
-        parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+        parallelBlocks(weight.rows, blockRows: decodeBlockRows, threads: threads) { begin, end in job.run(begin, end) }
     }
 
     /// `C[tokens, W.rows] = A[tokens, W.cols] · Wᵀ`, widening W band by band when it is not f32.
@@ -127,12 +129,18 @@ public enum ExpertFFN {
         into c: UnsafeMutablePointer<Float>, ldc: Int, scratch: ExpertScratch, threads: Int = BLAS.threads
     ) {
         if scratch.usesBF16Dot(weight, tokens: tokens) {
-            // The activations rounded to bf16 once, then bands of weight rows per thread straight
+            // The activations rounded to bf16 once, then blocks or bands of weight rows straight
             // from the checkpoint (`MatmulPrecision.bf16`).
             let cols = weight.cols, narrowed = scratch.narrowed.reserve(tokens * cols)
             for t in 0..<tokens { eaas_narrow_bf16(a + t * lda, narrowed + t * cols, cols) }
             let job = BF16DotJob(w: weight.base.assumingMemoryBound(to: UInt16.self), cols: cols, x: narrowed, y: c, ldc: ldc, rows: tokens)
-            parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+            if tokens <= skinnyPassRows {
+                // Bandwidth-bound like the skinny pass: blocks taken as the threads go. Larger
+                // products keep one band per thread (each block would pack the activations again).
+                parallelBlocks(weight.rows, blockRows: decodeBlockRows, threads: threads) { begin, end in job.run(begin, end) }
+            } else {
+                parallelRows(weight.rows, minimumPerChunk: 64, threads: threads) { begin, end in job.run(begin, end) }
+            }
             return
         }
         if tokens <= skinnyPassRows {
@@ -176,6 +184,31 @@ public enum ExpertFFN {
         }
     }
 
+    /// Rows of a block in `parallelBlocks`: 128 rows of a 2048-wide bf16 matrix are 512 KiB, about
+    /// 15 µs of streaming, so the threads finish within a few microseconds of each other.
+    static let decodeBlockRows = 128
+
+    /// Splits `rows` into blocks of `blockRows` that `threads` threads take from a shared counter as
+    /// they go, running `body(begin, end)` on each: a thread slowed down (another process on its
+    /// core, a page fault) takes fewer blocks instead of holding the others at the join, which a
+    /// static share per thread did (the LM head and attention of a decode step).
+    static func parallelBlocks(_ rows: Int, blockRows: Int, threads: Int = BLAS.threads, _ body: @Sendable (Int, Int) -> Void) {
+        let blocks = (rows + blockRows - 1) / blockRows
+        let workers = max(1, min(threads, blocks))
+        if workers == 1 {
+            body(0, rows)
+            return
+        }
+        let next = BlockCounter()
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            while true {
+                let block = next.take()
+                guard block < blocks else { return }
+                body(block * blockRows, min(rows, (block + 1) * blockRows))
+            }
+        }
+    }
+
     /// Splits `rows` into one contiguous chunk per compute thread (the BLAS thread count) and runs
     /// `body(begin, end)` on each, in parallel when there is more than one chunk.
     static func parallelRows(_ rows: Int, minimumPerChunk: Int, threads: Int = BLAS.threads, _ body: @Sendable (Int, Int) -> Void) {
@@ -211,6 +244,13 @@ public enum ExpertFFN {
             }
         }
     }
+}
+
+/// The next block to take in `ExpertFFN.parallelBlocks`.
+private final class BlockCounter: Sendable {
+    private let next = Atomic<Int>(0)
+
+    func take() -> Int { next.wrappingAdd(1, ordering: .relaxed).oldValue }
 }
 
 /// One skinny GEMM call's operands, handed to the compute threads; each writes disjoint output columns.

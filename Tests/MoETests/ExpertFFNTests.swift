@@ -73,6 +73,29 @@ struct ExpertFFNTests {
         }
     }
 
+    @Test("Decode products split into blocks that the threads take as they go give the bits of one thread doing all of it, on the skinny pass and the bf16 dot products",
+          arguments: [1, 3, 5, ExpertFFN.skinnyPassRows])
+    func blockSplitKeepsBits(tokens: Int) {
+        // ffn 700: gate+up 1400 rows and down's 130 rows are several blocks, the last one short.
+        let hidden = 130, ffn = 700
+        let (weights, _, _, _) = Self.expert(hidden: hidden, ffn: ffn, dtype: .bf16, seed: 21)
+        var random = TestRandom(seed: 22)
+        let x = random.floats(tokens * hidden)
+        for matmul in [MatmulPrecision.exact, .bf16] {
+            var outputs: [[Float]] = []
+            for threads in [1, 2, 3] {
+                var y = [Float](repeating: .nan, count: tokens * hidden)
+                x.withUnsafeBufferPointer { input in
+                    ExpertFFN.run(weights, activation: .silu, tokens: tokens, input: input.baseAddress!, output: &y,
+                                  scratch: ExpertScratch(matmul: matmul), threads: threads)
+                }
+                outputs.append(y)
+            }
+            #expect(outputs.allSatisfy { $0.map(\.bitPattern) == outputs[0].map(\.bitPattern) }, "\(matmul) tokens \(tokens)")
+            #expect(!outputs[0].contains { $0.isNaN }, "\(matmul) tokens \(tokens): an output row was not written")
+        }
+    }
+
     @Test("bf16 dot products equal the double-precision sums of the same bf16 values within 1e-5 of Σ|x·w|, for any k, rows and outputs (tails), and a split of rows or outputs changes no bit")
     func bf16DotKernel() {
         var random = TestRandom(seed: 21)
