@@ -17,7 +17,7 @@ struct E2EBenchCommand: ParsableCommand {
         every expert (so every expert has --pods replicas). The failure run keeps --failure-batch \
         sequences generating for --failure-seconds and SIGKILLs the pod serving them halfway; the loss compares \
         tokens/s in the halves before and after the kill. With --vllm PYTHON, the same checkpoint, \
-        prompts and batch sizes run through vLLM (fp32, CPU) in the same sitting.
+        prompts and batch sizes run through vLLM (CPU, in the checkpoint's dtype; also fp32 with --vllm-fp32) in the same sitting.
         """
     )
 
