@@ -150,6 +150,29 @@ public final class GenerationEngine: @unchecked Sendable {
         return Handle(id: nextID, engine: self)
     }
 
+    /// Queues all of `requests` or none: each is checked first, and they go in under one lock, so
+    /// that the next step sees all of them (a request with several prompts is never half
+    /// admitted, and a benchmark's batch starts together). `events` receives each request's
+    /// events with its index, on the engine thread.
+    @discardableResult
+    public func submit(_ requests: [GenerationRequest], events: @escaping @Sendable (Int, GenerationEvent) -> Void) throws(SubmitError) -> [Handle] {
+        for request in requests { try validate(request) }
+        condition.lock()
+        defer { condition.unlock() }
+        guard accepting else { throw .stopping }
+        guard runningCount + waiting.count + requests.count <= capacity else {
+            throw .overloaded(waiting: waiting.count)
+        }
+        var handles: [Handle] = []
+        for (index, request) in requests.enumerated() {
+            nextID += 1
+            waiting.append(Sequence(id: nextID, request: request, events: { events(index, $0) }))
+            handles.append(Handle(id: nextID, engine: self))
+        }
+        condition.signal()
+        return handles
+    }
+
     /// The most sequences the engine holds at once, running and waiting: a request with more
     /// prompts can never be taken whole.
     public var capacity: Int { configuration.maxRunning + configuration.maxWaiting }

@@ -2,7 +2,9 @@
 #include <sched.h>
 #include "CPlatform.h"
 #include <limits.h>
+#include <errno.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +17,14 @@ int eaas_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
 
 int eaas_futex_wake_all(uint32_t *word) {
     return (int)syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+int eaas_sleep_unless_readable(int fd, int64_t timeout_ns) {
+    struct timespec timeout = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    struct pollfd watched = {.fd = fd, .events = POLLIN};
+    int n = ppoll(&watched, 1, &timeout, NULL);
+    if (n < 0) return errno == EINTR ? 0 : -1;
+    return n > 0 ? 1 : 0;
 }
 
 int eaas_allowed_cpu_count(void) {

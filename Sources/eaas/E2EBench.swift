@@ -16,7 +16,8 @@ struct E2EBenchCommand: ParsableCommand {
         --cache-dir), or --model. Remote runs start --pods `eaas expert-pod` processes, each hosting \
         every expert (so every expert has --pods replicas). The failure run keeps --failure-batch \
         sequences generating for --failure-seconds and SIGKILLs the pod serving them halfway; the loss compares \
-        tokens/s in the halves before and after the kill. With --vllm PYTHON, the same checkpoint, \
+        tokens/s in the halves before and after the kill, and each sequence's tokens are compared with those of the \
+        same run without the kill. With --vllm PYTHON, the same checkpoint, \
         prompts and batch sizes run through vLLM (CPU, in the checkpoint's dtype; also fp32 with --vllm-fp32) in the same sitting.
         """
     )
@@ -210,17 +211,26 @@ struct E2EBenchCommand: ParsableCommand {
             }
         }
 
-        log("failure run: \(failureBatch ?? largest) sequences for \(failureSeconds) s over shm, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
+        let failureSequences = failureBatch ?? largest
+        // The same sequences without a failure first: the reference for the failure run's tokens.
+        log("failure run, reference: \(failureSequences) sequences for \(failureSeconds) s over shm, no pod killed")
+        let reference = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
+                                               vocab: config.vocabSize, kill: nil)
+        log("failure run: the same, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
         func requestsServed() -> [Double] {
             endpoints.map { (try? PodBenchCommand.httpGet("http://\($0.metrics)/metrics")).map { PodBenchCommand.metric($0, "eaas_requests_total") } ?? 0 }
         }
         let servedBefore = requestsServed()
-        let failure = try FailureRun.measure(engines[1].1, batch: failureBatch ?? largest, seconds: failureSeconds, promptTokens: promptTokens,
+        let failure = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
                                              vocab: config.vocabSize) { [podProcesses] in
             // The worker keeps to the replica that served last: the pod to kill is the one busy in this run.
             let served = zip(requestsServed(), servedBefore).map { $0 - $1 }
             podProcesses[served.indices.max { served[$0] < served[$1] }!].kill()
         }
+        let sameTokens = FailureRun.compare(failure.completed, with: reference.completed)
+        // Both runs take the same steps, so the reference's own change from the first half to the
+        // second (sequences grow older: longer contexts, more attention) is not the failure's.
+        let failureLoss = FailureRun.pairedLoss(failure, reference: reference)
 
         // vLLM in the checkpoint's dtype (the like-for-like comparison), and in fp32 when asked.
         var vllmRuns: [(key: String, dtype: String)] = []
@@ -260,9 +270,12 @@ struct E2EBenchCommand: ParsableCommand {
             "batch": largest, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "pods": pods, "wire_dtype": wireDtype,
             "monolithic_tok_s": last[0], "remote_shm_tok_s": last[1], "remote_tcp_tok_s": last[2],
             "remote_shm_over_monolithic": last[1] / last[0], "remote_tcp_over_monolithic": last[2] / last[0],
-            "failure_loss_fraction": failure.loss, "failed_requests": failure.failedRequests,
+            "failure_loss_fraction": failureLoss, "failure_loss_unpaired_fraction": failure.loss, "failed_requests": failure.failedRequests,
             "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
             "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
+            "failure_min_bucket_over_median": failure.minBucketOverMedian, "failure_tokens_identical": sameTokens.identical,
+            "failure_sequences_compared": sameTokens.compared, "failure_reference_series_tok_s": reference.series,
+            "failure_reference_min_bucket_over_median": reference.minBucketOverMedian, "failure_reference_loss_fraction": reference.loss,
             "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
             "threads": limits.threads, "prefill": prefillRows, "prefill_batch_tokens": prefillBatchTokens,
             "matmul": MatmulPrecision.process.effective.rawValue,
@@ -302,9 +315,14 @@ struct E2EBenchCommand: ParsableCommand {
         print(String(format: "\nthis machine (best of the run's probes): memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print("matmul: \(MatmulPrecision.process.summary)")
-        print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss %.2f%%, %d failed requests, %d failovers",
-                     failureBatch ?? largest, failure.before, failure.after, failure.loss * 100, failure.failedRequests, failure.failovers))
+        print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss against the run without the kill %.2f%%, %d failed requests, %d failovers",
+                     failureSequences, failure.before, failure.after, failureLoss * 100, failure.failedRequests, failure.failovers))
         print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))
+        print("the same without the kill: " + reference.series.map { String(format: "%.0f", $0) }.joined(separator: " ")
+              + String(format: " (%.1f tok/s before the middle, %.1f after: %.2f%% lower)", reference.before, reference.after, reference.loss * 100))
+        print(String(format: "smallest bucket from the first decode token on ÷ median: %.2f with the kill, %.2f without; ", failure.minBucketOverMedian,
+                     reference.minBucketOverMedian)
+              + "tokens of the \(sameTokens.compared) sequences both runs completed: \(sameTokens.identical ? "identical" : "DIFFERENT")")
     }
 
     private func log(_ text: String) {

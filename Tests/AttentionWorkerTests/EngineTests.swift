@@ -28,6 +28,31 @@ struct EngineTests {
         #expect(collected.results[0].finished && collected.results[1].finished)
     }
 
+    @Test("a group of requests goes in whole or not at all, each event tagged with its request's index, and the first step takes all of it")
+    func groupSubmission() throws {
+        let engine = try Self.engine(maxRunning: 3, maxWaiting: 1)
+        let collected = Collected(count: 3)
+        // Four would need more room than running places plus queue: none of them is kept.
+        #expect(throws: SubmitError.overloaded(waiting: 0)) {
+            try engine.submit((0..<5).map { GenerationRequest(prompt: [3, $0 + 4], maxTokens: 2) }) { _, _ in }
+        }
+        // A bad member refuses the group by its field, and nothing of it is kept either.
+        #expect(throws: SubmitError.invalid("max_tokens must be at least 1 (got 0)", param: "max_tokens")) {
+            try engine.submit([GenerationRequest(prompt: [3], maxTokens: 2), GenerationRequest(prompt: [4], maxTokens: 0)]) { _, _ in }
+        }
+        let requests = (0..<3).map { GenerationRequest(prompt: [5, $0 + 6], maxTokens: 2 + $0, ignoreEOS: true) }
+        let handles = try engine.submit(requests) { index, event in collected.record(event, at: index) }
+        #expect(handles.count == 3)
+        engine.step()
+        #expect(engine.stats.steps == 1 && engine.stats.promptTokens == 6, "the first step prefilled all three prompts")
+        while engine.stats.steps < 10 && !collected.results.allSatisfy(\.finished) { engine.step() }
+        let results = collected.results
+        #expect(results.map(\.tokens.count) == [2, 3, 4])
+        // The same tokens as `generate` gives the same three.
+        let alone = try engine.generate(requests)
+        #expect(results.map(\.tokens) == alone.map(\.tokens))
+    }
+
     @Test("a cancelled sequence, waiting or running, ends with exactly one failed(cancelled) event and frees its place")
     func cancellation() throws {
         let engine = try Self.engine(maxRunning: 1, maxWaiting: 4)

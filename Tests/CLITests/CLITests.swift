@@ -129,7 +129,7 @@ struct CLITests {
         #expect(rows.first?["bytes"] as? Int == (16 + 24 + 4 + 4 + 64 * 2) + (16 + 16 + 64 * 4))
     }
 
-    @Test("bench e2e --json on a tiny model prints the throughput, ratio and failure fields the issue names")
+    @Test("bench e2e --json on a tiny model prints the throughput, ratio and failure fields the issue names, and the failure run keeps every token")
     func e2eBenchJSON() throws {
         let cache = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: cache) }
@@ -146,6 +146,12 @@ struct CLITests {
         #expect(document?["failed_requests"] as? Int == 0)
         #expect((document?["results"] as? [[String: Any]])?.map { $0["batch"] as? Int } == [1, 4])
         #expect((document?["failure_failovers"] as? Int ?? 0) >= 1, "the killed pod was never noticed")
+        // The failure run against the same sequences without the kill: token for token the same.
+        #expect(document?["failure_tokens_identical"] as? Bool == true)
+        #expect((document?["failure_sequences_compared"] as? Int ?? 0) >= 1)
+        let minBucket = document?["failure_min_bucket_over_median"] as? Double ?? -1
+        #expect(minBucket >= 0 && minBucket <= 1, "smallest bucket over median: \(minBucket)")
+        #expect((document?["failure_reference_series_tok_s"] as? [Double])?.isEmpty == false)
         // The roofline beside the figures: this machine's read bandwidth, and per batch the experts
         // the decode steps ran (at most every expert of every layer) and the fraction achieved.
         #expect((document?["memory_read_gbps"] as? Double ?? 0) > 0.1)

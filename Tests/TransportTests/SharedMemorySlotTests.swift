@@ -232,3 +232,36 @@ struct SharedMemorySlotTests {
         #expect(!FileManager.default.fileExists(atPath: path))
     }
 }
+
+@Suite("Polling back-off")
+struct BackoffTests {
+    @Test("a sleep ends as soon as the wake descriptor is readable (a GOAWAY, a hang-up), and says so once; without it the sleep runs out")
+    func wakeDescriptor() throws {
+        var ends: [Int32] = [0, 0]
+        try #require(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        // Nothing to read: the short first sleep passes and nothing woke it.
+        var quiet = Backoff(sleepUntil: .now + .milliseconds(5), wakeOn: ends[0])
+        quiet.pause()
+        let quietWoke = quiet.takeWake()
+        #expect(!quietWoke)
+        // Readable before the sleep: a 60 s first sleep returns at once, woken.
+        var byte: UInt8 = 1
+        #expect(write(ends[1], &byte, 1) == 1)
+        let started = ContinuousClock.now
+        var woken = Backoff(sleepUntil: .now + .seconds(60), wakeOn: ends[0])
+        woken.pause()
+        #expect(ContinuousClock.now - started < .seconds(30), "the sleep ran instead of ending on the readable descriptor")
+        let first = woken.takeWake(), second = woken.takeWake()
+        #expect(first)
+        #expect(!second, "a wake is reported once")
+        // The writer's end closing (the server's death) wakes it too.
+        #expect(read(ends[0], &byte, 1) == 1)
+        close(ends[1])
+        ends[1] = -1
+        var hungUp = Backoff(sleepUntil: .now + .seconds(60), wakeOn: ends[0])
+        hungUp.pause()
+        let hungUpWoke = hungUp.takeWake()
+        #expect(hungUpWoke)
+    }
+}

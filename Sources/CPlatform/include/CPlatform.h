@@ -20,6 +20,11 @@ int eaas_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 /// Wakes every thread, in any process, sleeping on `word`. Returns how many woke, or -1.
 int eaas_futex_wake_all(uint32_t *word);
 
+/// Sleeps at most `timeout_ns` nanoseconds, or until `fd` is readable or hung up (ppoll, which
+/// glibc declares only under _GNU_SOURCE). Returns 1 when `fd` woke it, 0 when the time passed or
+/// a signal came, -1 with errno on any other error.
+int eaas_sleep_unless_readable(int fd, int64_t timeout_ns);
+
 #include <sys/types.h>
 
 /// Starts `path` with `argv` and `envp` (NULL-terminated) in a child whose signal dispositions are

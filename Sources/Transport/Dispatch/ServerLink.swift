@@ -253,13 +253,16 @@ final class SlotLink: ServerLink {
         // it every 32nd request too, so that a GOAWAY is seen even when the server never lags.
         received += 1
         if received & 31 == 0, let frame = try controlFrame() { return frame }
-        var backoff = Backoff(sleepUntil: min(likelyBy, deadline))
+        // Sleeps end early when the control channel has something: a GOAWAY, an error, or the
+        // server's end (a killed server's socket hangs up at once), so a dead server is seen
+        // within a poll, not after its adaptive timeout.
+        var backoff = Backoff(sleepUntil: min(likelyBy, deadline), wakeOn: connection.socket.descriptor)
         var round = 0
         let clock = ContinuousClock()
         while true {
             if let bytes = slot.pollResponse(sequence: sequence) { return try Frame.decode(bytes, limits: connection.limits) }
-            // Look at the control channel now and then: a GOAWAY, an error, or the server's end.
-            if round & 255 == 255, let frame = try controlFrame() { return frame }
+            // Look at the control channel when it woke a sleep, and now and then while spinning.
+            if backoff.takeWake() || round & 255 == 255, let frame = try controlFrame() { return frame }
             if clock.now >= deadline { return nil }
             round += 1
             backoff.pause()

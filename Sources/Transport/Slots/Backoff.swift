@@ -13,15 +13,27 @@ struct Backoff {
     private var started: ContinuousClock.Instant?
     /// Sleep this long first, when the answer is known not to come sooner (see `init(sleepUntil:)`).
     private var firstSleep: Duration = .zero
+    /// A descriptor that ends any sleep when it becomes readable or hangs up (a link's control
+    /// connection: a GOAWAY, an error frame, or the server's death is seen at once, not after
+    /// the sleep), and whether it did.
+    private var wakeDescriptor: Int32?
+    private var woken = false
+
+    /// Whether the descriptor ended a sleep since the last call.
+    mutating func takeWake() -> Bool {
+        defer { woken = false }
+        return woken
+    }
 
     init() {}
 
     /// A backoff for an answer not expected before `instant`: when that is more than 200 µs
     /// away, it sleeps until then at once instead of spinning, so that waiting clients do not
     /// take CPU (and preempt compute threads) from a server busy with their own requests.
-    init(sleepUntil instant: ContinuousClock.Instant) {
+    init(sleepUntil instant: ContinuousClock.Instant, wakeOn descriptor: Int32? = nil) {
         let ahead = instant - .now
         if ahead > .microseconds(200) { firstSleep = ahead }
+        wakeDescriptor = descriptor
     }
     /// Spinning pays only when another CPU runs the peer meanwhile: a process confined to one
     /// CPU (as by `taskset` or a one-core container) goes straight to yielding.
@@ -32,10 +44,9 @@ struct Backoff {
         if firstSleep > .zero {
             started = .now
             let (seconds, attoseconds) = firstSleep.components
-            var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
             firstSleep = .zero
             round = Self.spins + 100  // straight on to proportional sleeps
-            nanosleep(&request, nil)
+            sleep(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
             return
         }
         round += 1
@@ -47,8 +58,15 @@ struct Backoff {
         }
         let waited = ContinuousClock.now - (started ?? .now)
         let nanoseconds = waited.components.seconds * 1_000_000_000 + waited.components.attoseconds / 1_000_000_000
-        let step = Int(min(1_000_000, max(1000, nanoseconds / 16)))
-        var request = timespec(tv_sec: 0, tv_nsec: step)
+        sleep(nanoseconds: min(1_000_000, max(1000, nanoseconds / 16)))
+    }
+
+    private mutating func sleep(nanoseconds: Int64) {
+        if let wakeDescriptor {
+            if eaas_sleep_unless_readable(wakeDescriptor, nanoseconds) != 0 { woken = true }
+            return
+        }
+        var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
         nanosleep(&request, nil)
     }
 }
