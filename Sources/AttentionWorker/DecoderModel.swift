@@ -58,10 +58,13 @@ final class DecoderModel {
                             ExpertFFN.run(mlp, activation: config.activation, tokens: t, input: n.baseAddress!, output: b.baseAddress!, scratch: expertScratch)
                             for i in 0..<(t * h) { x[i] += b[i] }
                         case .moe(let block):
-                            let (out, _) = try block.forward(UnsafeBufferPointer(n), tokens: t, scratch: expertScratch) { routing, output in
+                            let started = ContinuousClock.now
+                            _ = try block.forward(UnsafeBufferPointer(n), tokens: t, scratch: expertScratch, into: b) { routing, output in
+                                placement.timings.gate += ContinuousClock.now - started
+                                placement.timings.layers += 1
                                 try placement.run(block, input: UnsafeBufferPointer(n), routing: routing, output: output, scratch: expertScratch)
                             }
-                            for i in 0..<(t * h) { x[i] += out[i] }
+                            for i in 0..<(t * h) { x[i] += b[i] }
                         }
                     }
                 }

@@ -49,6 +49,8 @@ public final class GenerationEngine: @unchecked Sendable {
         /// layers ran, summed: the expert weight a decode step reads.
         public var decodeSteps = 0
         public var decodeExpertsTouched = 0
+        /// Where the MoE layers' time went.
+        public var moePhases = MoEPhaseTimes()
     }
 
     /// Lets a submitter stop its sequence (a client that went away).
@@ -355,6 +357,7 @@ public final class GenerationEngine: @unchecked Sendable {
         statistics.promptTokens += promptTokens
         statistics.generatedTokens += generated
         statistics.failovers = model.placement.failovers
+        statistics.moePhases = model.placement.phases
         condition.unlock()
         retire()
     }

@@ -34,6 +34,16 @@ final class RoutedExpertPlacement {
     /// Servers marked down since start (remote only).
     var failovers: Int { dispatcher?.failovers ?? 0 }
 
+    /// Where the MoE layers' time went since start.
+    var phases: MoEPhaseTimes {
+        var phases = timings
+        phases.remote = dispatcher?.phases ?? StepPhaseTimes()
+        return phases
+    }
+    /// The gate and local expert times (the model adds the gate's), and the narrowing.
+    var timings = MoEPhaseTimes()
+    private let clock = ContinuousClock()
+
     /// Distinct routed experts the layers ran, summed over every call: how much expert weight a
     /// step had to read (the benchmarks' roofline).
     private(set) var expertsTouched = 0
@@ -58,29 +68,66 @@ final class RoutedExpertPlacement {
              scratch: ExpertScratch) throws {
         countTouched(routing)
         guard let dispatcher else {
+            let started = clock.now
             try block.accumulateRouted(input, routing: routing, into: output, scratch: scratch)
+            timings.localExperts += clock.now - started
             return
         }
-        let sums: [Float]
+        // The dispatcher combines the answers straight into `output`.
         switch wireDType {
         case .f32:
-            sums = try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
-                                       weights: routing.weights, states: UnsafeRawBufferPointer(input), hidden: block.hidden, dtype: .f32)
+            try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
+                                weights: routing.weights, states: UnsafeRawBufferPointer(input), hidden: block.hidden, dtype: .f32, into: output)
         case .bf16, .f16:
             if staging.count < input.count { staging = [UInt16](repeating: 0, count: input.count) }
-            sums = try staging.withUnsafeMutableBufferPointer { narrow in
+            try staging.withUnsafeMutableBufferPointer { narrow in
+                let started = clock.now
                 if wireDType == .bf16 {
                     BLAS.narrowBF16(input.baseAddress!, into: narrow.baseAddress!, count: input.count)
                 } else {
                     BLAS.narrowF16(input.baseAddress!, into: narrow.baseAddress!, count: input.count)
                 }
-                return try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
-                                           weights: routing.weights, states: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(narrow).prefix(input.count * 2)),
-                                           hidden: block.hidden, dtype: wireDType)
+                timings.narrow += clock.now - started
+                try dispatcher.step(layer: UInt16(block.layer), tokens: routing.tokens, topK: routing.topK, ids: routing.ids,
+                                    weights: routing.weights, states: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(narrow).prefix(input.count * 2)),
+                                    hidden: block.hidden, dtype: wireDType, into: output)
             }
         }
-        _ = output.update(fromContentsOf: sums)
     }
 
     func close() { dispatcher?.close() }
+}
+
+/// Where the MoE layers of the steps spend their time, summed: the gate (router GEMM and top-k),
+/// narrowing the hidden states to the wire dtype, the dispatcher's phases (remote), or the routed
+/// experts computed here (local).
+public struct MoEPhaseTimes: Sendable, Equatable {
+    public var gate: Duration = .zero
+    public var narrow: Duration = .zero
+    public var remote = StepPhaseTimes()
+    public var localExperts: Duration = .zero
+    /// MoE layer calls.
+    public var layers = 0
+
+    public init() {}
+
+    /// The times of `self` since `earlier`.
+    public func since(_ earlier: MoEPhaseTimes) -> MoEPhaseTimes {
+        var d = MoEPhaseTimes()
+        d.gate = gate - earlier.gate
+        d.narrow = narrow - earlier.narrow
+        d.remote = remote.since(earlier.remote)
+        d.localExperts = localExperts - earlier.localExperts
+        d.layers = layers - earlier.layers
+        return d
+    }
+
+    /// Milliseconds per MoE layer call, by phase (the bench's `phase_ms`).
+    public var millisecondsPerLayer: [String: Double] {
+        func ms(_ d: Duration) -> Double {
+            (Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18) * 1e3 / Double(max(1, layers))
+        }
+        return ["gate": ms(gate), "narrow": ms(narrow), "dispatch": ms(remote.dispatch), "wait": ms(remote.wait),
+                "combine": ms(remote.combine), "copy": ms(remote.copy), "local_experts": ms(localExperts)]
+    }
 }

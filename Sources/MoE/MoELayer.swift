@@ -78,14 +78,28 @@ public final class MoELayer: Sendable {
         _ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch,
         routed: (Routing, UnsafeMutableBufferPointer<Float>) throws -> Void
     ) throws -> (output: [Float], routing: Routing) {
-        let (_, routing) = route(input, tokens: tokens, scratch: scratch)
-        guard tokens > 0 else { return ([], routing) }
         var output = [Float](repeating: 0, count: tokens * hidden)
-        try output.withUnsafeMutableBufferPointer { out in
-            try routed(routing, out)
-            if let shared { addShared(shared, input: input.baseAddress!, tokens: tokens, output: out.baseAddress!, scratch: scratch) }
+        let routing = try output.withUnsafeMutableBufferPointer { out in
+            try forward(input, tokens: tokens, scratch: scratch, into: out, routed: routed)
         }
         return (output, routing)
+    }
+
+    /// `forward(_:tokens:scratch:routed:)` writing the block's output into `output`
+    /// (`[tokens, hidden]`, zeroed here first) instead of a new array: the decoder's layers reuse
+    /// one buffer.
+    public func forward(
+        _ input: UnsafeBufferPointer<Float>, tokens: Int, scratch: ExpertScratch, into output: UnsafeMutableBufferPointer<Float>,
+        routed: (Routing, UnsafeMutableBufferPointer<Float>) throws -> Void
+    ) throws -> Routing {
+        precondition(output.count >= tokens * hidden, "output is not [tokens, hidden]")
+        let (_, routing) = route(input, tokens: tokens, scratch: scratch)
+        guard tokens > 0 else { return routing }
+        let out = UnsafeMutableBufferPointer(rebasing: output[0..<(tokens * hidden)])
+        out.update(repeating: 0)
+        try routed(routing, out)
+        if let shared { addShared(shared, input: input.baseAddress!, tokens: tokens, output: out.baseAddress!, scratch: scratch) }
+        return routing
     }
 
     /// Adds the routed experts of `routing` into `output` `[tokens, hidden]` with the experts this

@@ -144,7 +144,10 @@ struct E2EBenchCommand: ParsableCommand {
                                         "experts/step", "roofline tok/s", "mono/roofline"])
         var rows: [[String: Any]] = []
         var last: [Double] = []
+        // Per mode, where the MoE layers' time went in the decode runs of the last batch size.
+        var phases = [MoEPhaseTimes](repeating: MoEPhaseTimes(), count: engines.count)
         for batch in sizes {
+            phases = [MoEPhaseTimes](repeating: MoEPhaseTimes(), count: engines.count)
             // Interleaved rounds, so that a slow moment of this shared machine hits every mode alike.
             var samples = [[Double]](repeating: [], count: engines.count)
             var decodeSteps = 0, touched = 0
@@ -152,6 +155,16 @@ struct E2EBenchCommand: ParsableCommand {
                 for (index, (name, engine)) in engines.enumerated() {
                     let before = engine.stats
                     defer {
+                        let spent = engine.stats.moePhases.since(before.moePhases)
+                        phases[index].gate += spent.gate
+                        phases[index].narrow += spent.narrow
+                        phases[index].localExperts += spent.localExperts
+                        phases[index].layers += spent.layers
+                        phases[index].remote.dispatch += spent.remote.dispatch
+                        phases[index].remote.wait += spent.remote.wait
+                        phases[index].remote.copy += spent.remote.copy
+                        phases[index].remote.combine += spent.remote.combine
+                        phases[index].remote.steps += spent.remote.steps
                         if index == 0 {
                             decodeSteps += engine.stats.decodeSteps - before.decodeSteps
                             touched += engine.stats.decodeExpertsTouched - before.decodeExpertsTouched
@@ -279,6 +292,9 @@ struct E2EBenchCommand: ParsableCommand {
             "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
             "threads": limits.threads, "prefill": prefillRows, "prefill_batch_tokens": prefillBatchTokens,
             "matmul": MatmulPrecision.process.effective.rawValue,
+            // Per MoE layer call of the largest batch's decode runs, remote over shm; every mode below.
+            "phase_ms": phases[1].millisecondsPerLayer,
+            "phase_ms_by_mode": Dictionary(uniqueKeysWithValues: zip(["monolithic", "remote_shm", "remote_tcp"], phases.map(\.millisecondsPerLayer))),
         ]
         if json {
             print(try report.json())
@@ -312,6 +328,13 @@ struct E2EBenchCommand: ParsableCommand {
             }
             print("\n" + prefill.render())
         }
+        let phaseKeys = ["gate", "narrow", "dispatch", "wait", "copy", "combine", "local_experts"]
+        var phaseTable = TextTable(columns: ["ms per MoE layer, batch \(largest)"] + phaseKeys)
+        for (index, (name, _)) in engines.enumerated() {
+            let ms = phases[index].millisecondsPerLayer
+            phaseTable.rows.append([name] + phaseKeys.map { String(format: "%.3f", ms[$0] ?? 0) })
+        }
+        print("\n" + phaseTable.render())
         print(String(format: "\nthis machine (best of the run's probes): memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print("matmul: \(MatmulPrecision.process.summary)")

@@ -152,6 +152,10 @@ struct CLITests {
         let minBucket = document?["failure_min_bucket_over_median"] as? Double ?? -1
         #expect(minBucket >= 0 && minBucket <= 1, "smallest bucket over median: \(minBucket)")
         #expect((document?["failure_reference_series_tok_s"] as? [Double])?.isEmpty == false)
+        // Where a remote MoE layer's time goes, per phase; the remote modes waited on their pods.
+        let phaseMS = document?["phase_ms"] as? [String: Double] ?? [:]
+        #expect(Set(phaseMS.keys).isSuperset(of: ["gate", "narrow", "dispatch", "wait", "combine", "copy"]), "phase_ms: \(phaseMS)")
+        #expect((phaseMS["wait"] ?? 0) > 0 && (phaseMS["gate"] ?? 0) > 0)
         // The roofline beside the figures: this machine's read bandwidth, and per batch the experts
         // the decode steps ran (at most every expert of every layer) and the fraction achieved.
         #expect((document?["memory_read_gbps"] as? Double ?? 0) > 0.1)

@@ -195,3 +195,39 @@ struct DispatchTests {
         #expect { try FileMembership(path: path + ".missing") } throws: { "\($0)".contains("cannot read") }
     }
 }
+
+@Suite("Partial combiner: answers into the layer's output in canonical order")
+struct PartialCombinerTests {
+    /// Values whose sums depend on the order they are added in.
+    static func partial(_ token: Int, _ firstExpert: Int, hidden: Int) -> [Float] {
+        (0..<hidden).map { h in [1e8, 1, -1e8, 3e-3, 7][(token + firstExpert + h) % 5] * Float(firstExpert + 1) }
+    }
+
+    @Test("one answer per token is copied as is; several are added in ascending first expert whatever order they came in",
+          arguments: [
+            // (token, first expert) per answer, in arrival order; each answer one row.
+            [[(0, 2)], [(1, 5)]],
+            [[(0, 7), (1, 3)], [(0, 1), (1, 9)], [(0, 4)]],
+            [[(1, 6)], [(0, 8)], [(1, 2)], [(0, 0)], [(1, 4)], [(0, 3)]],
+          ])
+    func canonicalOrder(answers: [[(Int, Int)]]) {
+        let tokens = 2, hidden = 5
+        var output = [Float](repeating: .nan, count: tokens * hidden)
+        output.withUnsafeMutableBufferPointer { out in
+            var combiner = PartialCombiner(tokens: tokens, hidden: hidden, output: out.baseAddress!, scratch: .init())
+            for answer in answers {
+                let sums = answer.flatMap { Self.partial($0.0, $0.1, hidden: hidden) }
+                sums.withUnsafeBytes { combiner.take($0, tokens: answer.map(\.0), firstExperts: answer.map { UInt16($0.1) }) }
+            }
+            combiner.finish()
+        }
+        for token in 0..<tokens {
+            var expected = [Float](repeating: 0, count: hidden)
+            for first in answers.flatMap({ $0 }).filter({ $0.0 == token }).map(\.1).sorted() {
+                let p = Self.partial(token, first, hidden: hidden)
+                for h in 0..<hidden { expected[h] = expected[h] + p[h] }
+            }
+            #expect(Array(output[(token * hidden)..<((token + 1) * hidden)]).map(\.bitPattern) == expected.map(\.bitPattern), "token \(token)")
+        }
+    }
+}

@@ -111,9 +111,13 @@ public final class Dispatcher {
     private var lastFailure: [String: String] = [:]
     private var chooser: ReplicaChooser
     private var sequence: UInt64 = 0
+    /// Partial sums of tokens answered by several servers, kept between steps for their capacity.
+    private var combineScratch = PartialCombiner.Scratch()
     private let clock = ContinuousClock()
     /// Servers marked down since the dispatcher started, for observability and tests.
     public private(set) var failovers = 0
+    /// Where the steps' time went, summed over every step since the dispatcher started.
+    public private(set) var phases = StepPhaseTimes()
 
     public init(membership: MembershipSource, configuration: Configuration) {
         self.membership = membership
@@ -146,7 +150,25 @@ public final class Dispatcher {
         layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float],
         states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType
     ) throws -> [Float] {
+        var out = [Float](repeating: 0, count: tokens * hidden)
+        try out.withUnsafeMutableBufferPointer { output in
+            try step(layer: layer, tokens: tokens, topK: topK, ids: ids, weights: weights, states: states, hidden: hidden, dtype: dtype, into: output)
+        }
+        return out
+    }
+
+    /// Runs one step and writes its `[tokens, hidden]` combined gate-weighted sums into `output`.
+    ///
+    /// A token answered by one server (every token, when a step goes to one pod) has its row
+    /// copied from the answer straight into `output`; only tokens whose pairs were answered by
+    /// several servers keep their partial sums aside, to add them in ascending order of their
+    /// first expert (the canonical combine order) once all are in.
+    public func step(
+        layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float],
+        states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, into output: UnsafeMutableBufferPointer<Float>
+    ) throws {
         precondition(states.count == tokens * hidden * dtype.byteSize, "states are not [tokens, hidden]")
+        precondition(output.count >= tokens * hidden, "output is not [tokens, hidden]")
         guard ids.count == tokens * topK, weights.count == tokens * topK else {
             throw StepError.invalidStep("ids and weights must be [\(tokens), \(topK)] (got \(ids.count) and \(weights.count))")
         }
@@ -157,9 +179,10 @@ public final class Dispatcher {
         try PoolToken.validate(configuration.poolToken, source: "the dispatcher's configuration")
         if configuration.backend == .verbs, verbsContext == nil { verbsContext = try VerbsContext(options: configuration.verbs) }
         var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
-        // Partial sums with, per token row, the smallest expert it covers (the combine order).
-        var partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])] = []
+        var combiner = PartialCombiner(tokens: tokens, hidden: hidden, output: output.baseAddress!, scratch: combineScratch)
+        defer { combineScratch = combiner.scratch }
         let started = clock.now
+        var mark = started
         while let remaining = Optional(pending.indices.filter { pending[$0] }), !remaining.isEmpty {
             guard clock.now - started < configuration.stepDeadline else {
                 throw StepError.deadline(configuration.stepDeadline, lastFailures: lastFailure)
@@ -203,6 +226,7 @@ public final class Dispatcher {
                     markDown(server.id, because: error)
                 }
             }
+            phases.dispatch += clock.now - mark  // choosing, planning and sending
             for (index, flight) in inFlight.enumerated() {
                 guard let link = links[flight.server.id] else { continue }
                 // A timeout moves work to another replica; where there is none, giving up on a
@@ -212,12 +236,18 @@ public final class Dispatcher {
                 let hasAlternative = flight.batch.ids.allSatisfy { id in
                     id == RequestHeader.emptySlot || view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
                 }
+                mark = clock.now
+                defer { mark = clock.now }
                 do {
-                    let sums = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden, from: link, server: flight.server,
-                                           patient: !hasAlternative, stepStarted: started, sent: flight.sent)
+                    let response = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden, from: link, server: flight.server,
+                                               patient: !hasAlternative, stepStarted: started, sent: flight.sent)
                     timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent, pairs: flight.pairs.count)
                     revive[flight.server.id] = nil
-                    partials.append((flight.batch.firstExpert, flight.batch.tokens, sums))
+                    let received = clock.now
+                    phases.wait += received - mark
+                    // The answer points into the link's buffers: taken in before anything else is received.
+                    combiner.take(response.sums, tokens: flight.batch.tokens, firstExperts: flight.batch.firstExpert)
+                    phases.copy += clock.now - received
                     for pair in flight.pairs { pending[pair] = false }
                     if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
                 } catch let error as StepError {
@@ -230,23 +260,10 @@ public final class Dispatcher {
                 }
             }
         }
-        return combine(partials, tokens: tokens, hidden: hidden)
-    }
-
-    /// Adds the partial sums into each token's row in ascending order of their first expert.
-    private func combine(_ partials: [(firstExpert: [UInt16], tokens: [Int], sums: [Float])], tokens: Int, hidden: Int) -> [Float] {
-        var rows = [[(UInt16, Int, Int)]](repeating: [], count: tokens)  // (first expert, partial, row)
-        for (p, partial) in partials.enumerated() {
-            for (row, token) in partial.tokens.enumerated() { rows[token].append((partial.firstExpert[row], p, row)) }
-        }
-        var out = [Float](repeating: 0, count: tokens * hidden)
-        for t in 0..<tokens {
-            for (_, p, row) in rows[t].sorted(by: { $0.0 < $1.0 }) {
-                let sums = partials[p].sums
-                for h in 0..<hidden { out[t * hidden + h] = out[t * hidden + h] + sums[row * hidden + h] }
-            }
-        }
-        return out
+        let combining = clock.now
+        combiner.finish()
+        phases.combine += clock.now - combining
+        phases.steps += 1
     }
 
     private func currentView() -> MembershipView {
@@ -323,7 +340,7 @@ public final class Dispatcher {
     /// The response to `sequence`; GOAWAY frames on the way mark the server draining. Throws on
     /// timeout, connection loss, a wrong answer, or an error frame.
     private func receive(sequence: UInt64, tokens: Int, pairs: Int, hidden: Int, from link: ServerLink, server: ServerInfo,
-                         patient: Bool, stepStarted: ContinuousClock.Instant, sent: ContinuousClock.Instant) throws -> [Float] {
+                         patient: Bool, stepStarted: ContinuousClock.Instant, sent: ContinuousClock.Instant) throws -> ResponseView {
         // Answers from this server usually take `typical`: the first half of that is slept
         // through (more would leave the server idle between batches when answers come early).
         let likelyBy = sent + (timeouts[server.id]?.typical(pairs: pairs) ?? .zero) / 2
@@ -349,7 +366,7 @@ public final class Dispatcher {
                 guard response.header.tokens == tokens, response.header.hidden == hidden else {
                     throw WireError.invalid(frame: "response", field: "tokens", reason: "answers \(response.header.tokens) tokens × hidden \(response.header.hidden); expected \(tokens) × \(hidden)")
                 }
-                return (0..<(tokens * hidden)).map(response.sum)
+                return response
             case .goAway:
                 // Draining: no new work goes there, but this answer is still coming.
                 downUntil[server.id] = clock.now + configuration.downFor
