@@ -181,14 +181,17 @@ struct ChildrenLeftBehindTests {
         defer { try? FileManager.default.removeItem(atPath: log) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let bench = try ChildProcess(executable: PodProcessTests.binary,
-                                     arguments: ["bench", "pod", "--model", PodFixture.directory, "--shard", "0-7", "--clients", "2", "--seconds", "60"],
+                                     arguments: ["bench", "pod", "--model", PodFixture.directory, "--shard", "0-7", "--clients", "2", "--seconds", "600"],
                                      environment: ProcessInfo.processInfo.environment.merging(["EAAS_POOL_TOKEN": "bench-token-0123456789"]) { $1 },
                                      standardOutput: .null, standardError: .handle(handle))
         try? handle.close()
         defer { bench.kill(); bench.waitUntilExit() }
         var started: [Int32] = []
-        // Generous: on a machine the rest of the suite loads, a debug binary starts slowly.
-        let deadline = ContinuousClock.now + .seconds(60)
+        // Generous: on a machine the rest of the suite loads, a debug binary starts slowly, and this
+        // task may not run for a minute while synchronous tests hold the pool's threads (a CI run
+        // once looked only after a 60-second bench had ended). The bench outlives any such wait:
+        // the signal below ends it.
+        let deadline = ContinuousClock.now + .seconds(180)
         while started.count < 3, ContinuousClock.now < deadline, bench.isRunning {  // the pod and two clients
             started = Self.children(of: bench.pid)
             try await Task.sleep(for: .milliseconds(100))
