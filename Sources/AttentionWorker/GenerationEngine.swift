@@ -2,10 +2,12 @@ import Foundation
 import MoE
 import Transport
 
-/// Continuous batching over one decoder: each step gathers one token of every decoding sequence
-/// and chunks of the prompts being prefilled (up to `maxBatchTokens`), runs them through the model
-/// as one batch, so that every MoE layer sends one batch of tokens to the experts, and samples the
-/// sequences whose prompt is done. Sequences join and leave between steps.
+/// Continuous batching over one decoder: each step runs the `Scheduler`'s plan (one token of every
+/// decoding sequence and chunks of the prompts being prefilled, up to `maxBatchTokens`) through
+/// the model as one batch, so that every MoE layer sends one batch of tokens to the experts, and
+/// samples the sequences whose prompt is done. Sequences join and leave between steps. The
+/// scheduler decides; the engine keeps the thread, submission, cancellation and each sequence's
+/// tokens, sampler and cache.
 ///
 /// Requests beyond `maxRunning` wait in a queue of at most `maxWaiting`; past that, `submit`
 /// refuses with `SubmitError.overloaded` (HTTP 429), so nothing is dropped silently.
@@ -68,8 +70,11 @@ public final class GenerationEngine: @unchecked Sendable {
     private let maxContext: Int
     private let endOfSequence: Set<Int>
 
+    /// Guards everything below: submitters and the engine thread share it.
     private let condition = NSCondition()
-    private var waiting: [Sequence] = []
+    private var scheduler: Scheduler
+    /// Every sequence the scheduler holds, by id.
+    private var sequences: [UInt64: Sequence] = [:]
     private var cancelled: Set<UInt64> = []
     private var nextID: UInt64 = 0
     private var accepting = true
@@ -77,11 +82,6 @@ public final class GenerationEngine: @unchecked Sendable {
     private var statistics = Statistics()
     private var thread: Thread?
     private var finished = false
-    /// Sequences admitted and not yet retired (read by submitters, under the lock).
-    private var runningCount = 0
-    /// Engine-thread state.
-    private var running: [Sequence] = []
-    private var cacheBytesInUse = 0
 
     /// Loads the model in `directory`, its routed experts local or behind `dispatcher`.
     public convenience init(modelDirectory directory: String, experts: ExpertSource, configuration: Configuration = Configuration()) throws {
@@ -107,6 +107,8 @@ public final class GenerationEngine: @unchecked Sendable {
         modelName = name
         maxContext = min(configuration.maxContext ?? model.config.maxPositions, model.config.maxPositions)
         endOfSequence = Set(model.config.eosTokenIDs)
+        scheduler = Scheduler(limits: .init(maxRunning: configuration.maxRunning, maxBatchTokens: configuration.maxBatchTokens,
+                                            kvCacheBytes: configuration.kvCacheBytes))
     }
 
     /// Where routed experts run.
@@ -143,13 +145,20 @@ public final class GenerationEngine: @unchecked Sendable {
         defer { condition.unlock() }
         guard accepting else { throw .stopping }
         // Free running places first, then up to `maxWaiting` more.
-        guard !queueLimit || runningCount + waiting.count < capacity else {
-            throw .overloaded(waiting: waiting.count)
+        guard !queueLimit || scheduler.count < capacity else {
+            throw .overloaded(waiting: scheduler.waiting.count)
         }
-        nextID += 1
-        waiting.append(Sequence(id: nextID, request: request, events: events))
+        let id = enqueue(request, events: events)
         condition.signal()
-        return Handle(id: nextID, engine: self)
+        return Handle(id: id, engine: self)
+    }
+
+    /// Hands `request` to the scheduler (under the lock).
+    private func enqueue(_ request: GenerationRequest, events: @escaping @Sendable (GenerationEvent) -> Void) -> UInt64 {
+        nextID += 1
+        sequences[nextID] = Sequence(id: nextID, request: request, events: events)
+        scheduler.add(.init(id: nextID, promptLength: request.prompt.count, maxTokens: request.maxTokens, cacheBytes: cacheBytes(request)))
+        return nextID
     }
 
     /// Queues all of `requests` or none: each is checked first, and they go in under one lock, so
@@ -162,14 +171,11 @@ public final class GenerationEngine: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard accepting else { throw .stopping }
-        guard runningCount + waiting.count + requests.count <= capacity else {
-            throw .overloaded(waiting: waiting.count)
+        guard scheduler.count + requests.count <= capacity else {
+            throw .overloaded(waiting: scheduler.waiting.count)
         }
-        var handles: [Handle] = []
-        for (index, request) in requests.enumerated() {
-            nextID += 1
-            waiting.append(Sequence(id: nextID, request: request, events: { events(index, $0) }))
-            handles.append(Handle(id: nextID, engine: self))
+        let handles = requests.enumerated().map { index, request in
+            Handle(id: enqueue(request, events: { events(index, $0) }), engine: self)
         }
         condition.signal()
         return handles
@@ -258,16 +264,14 @@ public final class GenerationEngine: @unchecked Sendable {
     private func runLoop() {
         while true {
             condition.lock()
-            while waiting.isEmpty && running.isEmpty && cancelled.isEmpty && accepting && !stopNow { condition.wait() }
-            let idleAndClosed = !accepting && waiting.isEmpty && running.isEmpty
+            while scheduler.isIdle && cancelled.isEmpty && accepting && !stopNow { condition.wait() }
+            let idleAndClosed = !accepting && scheduler.isIdle
             if stopNow || idleAndClosed {
-                let abandoned = waiting
-                waiting.removeAll()
+                let abandoned = scheduler.abandonAll().compactMap { sequences[$0] }
+                sequences.removeAll()
                 condition.unlock()
-                for sequence in abandoned + running where !sequence.done { sequence.events(.failed(.shuttingDown)) }
-                running.removeAll()
+                for sequence in abandoned { sequence.events(.failed(.shuttingDown)) }
                 condition.lock()
-                runningCount = 0
                 finished = true
                 condition.broadcast()
                 condition.unlock()
@@ -289,7 +293,7 @@ public final class GenerationEngine: @unchecked Sendable {
         }
         while true {
             condition.lock()
-            let idle = waiting.isEmpty && running.isEmpty
+            let idle = scheduler.isIdle
             condition.unlock()
             if idle { break }
             step()
@@ -299,141 +303,97 @@ public final class GenerationEngine: @unchecked Sendable {
 
     // MARK: One step
 
-    /// Admits waiting sequences, builds one batch, runs it, samples, retires finished sequences.
+    /// Takes the scheduler's next plan, runs it, samples, and tells the scheduler how it went.
     func step() {
         condition.lock()
-        let gone = cancelled
+        let ended = scheduler.cancel(cancelled).compactMap { sequences[$0] }
         cancelled.removeAll()
-        var dropped: [Sequence] = []
-        waiting.removeAll { sequence in
-            guard gone.contains(sequence.id) else { return false }
-            dropped.append(sequence)
-            return true
-        }
-        while running.count < configuration.maxRunning, let next = waiting.first,
-              cacheBytesInUse + cacheBytes(next.request) <= configuration.kvCacheBytes {
-            waiting.removeFirst()
-            running.append(next)
-            runningCount += 1
-            cacheBytesInUse += cacheBytes(next.request)
-        }
+        // Cancelled sequences give their cache back before admission.
+        statistics.failedRequests += retire()
+        let plan = scheduler.schedule()
+        let members = plan.chunks.map { sequences[$0.id]! }
         condition.unlock()
-        for sequence in running where gone.contains(sequence.id) && !sequence.done {
-            sequence.done = true
-            dropped.append(sequence)
-        }
         // Every sequence ends with one event, a cancelled one too.
-        for sequence in dropped { sequence.events(.failed(.cancelled)) }
-        retire()
+        for sequence in ended { sequence.events(.failed(.cancelled)) }
+        guard !plan.isEmpty else { return }
 
-        var batch = StepBatch()
-        var sampled: [(sequence: Sequence, row: Int)] = []
-        var budget = configuration.maxBatchTokens
-        for sequence in running where sequence.isDecoding && budget > 0 {
-            let cache = sequence.cache(model)
-            batch.append(cache, tokens: [Int32(sequence.generated.last!)])
-            sampled.append((sequence, batch.count - 1))
-            budget -= 1
-        }
-        var promptTokens = 0
-        for sequence in running where !sequence.isDecoding && budget > 0 {
-            let cache = sequence.cache(model)
-            let chunk = min(budget, sequence.request.prompt.count - cache.length)
-            batch.append(cache, tokens: sequence.request.prompt[cache.length..<(cache.length + chunk)].lazy.map { Int32($0) })
-            budget -= chunk
-            promptTokens += chunk
-            if cache.length + chunk == sequence.request.prompt.count { sampled.append((sequence, batch.count - 1)) }
-        }
-        guard batch.count > 0 else { return }
         let touchedBefore = model.placement.expertsTouched
-        let generated = run(batch, sampled: sampled)
+        let outcomes = run(Array(zip(plan.chunks, members)))
         let touched = model.placement.expertsTouched - touchedBefore
+
         condition.lock()
-        if promptTokens == 0 {
+        let finishedSequences = scheduler.postprocess(plan, outcomes: outcomes).map { (sequences[$0.id]!, $0.reason) }
+        let failed = retire()
+        if plan.promptTokens == 0 {
             statistics.decodeSteps += 1
             statistics.decodeExpertsTouched += touched
         }
         statistics.steps += 1
-        statistics.promptTokens += promptTokens
-        statistics.generatedTokens += generated
+        statistics.promptTokens += plan.promptTokens
+        statistics.generatedTokens += outcomes.count { if case .sampled = $0 { true } else { false } }
+        statistics.failedRequests += failed
         statistics.failovers = model.placement.failovers
         statistics.moePhases = model.placement.phases
         condition.unlock()
-        retire()
+        for (sequence, reason) in finishedSequences {
+            sequence.events(.finished(reason, promptTokens: sequence.request.prompt.count, completionTokens: sequence.generated.count))
+        }
     }
 
-    /// Runs one step's batch and hands each sampled sequence its token; returns how many tokens
-    /// were generated.
+    /// Lets the scheduler drop its done sequences (under the lock); returns how many failed.
+    private func retire() -> Int {
+        let retired = scheduler.retire()
+        for id in retired.ids { sequences[id] = nil }
+        return retired.failed
+    }
+
+    /// Runs `chunks` through the model as one batch and hands each sampled sequence its token
+    /// (and a failed one its failure); returns one outcome per chunk.
     ///
     /// A step a pod refused for its values (one sequence's hidden states overflow the experts,
     /// say) is run again one sequence at a time, so that only the sequence at fault fails: a
     /// failed step leaves every cache as it was (lengths grow only once a step is done), so the
     /// retry recomputes the same positions. Other failures (no replica in time) fail the step's
     /// sequences at once, since running them apart would meet the same cause.
-    private func run(_ batch: StepBatch, sampled: [(sequence: Sequence, row: Int)]) -> Int {
+    private func run(_ chunks: [(chunk: Scheduler.StepPlan.Chunk, sequence: Sequence)]) -> [Scheduler.Outcome] {
+        var batch = StepBatch()
+        var sampledRows: [Int] = []
+        for (chunk, sequence) in chunks {
+            let cache = sequence.cache(model)
+            if let prompt = chunk.prompt {
+                batch.append(cache, tokens: sequence.request.prompt[prompt].lazy.map { Int32($0) })
+            } else {
+                batch.append(cache, tokens: [Int32(sequence.generated.last!)])
+            }
+            if chunk.samples { sampledRows.append(batch.count - 1) }
+        }
         let logits: [Float]
         do {
-            logits = try model.forward(batch, logitRows: sampled.map(\.row))
+            logits = try model.forward(batch, logitRows: sampledRows)
         } catch {
             let failure = SequenceFailure.step(error)
-            if case .stepFailed(_, retryable: false) = failure, error is Dispatcher.StepError, batch.segments.count > 1 {
-                return batch.segments.reduce(0) { total, segment in
-                    var alone = StepBatch()
-                    alone.append(segment.cache, tokens: batch.tokens[segment.firstRow..<(segment.firstRow + segment.count)])
-                    let rows = sampled.filter { $0.sequence.kvCache === segment.cache }.map { (sequence: $0.sequence, row: alone.count - 1) }
-                    return total + run(alone, sampled: rows)
-                }
+            if case .stepFailed(_, retryable: false) = failure, error is Dispatcher.StepError, chunks.count > 1 {
+                return chunks.flatMap { run([$0]) }
             }
             // The step's sequences cannot continue.
-            for segment in batch.segments {
-                if let sequence = running.first(where: { $0.kvCache === segment.cache }) {
-                    sequence.events(.failed(failure))
-                    sequence.done = true
-                    sequence.failed = true
-                }
-            }
-            return 0
+            for (_, sequence) in chunks { sequence.events(.failed(failure)) }
+            return Array(repeating: .failed, count: chunks.count)
         }
         let vocab = config.vocabSize
-        var generated = 0
-        logits.withUnsafeBufferPointer { all in
-            for (index, entry) in sampled.enumerated() {
-                let sequence = entry.sequence
-                guard let token = sequence.sampler.next(UnsafeBufferPointer(rebasing: all[(index * vocab)..<((index + 1) * vocab)])) else {
+        var sampled = 0
+        return logits.withUnsafeBufferPointer { all in
+            chunks.map { chunk, sequence in
+                guard chunk.samples else { return .ran }
+                defer { sampled += 1 }
+                guard let token = sequence.sampler.next(UnsafeBufferPointer(rebasing: all[(sampled * vocab)..<((sampled + 1) * vocab)])) else {
                     sequence.events(.failed(.nonFiniteLogits))
-                    sequence.done = true
-                    sequence.failed = true
-                    continue
+                    return .failed
                 }
                 sequence.generated.append(token)
-                generated += 1
                 sequence.events(.token(token))
-                let stop = sequence.request.stopTokenIDs.contains(token) || (!sequence.request.ignoreEOS && endOfSequence.contains(token))
-                if stop || sequence.generated.count == sequence.request.maxTokens {
-                    sequence.events(.finished(stop ? .stop : .length, promptTokens: sequence.request.prompt.count,
-                                              completionTokens: sequence.generated.count))
-                    sequence.done = true
-                }
+                return .sampled(stop: sequence.request.stopTokenIDs.contains(token) || (!sequence.request.ignoreEOS && endOfSequence.contains(token)))
             }
         }
-        return generated
-    }
-
-    /// Drops finished, failed and cancelled sequences and gives back their cache.
-    private func retire() {
-        var failed = 0, retired = 0
-        running.removeAll { sequence in
-            guard sequence.done else { return false }
-            cacheBytesInUse -= cacheBytes(sequence.request)
-            if sequence.failed { failed += 1 }
-            retired += 1
-            return true
-        }
-        guard retired > 0 else { return }
-        condition.lock()
-        statistics.failedRequests += failed
-        runningCount -= retired
-        condition.unlock()
     }
 }
 
@@ -455,8 +415,6 @@ private final class Sequence {
     var sampler: Sampler
     var generated: [Int] = []
     var kvCache: KVCache?
-    var done = false
-    var failed = false
 
     init(id: UInt64, request: GenerationRequest, events: @escaping @Sendable (GenerationEvent) -> Void) {
         self.id = id
@@ -464,9 +422,6 @@ private final class Sequence {
         self.events = events
         sampler = Sampler(request.sampling)
     }
-
-    /// Prompt fully processed and at least one token sampled: feeds its last token next.
-    var isDecoding: Bool { !generated.isEmpty }
 
     /// The cache, allocated at the first step the sequence takes part in.
     func cache(_ model: DecoderModel) -> KVCache {

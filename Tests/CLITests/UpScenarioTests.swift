@@ -151,9 +151,19 @@ struct UpScenarioTests {
             let (shard, row) = try #require(table.first { $0.value.ready >= 2 })
             let experts = shard == "s0" ? "0-3" : "4-7"
 
-            // An attention worker run as the sample Deployment runs it (`--pool`) finds the pods
-            // through eaas up's API server and generates.
-            try await Self.workerGenerates(directory: directory)
+            // SIGKILL one of its pods while the load goes on: first, before anything slow, so the kill
+            // lands inside the 45 s of high load even on a loaded machine.
+            let pods = Self.podProcesses(parent: process.processIdentifier)
+            let victim = try #require(pods.first { $0.value == experts }?.key, "no expert-pod process for \(shard) among \(pods)")
+            kill(victim, SIGKILL)
+            try await Self.until("the killed pod is replaced", timeout: .seconds(60)) {
+                let now = Self.podProcesses(parent: process.processIdentifier)
+                // As many as before the kill, or as many as the shard now wants if the load has
+                // already fallen (a slow machine) and the controller scaled down meanwhile.
+                let current = Self.lastTable(text())[shard]
+                let wanted = min(row.ready, current?.desired ?? row.ready)
+                return now[victim] == nil && now.filter { $0.value == experts }.count >= wanted && (current?.ready ?? 0) >= wanted
+            }
 
             // The API server answers only the kubeconfig's bearer token (the file is this user's alone).
             let kubeconfig = try String(contentsOfFile: directory + "/up/kubeconfig", encoding: .utf8)
@@ -163,20 +173,15 @@ struct UpScenarioTests {
             let (_, anonymous) = try await URLSession.shared.data(from: try #require(URL(string: serverURL + "/api/v1/namespaces/default/secrets")))
             #expect((anonymous as? HTTPURLResponse)?.statusCode == 401, "an unauthenticated request was answered")
 
-            // SIGKILL one of its pods while the load goes on.
-            let pods = Self.podProcesses(parent: process.processIdentifier)
-            let victim = try #require(pods.first { $0.value == experts }?.key, "no expert-pod process for \(shard) among \(pods)")
-            kill(victim, SIGKILL)
-            try await Self.until("the killed pod is replaced", timeout: .seconds(60)) {
-                let now = Self.podProcesses(parent: process.processIdentifier)
-                return now[victim] == nil && now.filter { $0.value == experts }.count >= row.ready
-                    && (Self.lastTable(text())[shard]?.ready ?? 0) >= row.ready
-            }
             let log = (try? String(contentsOfFile: directory + "/up/eaas.log", encoding: .utf8)) ?? ""
             #expect(log.contains("replacing the pod"))
             // The local runtime removed the shared slot region the killed pod could not.
             let left = (try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []
             #expect(!left.contains { $0.hasPrefix("eaas-slots-") && $0.contains("-\(victim)-") }, "\(left)")
+
+            // An attention worker run as the sample Deployment runs it (`--pool`) finds the pods
+            // through eaas up's API server and generates.
+            try await Self.workerGenerates(directory: directory)
 
             // Load falls: every shard back to one replica once the 10 s window has passed.
             try await Self.until("every shard back to 1 replica", timeout: .seconds(120)) {
