@@ -27,6 +27,11 @@ public final class GenerationEngine: @unchecked Sendable {
         public var maxContext: Int?
         /// Bytes of KV cache (f32) all running sequences may hold together.
         public var kvCacheBytes = 4 << 30
+        /// Micro-batches each step is split into, pipelined against remote experts (1 or 2): with
+        /// 2, the pods compute one half's experts while this worker runs the other half's
+        /// attention. It pays where the pods have cores of their own; each half's experts read
+        /// their weights again, so on shared cores it costs. Local experts always run 1.
+        public var microBatches = 1
 
         public init() {}
 
@@ -35,6 +40,7 @@ public final class GenerationEngine: @unchecked Sendable {
             if maxBatchTokens < maxRunning { return "max batch tokens (\(maxBatchTokens)) must be at least max running sequences (\(maxRunning))" }
             if maxWaiting < 0 { return "max waiting requests must be at least 0" }
             if let maxContext, maxContext < 2 { return "max context must be at least 2" }
+            if !(1...2).contains(microBatches) { return "micro-batches must be 1 or 2 (got \(microBatches))" }
             return nil
         }
     }
@@ -94,7 +100,13 @@ public final class GenerationEngine: @unchecked Sendable {
             // Only experts of this very checkpoint are ever combined into this model.
             var dispatcher = dispatcher
             if dispatcher.modelDigest == nil { dispatcher.modelDigest = try ModelDigest.compute(directory: directory).bytes }
-            placement = RoutedExpertPlacement(dispatcher: Dispatcher(membership: membership, configuration: dispatcher), wireDType: wireDType)
+            // One dispatcher per micro-batch in flight, each its own client of the pods.
+            let lanes = (0..<configuration.microBatches).map { lane in
+                var own = dispatcher
+                own.clientID = dispatcher.clientID &+ UInt64(lane)
+                return Dispatcher(membership: membership, configuration: own)
+            }
+            placement = RoutedExpertPlacement(dispatchers: lanes, wireDType: wireDType)
         }
         self.init(model: DecoderModel(weights: weights, placement: placement), configuration: configuration,
                   name: URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent)
@@ -108,7 +120,7 @@ public final class GenerationEngine: @unchecked Sendable {
         maxContext = min(configuration.maxContext ?? model.config.maxPositions, model.config.maxPositions)
         endOfSequence = Set(model.config.eosTokenIDs)
         scheduler = Scheduler(limits: .init(maxRunning: configuration.maxRunning, maxBatchTokens: configuration.maxBatchTokens,
-                                            kvCacheBytes: configuration.kvCacheBytes))
+                                            kvCacheBytes: configuration.kvCacheBytes, microBatches: min(configuration.microBatches, model.placement.lanes)))
     }
 
     /// Where routed experts run.
@@ -318,7 +330,7 @@ public final class GenerationEngine: @unchecked Sendable {
         guard !plan.isEmpty else { return }
 
         let touchedBefore = model.placement.expertsTouched
-        let outcomes = run(Array(zip(plan.chunks, members)))
+        let outcomes = run(Array(zip(plan.chunks, members)), microBatches: plan.microBatches)
         let touched = model.placement.expertsTouched - touchedBefore
 
         condition.lock()
@@ -347,33 +359,38 @@ public final class GenerationEngine: @unchecked Sendable {
         return retired.failed
     }
 
-    /// Runs `chunks` through the model as one batch and hands each sampled sequence its token
-    /// (and a failed one its failure); returns one outcome per chunk.
+    /// Runs `chunks` through the model as one batch (pipelined as `microBatches`, ranges of
+    /// `chunks`, when there are several) and hands each sampled sequence its token (and a failed
+    /// one its failure); returns one outcome per chunk.
     ///
     /// A step a pod refused for its values (one sequence's hidden states overflow the experts,
     /// say) is run again one sequence at a time, so that only the sequence at fault fails: a
     /// failed step leaves every cache as it was (lengths grow only once a step is done), so the
     /// retry recomputes the same positions. Other failures (no replica in time) fail the step's
     /// sequences at once, since running them apart would meet the same cause.
-    private func run(_ chunks: [(chunk: Scheduler.StepPlan.Chunk, sequence: Sequence)]) -> [Scheduler.Outcome] {
-        var batch = StepBatch()
-        var sampledRows: [Int] = []
-        for (chunk, sequence) in chunks {
-            let cache = sequence.cache(model)
-            if let prompt = chunk.prompt {
-                batch.append(cache, tokens: sequence.request.prompt[prompt].lazy.map { Int32($0) })
-            } else {
-                batch.append(cache, tokens: [Int32(sequence.generated.last!)])
+    private func run(_ chunks: [(chunk: Scheduler.StepPlan.Chunk, sequence: Sequence)], microBatches: [Range<Int>]) -> [Scheduler.Outcome] {
+        var batches: [StepBatch] = [], sampledRows: [[Int]] = []
+        for range in microBatches {
+            var batch = StepBatch(), rows: [Int] = []
+            for (chunk, sequence) in chunks[range] {
+                let cache = sequence.cache(model)
+                if let prompt = chunk.prompt {
+                    batch.append(cache, tokens: sequence.request.prompt[prompt].lazy.map { Int32($0) })
+                } else {
+                    batch.append(cache, tokens: [Int32(sequence.generated.last!)])
+                }
+                if chunk.samples { rows.append(batch.count - 1) }
             }
-            if chunk.samples { sampledRows.append(batch.count - 1) }
+            batches.append(batch)
+            sampledRows.append(rows)
         }
         let logits: [Float]
         do {
-            logits = try model.forward(batch, logitRows: sampledRows)
+            logits = try model.forward(microBatches: batches, logitRows: sampledRows)
         } catch {
             let failure = SequenceFailure.step(error)
             if case .stepFailed(_, retryable: false) = failure, error is Dispatcher.StepError, chunks.count > 1 {
-                return chunks.flatMap { run([$0]) }
+                return chunks.flatMap { run([$0], microBatches: [0..<1]) }
             }
             // The step's sequences cannot continue.
             for (_, sequence) in chunks { sequence.events(.failed(failure)) }

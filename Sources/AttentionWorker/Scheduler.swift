@@ -15,6 +15,8 @@ struct Scheduler: Equatable {
         var maxBatchTokens: Int
         /// KV-cache bytes the running sequences hold together.
         var kvCacheBytes: Int
+        /// Micro-batches a step is split into (the runner pipelines them against remote experts).
+        var microBatches = 1
     }
 
     /// What the scheduler knows of one sequence.
@@ -54,6 +56,9 @@ struct Scheduler: Equatable {
         }
 
         var chunks: [Chunk] = []
+        /// The micro-batches, as ranges of `chunks`: contiguous, in order, together all of them;
+        /// each holds whole sequences.
+        var microBatches: [Range<Int>] = []
         /// Prompt tokens in the step.
         var promptTokens: Int { chunks.reduce(0) { $0 + ($1.prompt?.count ?? 0) } }
         /// Tokens in the step.
@@ -129,7 +134,29 @@ struct Scheduler: Equatable {
             plan.chunks.append(.init(id: entry.id, prompt: entry.prefilled..<end, samples: end == entry.promptLength))
             budget -= chunk
         }
+        plan.microBatches = Self.split(plan.chunks, into: limits.microBatches)
         return plan
+    }
+
+    /// `chunks` cut into at most `parts` contiguous runs whose token counts are as even as
+    /// whole sequences allow (each cut where the tokens before it come closest to their share).
+    static func split(_ chunks: [StepPlan.Chunk], into parts: Int) -> [Range<Int>] {
+        guard !chunks.isEmpty else { return [] }
+        let tokens = chunks.map { $0.prompt?.count ?? 1 }
+        let total = tokens.reduce(0, +)
+        var cuts: [Int] = [0]
+        var before = 0, index = 0
+        for part in 1..<max(1, min(parts, chunks.count)) {
+            let share = total * part / parts
+            // Advance while taking the next chunk brings the tokens before the cut closer to the share.
+            while index < chunks.count - 1, abs(before + tokens[index] - share) <= abs(before - share) || index < cuts.last! + 1 {
+                before += tokens[index]
+                index += 1
+            }
+            if index > cuts.last!, index < chunks.count { cuts.append(index) }
+        }
+        cuts.append(chunks.count)
+        return zip(cuts, cuts.dropFirst()).map { $0..<$1 }
     }
 
     /// Applies the outcomes of `plan`'s chunks (one each, in order). Returns the sequences that

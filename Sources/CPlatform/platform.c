@@ -34,6 +34,18 @@ int eaas_allowed_cpu_count(void) {
     return n > 0 ? n : 1;
 }
 
+int eaas_allowed_cpus(int *ids, int capacity) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    int found = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        if (found < capacity) ids[found] = cpu;
+        found++;
+    }
+    return found;
+}
+
 int eaas_pin_to_current_cpu(void) {
     int cpu = sched_getcpu();
     if (cpu < 0) return -1;

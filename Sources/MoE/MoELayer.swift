@@ -102,6 +102,15 @@ public final class MoELayer: Sendable {
         return routing
     }
 
+    /// Adds the shared experts' part to `output` `[tokens, hidden]` (which holds the routed sum):
+    /// the second half of `forward(_:tokens:scratch:into:routed:)`, for callers that run the
+    /// routed experts asynchronously between routing and this.
+    public func addSharedExperts(_ input: UnsafeBufferPointer<Float>, tokens: Int, into output: UnsafeMutableBufferPointer<Float>, scratch: ExpertScratch) {
+        guard let shared, tokens > 0 else { return }
+        precondition(input.count >= tokens * hidden && output.count >= tokens * hidden, "input or output is not [tokens, hidden]")
+        addShared(shared, input: input.baseAddress!, tokens: tokens, output: output.baseAddress!, scratch: scratch)
+    }
+
     /// Adds the routed experts of `routing` into `output` `[tokens, hidden]` with the experts this
     /// layer loaded (an error names an expert it did not).
     public func accumulateRouted(_ input: UnsafeBufferPointer<Float>, routing: Routing, into output: UnsafeMutableBufferPointer<Float>, scratch: ExpertScratch) throws {

@@ -15,7 +15,32 @@ enum DecodeRun {
     }
 
     static func measure(_ engine: GenerationEngine, batch: Int, promptTokens: Int, decodeTokens: Int, vocab: Int, seed: UInt64) throws -> Double {
+        try measureWindow(engine, batch: batch, promptTokens: promptTokens, decodeTokens: decodeTokens, vocab: vocab, seed: seed).rate
+    }
+
+    /// The decode window of one run: its tokens/s, its length, and where its MoE layers' time went.
+    struct Window {
+        var rate: Double
+        var seconds: Double
+        var steps: Int
+        var phases: MoEPhaseTimes
+        /// The change of `probe` (a pod's busy seconds, say) over the window's steps but its first,
+        /// whose work is already done when the window's first token comes; nil without a probe.
+        var probed: Double?
+        var probedSteps: Int { max(0, steps - 1) }
+    }
+
+    /// `measure`, with the MoE phase times of exactly the steps the rate counts.
+    static func measureWindow(_ engine: GenerationEngine, batch: Int, promptTokens: Int, decodeTokens: Int, vocab: Int, seed: UInt64,
+                              probe: (@Sendable () -> Double)? = nil) throws -> Window {
         let timeline = Timeline(sequences: batch)
+        // Taken at the first token of the window's first step: its stats then hold every step before.
+        let atStart = Locked<GenerationEngine.Statistics?>(nil)
+        let probedAtStart = Locked<Double?>(nil)
+        timeline.onDecodeStart = {
+            atStart.set(engine.stats)
+            if let probe { probedAtStart.set(probe()) }
+        }
         for (index, prompt) in prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: seed).enumerated() {
             try engine.submit(GenerationRequest(prompt: prompt, maxTokens: decodeTokens + 1, ignoreEOS: true)) { event in
                 // Events come from inside the engine's step, before it counts that step: every token
@@ -23,8 +48,21 @@ enum DecodeRun {
                 timeline.record(event, sequence: index, step: engine.stats.steps)
             }
         }
-        return try timeline.decodeRate()
+        let (rate, seconds) = try timeline.decodeWindow()
+        let end = engine.stats
+        let start = atStart.get() ?? end
+        let probed = probedAtStart.get().flatMap { first in probe.map { $0() - first } }
+        return Window(rate: rate, seconds: seconds, steps: end.steps - start.steps, phases: end.moePhases - start.moePhases, probed: probed)
     }
+}
+
+/// A value behind a lock, for a closure on another thread to fill.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func set(_ new: Value) { lock.lock(); value = new; lock.unlock() }
+    func get() -> Value { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 /// Token events of a batch, tagged with the engine step that produced them.
@@ -37,6 +75,10 @@ final class Timeline: @unchecked Sendable {
     private var failure: String?
     /// Per step: tokens and when its last token came.
     private var steps: [Int: (tokens: Int, time: Double)] = [:]
+    /// Called (on the engine thread) at the first token of the first step after every sequence
+    /// has its first token: where the decode window starts.
+    var onDecodeStart: (@Sendable () -> Void)?
+    private var decodeStarted = false
 
     init(sequences: Int) {
         firstStep = Array(repeating: nil, count: sequences)
@@ -53,6 +95,10 @@ final class Timeline: @unchecked Sendable {
         switch event {
         case .token:
             if firstStep[sequence] == nil { (firstStep[sequence], firstTime[sequence]) = (step, time) }
+            if !decodeStarted, firstStep.allSatisfy({ $0 != nil }), step > firstStep.compactMap({ $0 }).max()! {
+                decodeStarted = true
+                onDecodeStart?()
+            }
             steps[step, default: (0, time)].tokens += 1
             steps[step]!.time = time
         case .finished: done[sequence] = true
@@ -64,14 +110,18 @@ final class Timeline: @unchecked Sendable {
     /// Waits for every sequence, then: tokens of the steps after the one in which the last
     /// sequence got its first token, over the time from that step to the last (decode only:
     /// prefills and staggered starts are left out).
-    func decodeRate() throws -> Double {
+    func decodeRate() throws -> Double { try decodeWindow().rate }
+
+    /// `decodeRate`, and the seconds its window lasted.
+    func decodeWindow() throws -> (rate: Double, seconds: Double) {
         condition.lock()
         defer { condition.unlock() }
         try waitForAll()
         guard let start = firstStep.compactMap({ $0 }).max(), let startTime = steps[start]?.time,
-              let end = steps.keys.max(), end > start, let endTime = steps[end]?.time else { return 0 }
+              let end = steps.keys.max(), end > start, let endTime = steps[end]?.time else { return (0, 0) }
         let tokens = steps.filter { $0.key > start }.map(\.value.tokens).reduce(0, +)
-        return Double(tokens) / max(endTime - startTime, 1e-9)
+        let seconds = max(endTime - startTime, 1e-9)
+        return (Double(tokens) / seconds, seconds)
     }
 
     /// Waits for every sequence; when the last of them got its first token.

@@ -45,6 +45,7 @@ struct E2EBenchCommand: ParsableCommand {
     @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 30
     @Option(help: "Tokens of load a pod already in a step may carry before the step adds another pod; the pods share this host's cores, so the default keeps each step on one pod.") var contactCost: Int = 1 << 20
     @Option(help: "Rounds of the side-by-side measurement (modes interleaved); each mode's median is reported.") var repeats: Int = 3
+    @Option(help: "Batch sizes of the overlap configuration (worker pinned to one CPU, one pod to the others; 1 and 2 micro-batches), comma-separated, each at least 2; default those of --batch-sizes that are; 'none' skips it. The summary's overlap_* keys are the first's.") var overlapBatchSizes: String?
     @Option(help: "Python with vLLM (e.g. a venv's bin/python): also run vLLM on the same model and prompts, in the checkpoint's dtype.") var vllm: String?
     @Flag(help: "With --vllm: also run vLLM with fp32 weights (its dtype=float32), reported beside the checkpoint-dtype run.") var vllmFp32 = false
     @Flag(help: "Print one JSON document instead of tables.") var json = false
@@ -67,9 +68,19 @@ struct E2EBenchCommand: ParsableCommand {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         if let failureBatch, failureBatch < 1 { throw ValidationError("--failure-batch must be at least 1") }
         guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
+        if let overlapBatchSizes, overlapBatchSizes != "none" {
+            guard try Self.positiveList(overlapBatchSizes, option: "--overlap-batch-sizes").allSatisfy({ $0 >= 2 }) else {
+                throw ValidationError("--overlap-batch-sizes '\(overlapBatchSizes)': each must be at least 2 (two micro-batches of whole sequences)")
+            }
+        }
     }
 
     func sizes() throws -> [Int] { try Self.positiveList(batchSizes, option: "--batch-sizes") }
+
+    func overlapSizes() throws -> [Int] {
+        guard let overlapBatchSizes else { return try sizes().filter { $0 >= 2 } }
+        return overlapBatchSizes == "none" ? [] : try Self.positiveList(overlapBatchSizes, option: "--overlap-batch-sizes")
+    }
 
     func prefillSizes() throws -> [Int] {
         prefillBatchSizes.trimmingCharacters(in: .whitespaces) == "none" ? [] : try Self.positiveList(prefillBatchSizes, option: "--prefill-batch-sizes")
@@ -155,16 +166,7 @@ struct E2EBenchCommand: ParsableCommand {
                 for (index, (name, engine)) in engines.enumerated() {
                     let before = engine.stats
                     defer {
-                        let spent = engine.stats.moePhases.since(before.moePhases)
-                        phases[index].gate += spent.gate
-                        phases[index].narrow += spent.narrow
-                        phases[index].localExperts += spent.localExperts
-                        phases[index].layers += spent.layers
-                        phases[index].remote.dispatch += spent.remote.dispatch
-                        phases[index].remote.wait += spent.remote.wait
-                        phases[index].remote.copy += spent.remote.copy
-                        phases[index].remote.combine += spent.remote.combine
-                        phases[index].remote.steps += spent.remote.steps
+                        phases[index] += engine.stats.moePhases - before.moePhases
                         if index == 0 {
                             decodeSteps += engine.stats.decodeSteps - before.decodeSteps
                             touched += engine.stats.decodeExpertsTouched - before.decodeExpertsTouched
@@ -224,6 +226,37 @@ struct E2EBenchCommand: ParsableCommand {
             }
         }
 
+        // Attention and experts on separate cores, with and without the ping-pong micro-batches.
+        let overlapSizes = try overlapSizes()
+        var overlap: (report: OverlapRun.Report, workerCPU: Int, podCPUs: String)?
+        var overlapSkipped: String?
+        if overlapSizes.isEmpty {
+            overlapSkipped = "no batch size of at least 2"
+        } else if let reason = OverlapRun.unavailable {
+            overlapSkipped = reason
+            log("overlap configuration skipped: \(reason)")
+        } else {
+            overlap = try OverlapRun.run(model: directory, batches: overlapSizes, promptTokens: promptTokens, decodeTokens: decodeTokens,
+                                         repeats: repeats, wireDtype: wireDtype, maxBatchTokens: engineConfiguration.maxBatchTokens, log: log)
+        }
+        /// The monolithic engine's rate (both CPUs) at `batch`, when it was one of the batch sizes.
+        func monolithic(at batch: Int) -> Double? { rows.first { $0["batch"] as? Int == batch }?["monolithic_tok_s"] as? Double }
+        var overlapRuns: [[String: Any]] = []
+        for run in overlap?.report.runs ?? [] {
+            var entry: [String: Any] = [
+                "batch": run.batch, "overlap_tok_s": run.overlapTokS, "overlap_plain_tok_s": run.plainTokS, "overlap_speedup": run.speedup,
+                "overlap_ideal_speedup": run.idealSpeedup, "overlap_speedup_over_ideal": run.speedup / run.idealSpeedup,
+                "overlap_attention_ms_per_step": run.attentionMsPerStep, "overlap_experts_ms_per_step": run.expertsMsPerStep,
+                "overlap_pipelined_experts_ms_per_step": run.overlapExpertsMsPerStep,
+                "overlap_pod_compute_ms_per_step": run.podComputeMsPerStep, "overlap_pipelined_pod_compute_ms_per_step": run.overlapPodComputeMsPerStep,
+            ]
+            if let mono = monolithic(at: run.batch) { entry["overlap_over_monolithic"] = run.overlapTokS / mono }
+            overlapRuns.append(entry)
+            if let index = rows.firstIndex(where: { $0["batch"] as? Int == run.batch }) {
+                for key in ["overlap_tok_s", "overlap_speedup", "overlap_ideal_speedup", "overlap_over_monolithic"] { rows[index][key] = entry[key] }
+            }
+        }
+
         let failureSequences = failureBatch ?? largest
         // The same sequences without a failure first: the reference for the failure run's tokens.
         log("failure run, reference: \(failureSequences) sequences for \(failureSeconds) s over shm, no pod killed")
@@ -277,6 +310,15 @@ struct E2EBenchCommand: ParsableCommand {
 
         var report = BenchReport(bench: "e2e")
         report.results = rows
+        // The first overlap batch's figures at the top level (the keys scripts read), every batch in overlap_runs.
+        var overlapSummary: [String: Any] = ["overlap_runs": overlapRuns]
+        if let overlap, let first = overlapRuns.first {
+            overlapSummary.merge(first.filter { $0.key != "batch" }) { $1 }
+            overlapSummary.merge(["overlap_batch": first["batch"]!, "overlap_worker_cpu": overlap.workerCPU, "overlap_pod_cpus": overlap.podCPUs,
+                                  "overlap_worker_threads": overlap.report.threads]) { $1 }
+        } else {
+            overlapSummary["overlap_skipped"] = overlapSkipped ?? "not run"
+        }
         report.summary = [
             "model": ["directory": directory, "architecture": config.architecture.cliName, "hidden": config.hiddenSize, "expert_ffn": config.expertFFNSize,
                       "experts": config.expertCount, "top_k": config.router.topK, "layers": config.layerCount, "dtype": config.dtype?.rawValue ?? "?"],
@@ -295,7 +337,7 @@ struct E2EBenchCommand: ParsableCommand {
             // Per MoE layer call of the largest batch's decode runs, remote over shm; every mode below.
             "phase_ms": phases[1].millisecondsPerLayer,
             "phase_ms_by_mode": Dictionary(uniqueKeysWithValues: zip(["monolithic", "remote_shm", "remote_tcp"], phases.map(\.millisecondsPerLayer))),
-        ]
+        ].merging(overlapSummary) { $1 }
         if json {
             print(try report.json())
             return
@@ -338,6 +380,24 @@ struct E2EBenchCommand: ParsableCommand {
         print(String(format: "\nthis machine (best of the run's probes): memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print("matmul: \(MatmulPrecision.process.summary)")
+        if let overlap {
+            print("\noverlap: the worker on CPU \(overlap.workerCPU) (\(overlap.report.threads) compute thread), one pod on CPU \(overlap.podCPUs), shm; "
+                  + "A = the worker's own time per step, E = its time on the experts, with 1 micro-batch; ideal = (A+E)/max(A,E)")
+            var table = TextTable(columns: ["batch", "1 micro-batch tok/s", "2 pipelined tok/s", "speedup", "ideal", "of ideal", "A ms", "E ms",
+                                            "pod ms/step 1", "pod ms/step 2", "monolithic 2 CPUs tok/s", "2 pipelined/mono"])
+            for run in overlap.report.runs {
+                let mono = monolithic(at: run.batch)
+                table.rows.append(["\(run.batch)", String(format: "%.1f", run.plainTokS), String(format: "%.1f", run.overlapTokS),
+                                   String(format: "%.2f", run.speedup), String(format: "%.2f", run.idealSpeedup), String(format: "%.2f", run.speedup / run.idealSpeedup),
+                                   String(format: "%.1f", run.attentionMsPerStep), String(format: "%.1f", run.expertsMsPerStep),
+                                   String(format: "%.1f", run.podComputeMsPerStep), String(format: "%.1f", run.overlapPodComputeMsPerStep),
+                                   mono.map { String(format: "%.1f", $0) } ?? "-", mono.map { String(format: "%.2f", run.overlapTokS / $0) } ?? "-"])
+            }
+            print(table.render())
+            print("(pod ms/step: its compute per step, eaas_busy_seconds_total; two micro-batches each read the weights of the experts their own tokens chose)")
+        } else {
+            print("\noverlap configuration skipped: \(overlapSkipped ?? "not run")")
+        }
         print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss against the run without the kill %.2f%%, %d failed requests, %d failovers",
                      failureSequences, failure.before, failure.after, failureLoss * 100, failure.failedRequests, failure.failovers))
         print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))

@@ -278,14 +278,26 @@ final class EaasChild {
     private let output = Pipe()
     private var buffered = Data()
 
-    init(arguments: [String], environment: [String: String]) throws {
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+    /// Runs `eaas arguments…`; with `cpus` (a `taskset -c` list such as "1"), pinned to those CPUs
+    /// from its first instruction, so that its compute threads are sized to them.
+    init(arguments: [String], environment: [String: String], cpus: String? = nil) throws {
+        var executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        var arguments = arguments
+        if let cpus {
+            guard let taskset = Self.taskset else { throw CommandFailure("pinning a child to CPUs \(cpus) needs taskset (util-linux), not found on PATH") }
+            arguments = ["-c", cpus, executable] + arguments
+            executable = taskset
+        }
         process = try Platform.ChildProcess(executable: executable, arguments: arguments,
                                             environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
                                             standardOutput: .pipe(output))
     }
 
     var pid: Int32 { process.pid }
+
+    /// `taskset` on PATH, if any.
+    static let taskset: String? = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        .map { "\($0)/taskset" }.first { FileManager.default.isExecutableFile(atPath: $0) }
 
     /// The first line it prints.
     func firstLine() throws -> String {

@@ -41,18 +41,24 @@ final class ExpertServers {
 
 @Suite("Attention worker with remote experts")
 struct RemoteExpertsTests {
+    /// Fixture `name` and two servers splitting its experts, so that a token's experts come from
+    /// different servers.
+    static func twoShards(_ name: String, backend: BackendKind) throws -> (GenerationFixture, ModelConfig, ExpertServers) {
+        let fixture = try GenerationFixture(name)
+        let config = try ModelConfig.load(directory: fixture.directory)
+        let half = config.expertCount / 2
+        let pods = try ExpertServers(directory: fixture.directory, shards: ["0-\(half - 1)", "\(half)-\(config.expertCount - 1)"], offerShm: backend == .shm)
+        return (fixture, config, pods)
+    }
+
     @Test("remote experts over tcp and shm give the local logits within 1e-4 and the same greedy tokens",
           arguments: ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v2", "deepseek-v3"], [BackendKind.tcp, .shm])
     func remoteMatchesLocal(name: String, backend: BackendKind) throws {
-        let fixture = try GenerationFixture(name)
-        let config = try ModelConfig.load(directory: fixture.directory)
-        // Two shards splitting the experts, so that a token's experts come from different servers.
-        let half = config.expertCount / 2
-        let pods = try ExpertServers(directory: fixture.directory, shards: ["0-\(half - 1)", "\(half)-\(config.expertCount - 1)"], offerShm: backend == .shm)
+        let (fixture, config, pods) = try Self.twoShards(name, backend: backend)
         defer { pods.stop() }
         let dispatcher = Dispatcher(membership: StaticMembership(servers: pods.infos), configuration: pods.dispatcher(backend: backend))
         let remote = DecoderModel(weights: try DecoderWeights(directory: fixture.directory, localExperts: false),
-                                  placement: RoutedExpertPlacement(dispatcher: dispatcher, wireDType: .f32))
+                                  placement: RoutedExpertPlacement(dispatchers: [dispatcher], wireDType: .f32))
         let sequence = fixture.prompt + fixture.generated.dropLast()
         var batch = StepBatch()
         batch.append(remote.makeCache(capacity: sequence.count), tokens: sequence.map { Int32($0) })
@@ -71,6 +77,30 @@ struct RemoteExpertsTests {
         let remoteResults = try engine.generate(requests)
         #expect(remoteResults == (try local.generate(requests)))
         #expect(remoteResults[0].tokens == fixture.generated)
+    }
+
+    @Test("two micro-batches pipelined against the pods (ping-pong) give the tokens of local experts, and each step's MoE layers go out once per micro-batch",
+          arguments: ["qwen2-moe", "deepseek-v2"], [BackendKind.tcp, .shm])
+    func pipelinedMicroBatches(name: String, backend: BackendKind) throws {
+        let (fixture, config, pods) = try Self.twoShards(name, backend: backend)
+        defer { pods.stop() }
+        let membership = try ExpertPods.staticMembership(addresses: pods.infos.map(\.address), config: config, dispatcher: pods.dispatcher(backend: backend))
+        var configuration = GenerationEngine.Configuration()
+        configuration.microBatches = 2
+        let engine = try GenerationEngine(modelDirectory: fixture.directory,
+                                          experts: .remote(membership: membership, dispatcher: pods.dispatcher(backend: backend), wireDType: .f32),
+                                          configuration: configuration)
+        let requests = [GenerationRequest(prompt: fixture.prompt, maxTokens: 12, ignoreEOS: true)]
+            + (0..<4).map { GenerationRequest(prompt: [5 + $0, 9, 11 + $0], maxTokens: 6 + $0, ignoreEOS: true) }
+        let pipelined = try engine.generate(requests)
+        #expect(pipelined == (try GenerationEngine(modelDirectory: fixture.directory, experts: .local).generate(requests)))
+        #expect(pipelined[0].tokens == fixture.generated.prefix(12).map { $0 })
+        // Steps with two or more sequences went out as two micro-batches: more MoE layer calls
+        // than one per MoE layer per step.
+        let moeLayers = (0..<config.layerCount).filter { config.isMoE(layer: $0) }.count
+        let stats = engine.stats
+        #expect(stats.moePhases.layers > stats.steps * moeLayers, "\(stats.moePhases.layers) MoE layer calls in \(stats.steps) steps of \(moeLayers) MoE layers")
+        #expect(stats.moePhases.remote.steps == stats.moePhases.layers)
     }
 
     @Test("a sequence whose hidden values a pod refuses fails alone with the pod's reason (500); the others in its steps finish with their own tokens")

@@ -69,6 +69,41 @@ struct SchedulerTests {
         #expect(plan.promptTokens == 0)
     }
 
+    struct SplitCase: CustomTestStringConvertible {
+        let name: String
+        /// Tokens per chunk (1: a decode).
+        let tokens: [Int]
+        let parts: Int
+        let ranges: [Range<Int>]
+        var testDescription: String { name }
+    }
+
+    static let splitCases: [SplitCase] = [
+        .init(name: "decodes halve", tokens: [1, 1, 1, 1], parts: 2, ranges: [0..<2, 2..<4]),
+        .init(name: "an odd count puts the extra one in the second half", tokens: [1, 1, 1], parts: 2, ranges: [0..<1, 1..<3]),
+        .init(name: "one sequence is never split", tokens: [7], parts: 2, ranges: [0..<1]),
+        .init(name: "one part: the whole step", tokens: [1, 1, 1], parts: 1, ranges: [0..<3]),
+        .init(name: "a long prompt chunk alone against the decodes", tokens: [1, 1, 1, 9], parts: 2, ranges: [0..<3, 3..<4]),
+        .init(name: "a long chunk first", tokens: [9, 1, 1, 1], parts: 2, ranges: [0..<1, 1..<4]),
+        .init(name: "no chunks, no micro-batches", tokens: [], parts: 2, ranges: []),
+    ]
+
+    @Test("micro-batches: contiguous runs of whole sequences, tokens as even as they allow", arguments: splitCases)
+    func split(_ row: SplitCase) {
+        let chunks = row.tokens.enumerated().map { index, tokens in
+            Chunk(id: UInt64(index), prompt: tokens == 1 ? nil : 0..<tokens, samples: true)
+        }
+        #expect(Scheduler.split(chunks, into: row.parts) == row.ranges)
+    }
+
+    @Test("a plan carries its micro-batches")
+    func planMicroBatches() {
+        var scheduler = Scheduler(limits: .init(maxRunning: 4, maxBatchTokens: 16, kvCacheBytes: 100, microBatches: 2))
+        for id in 1...4 { scheduler.add(Self.entry(UInt64(id), prompt: 2)) }
+        let plan = scheduler.schedule()
+        #expect(plan.microBatches == [0..<2, 2..<4])
+    }
+
     struct OutcomeCase: CustomTestStringConvertible {
         let name: String
         let maxTokens: Int

@@ -8,6 +8,9 @@
 int eaas_pin_to_current_cpu(void);
 
 /// How many CPUs the calling thread may run on (its affinity mask), at least 1.
+/// The ids of the CPUs the calling thread may run on, ascending, at most `capacity` of them into
+/// `ids`; returns how many there are (or -1 with errno set).
+int eaas_allowed_cpus(int *ids, int capacity);
 int eaas_allowed_cpu_count(void);
 
 #include <stdint.h>

@@ -113,6 +113,8 @@ public final class Dispatcher {
     private var sequence: UInt64 = 0
     /// Partial sums of tokens answered by several servers, kept between steps for their capacity.
     private var combineScratch = PartialCombiner.Scratch()
+    /// The step between `begin` and `complete`.
+    private var current: StepInFlight?
     private let clock = ContinuousClock()
     /// Servers marked down since the dispatcher started, for observability and tests.
     public private(set) var failovers = 0
@@ -167,6 +169,19 @@ public final class Dispatcher {
         layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float],
         states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, into output: UnsafeMutableBufferPointer<Float>
     ) throws {
+        try begin(layer: layer, tokens: tokens, topK: topK, ids: ids, weights: weights, states: states, hidden: hidden, dtype: dtype, into: output)
+        try complete()
+    }
+
+    /// Starts a step: sends its requests and returns without waiting for the answers, so that the
+    /// caller can compute meanwhile (the worker's ping-pong micro-batches); `complete()` then
+    /// gathers them into `output`. `states` and `output` must stay valid and untouched until
+    /// `complete()` returns (a failover resends from `states`). One step at a time per dispatcher.
+    public func begin(
+        layer: UInt16, tokens: Int, topK: Int, ids: [Int32], weights: [Float],
+        states: UnsafeRawBufferPointer, hidden: Int, dtype: WireDType, into output: UnsafeMutableBufferPointer<Float>
+    ) throws {
+        precondition(current == nil, "a step is already in flight on this dispatcher")
         precondition(states.count == tokens * hidden * dtype.byteSize, "states are not [tokens, hidden]")
         precondition(output.count >= tokens * hidden, "output is not [tokens, hidden]")
         guard ids.count == tokens * topK, weights.count == tokens * topK else {
@@ -178,17 +193,65 @@ public final class Dispatcher {
         // A token no server could take is this client's error, said as such (not a missing replica).
         try PoolToken.validate(configuration.poolToken, source: "the dispatcher's configuration")
         if configuration.backend == .verbs, verbsContext == nil { verbsContext = try VerbsContext(options: configuration.verbs) }
-        var pending = [Bool](repeating: true, count: tokens * topK)  // (token, slot) pairs not yet answered
-        var combiner = PartialCombiner(tokens: tokens, hidden: hidden, output: output.baseAddress!, scratch: combineScratch)
-        defer { combineScratch = combiner.scratch }
         let started = clock.now
-        var mark = started
-        while let remaining = Optional(pending.indices.filter { pending[$0] }), !remaining.isEmpty {
+        current = StepInFlight(layer: layer, topK: topK, ids: ids, weights: weights, states: states, hidden: hidden, dtype: dtype,
+                               pending: [Bool](repeating: true, count: tokens * topK),
+                               combiner: PartialCombiner(tokens: tokens, hidden: hidden, output: output.baseAddress!, scratch: combineScratch),
+                               started: started)
+        do {
+            try advance(untilSent: true)
+        } catch {
+            end()
+            throw error
+        }
+        phases.dispatch += clock.now - started
+    }
+
+    /// Waits for the answers of the step `begin` started, failing over where a server does not
+    /// answer, and combines them into its output.
+    public func complete() throws {
+        precondition(current != nil, "no step in flight")
+        defer { end() }
+        try advance(untilSent: false)
+        let combining = clock.now
+        current!.combiner.finish()
+        phases.combine += clock.now - combining
+        phases.steps += 1
+    }
+
+    /// Drops the step in flight, if any, without waiting for it (the caller's other work failed):
+    /// the connections with answers due are closed, so no late answer reaches a later step.
+    public func abandonStep() {
+        guard let step = current else { return }
+        abandon(step.inFlight.map(\.server.id))
+        end()
+    }
+
+    /// Leaves the step in flight behind (done or failed), keeping the combiner's scratch.
+    private func end() {
+        if let step = current { combineScratch = step.combiner.scratch }
+        current = nil
+    }
+
+    /// Runs the step in flight: receives the answers sent for, and plans and sends the pairs still
+    /// unanswered (all of them, the first time) until every pair is answered; with `untilSent`,
+    /// returns as soon as requests are out instead of waiting for them.
+    private func advance(untilSent: Bool) throws {
+        var mark = clock.now
+        while true {
+            if !current!.inFlight.isEmpty {
+                if untilSent { return }
+                try receiveInFlight()
+                mark = clock.now
+            }
+            let remaining = current!.pending.indices.filter { current!.pending[$0] }
+            if remaining.isEmpty { return }
+            let (layer, topK, hidden, dtype, states, started) = (current!.layer, current!.topK, current!.hidden, current!.dtype, current!.states, current!.started)
             guard clock.now - started < configuration.stepDeadline else {
                 throw StepError.deadline(configuration.stepDeadline, lastFailures: lastFailure)
             }
             let view = currentView()
-            let subIDs = remaining.map { ids[$0] }
+            let subIDs = remaining.map { current!.ids[$0] }
             let demand = StepPlanner.demand(layer: layer, ids: subIDs)
             let choice: [HostedExpert: Int]
             do {
@@ -209,8 +272,8 @@ public final class Dispatcher {
             // Plan the remaining pairs as one-slot-per-pair rows, grouped per token by the planner.
             let pairTokens = remaining.map { $0 / topK }
             let batches = StepPlanner.planPairs(layer: layer, pairTokens: pairTokens, ids: subIDs,
-                                                weights: remaining.map { weights[$0] }, choice: choice)
-            var inFlight: [(server: ServerInfo, batch: ServerBatch, sequence: UInt64, sent: ContinuousClock.Instant, pairs: [Int])] = []
+                                                weights: remaining.map { current!.weights[$0] }, choice: choice)
+            current!.view = view
             for batch in batches {
                 let server = view.servers[batch.server]
                 let pairs = batch.pairIndices.map { remaining[$0] }
@@ -218,52 +281,56 @@ public final class Dispatcher {
                     let link = try self.link(to: server, hidden: hidden, dtype: dtype)
                     sequence += 1
                     try send(batch, sequence: sequence, layer: layer, states: states, hidden: hidden, dtype: dtype, over: link)
-                    inFlight.append((server, batch, sequence, clock.now, pairs))
+                    current!.inFlight.append(.init(server: server, batch: batch, sequence: sequence, sent: clock.now, pairs: pairs))
                 } catch let refusal as StepError {
-                    abandon(inFlight.map(\.server.id))
+                    abandon(current!.inFlight.map(\.server.id))
                     throw refusal
                 } catch {
                     markDown(server.id, because: error)
                 }
             }
-            phases.dispatch += clock.now - mark  // choosing, planning and sending
-            for (index, flight) in inFlight.enumerated() {
-                guard let link = links[flight.server.id] else { continue }
-                // A timeout moves work to another replica; where there is none, giving up on a
-                // slow server only makes the step wait longer, so it keeps waiting (until the
-                // step's deadline) with the timeout doubled.
-                let serverIndex = view.servers.firstIndex { $0.id == flight.server.id }
-                let hasAlternative = flight.batch.ids.allSatisfy { id in
-                    id == RequestHeader.emptySlot || view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
-                }
-                mark = clock.now
-                defer { mark = clock.now }
-                do {
-                    let response = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden, from: link, server: flight.server,
-                                               patient: !hasAlternative, stepStarted: started, sent: flight.sent)
-                    timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent, pairs: flight.pairs.count)
-                    revive[flight.server.id] = nil
-                    let received = clock.now
-                    phases.wait += received - mark
-                    // The answer points into the link's buffers: taken in before anything else is received.
-                    combiner.take(response.sums, tokens: flight.batch.tokens, firstExperts: flight.batch.firstExpert)
-                    phases.copy += clock.now - received
-                    for pair in flight.pairs { pending[pair] = false }
-                    if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
-                } catch let error as StepError {
-                    // Answers still due on the other connections would confuse the next step.
-                    abandon(inFlight[(index + 1)...].map(\.server.id))
-                    throw error
-                } catch {
-                    timeouts[flight.server.id, default: newTimeout()].recordTimeout()
-                    markDown(flight.server.id, because: error)
-                }
+            if !untilSent { phases.dispatch += clock.now - mark }  // choosing, planning and sending (begin counts its own)
+        }
+    }
+
+    /// Receives every answer in flight, combining each as it comes; a server that fails or is late
+    /// is marked down and its pairs stay pending for the next round.
+    private func receiveInFlight() throws {
+        // Plain values only: a copy of the step would make the combiner copy its buffers on write.
+        let (flights, view, layer, hidden, started) = (current!.inFlight, current!.view, current!.layer, current!.hidden, current!.started)
+        current!.inFlight.removeAll()
+        for (index, flight) in flights.enumerated() {
+            guard let link = links[flight.server.id] else { continue }
+            // A timeout moves work to another replica; where there is none, giving up on a
+            // slow server only makes the step wait longer, so it keeps waiting (until the
+            // step's deadline) with the timeout doubled.
+            let serverIndex = view.servers.firstIndex { $0.id == flight.server.id }
+            let hasAlternative = flight.batch.ids.allSatisfy { id in
+                id == RequestHeader.emptySlot || view.replicas(of: HostedExpert(layer: layer, expert: id)).contains { $0 != serverIndex }
+            }
+            let waiting = clock.now
+            do {
+                let response = try receive(sequence: flight.sequence, tokens: flight.batch.tokens.count, pairs: flight.pairs.count, hidden: hidden,
+                                           from: link, server: flight.server, patient: !hasAlternative, stepStarted: started, sent: flight.sent)
+                timeouts[flight.server.id, default: newTimeout()].record(clock.now - flight.sent, pairs: flight.pairs.count)
+                revive[flight.server.id] = nil
+                let received = clock.now
+                phases.wait += received - waiting
+                // The answer points into the link's buffers: taken in before anything else is received.
+                current!.combiner.take(response.sums, tokens: flight.batch.tokens, firstExperts: flight.batch.firstExpert)
+                phases.copy += clock.now - received
+                for pair in flight.pairs { current!.pending[pair] = false }
+                if draining.remove(flight.server.id) != nil { links.removeValue(forKey: flight.server.id)?.close() }
+            } catch let error as StepError {
+                // Answers still due on the other connections would confuse the next step.
+                abandon(flights[(index + 1)...].map(\.server.id))
+                throw error
+            } catch {
+                phases.wait += clock.now - waiting
+                timeouts[flight.server.id, default: newTimeout()].recordTimeout()
+                markDown(flight.server.id, because: error)
             }
         }
-        let combining = clock.now
-        combiner.finish()
-        phases.combine += clock.now - combining
-        phases.steps += 1
     }
 
     private func currentView() -> MembershipView {
@@ -387,4 +454,31 @@ public final class Dispatcher {
         var request = timespec(tv_sec: Int(duration.components.seconds), tv_nsec: Int(duration.components.attoseconds / 1_000_000_000))
         nanosleep(&request, nil)
     }
+}
+
+/// A dispatcher's step between `begin` and `complete`: its routing, where its states are, which
+/// (token, slot) pairs are still unanswered, and the requests out.
+private struct StepInFlight {
+    struct Flight {
+        let server: ServerInfo
+        let batch: ServerBatch
+        let sequence: UInt64
+        let sent: ContinuousClock.Instant
+        /// The step's (token, slot) pairs this request carries.
+        let pairs: [Int]
+    }
+
+    let layer: UInt16
+    let topK: Int
+    let ids: [Int32]
+    let weights: [Float]
+    let states: UnsafeRawBufferPointer
+    let hidden: Int
+    let dtype: WireDType
+    var pending: [Bool]
+    var combiner: PartialCombiner
+    let started: ContinuousClock.Instant
+    /// The membership the requests out were planned against.
+    var view = MembershipView(servers: [])
+    var inFlight: [Flight] = []
 }

@@ -16,14 +16,19 @@ public struct StepPhaseTimes: Sendable, Equatable {
 
     public init() {}
 
-    /// The times of `self` since `earlier`.
-    public func since(_ earlier: StepPhaseTimes) -> StepPhaseTimes {
+    /// Phase by phase sums and differences (a run's share: `after - before`).
+    public static func + (a: StepPhaseTimes, b: StepPhaseTimes) -> StepPhaseTimes { combine(a, b, +, +) }
+    public static func - (a: StepPhaseTimes, b: StepPhaseTimes) -> StepPhaseTimes { combine(a, b, -, -) }
+
+    /// `a` and `b` phase by phase: `times` on each duration, `counts` on the step counts.
+    public static func combine(_ a: StepPhaseTimes, _ b: StepPhaseTimes, _ times: (Duration, Duration) -> Duration,
+                               _ counts: (Int, Int) -> Int) -> StepPhaseTimes {
         var d = StepPhaseTimes()
-        d.dispatch = dispatch - earlier.dispatch
-        d.wait = wait - earlier.wait
-        d.copy = copy - earlier.copy
-        d.combine = combine - earlier.combine
-        d.steps = steps - earlier.steps
+        d.dispatch = times(a.dispatch, b.dispatch)
+        d.wait = times(a.wait, b.wait)
+        d.copy = times(a.copy, b.copy)
+        d.combine = times(a.combine, b.combine)
+        d.steps = counts(a.steps, b.steps)
         return d
     }
 }
