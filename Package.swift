@@ -86,7 +86,7 @@ let package = Package(
 
         .testTarget(name: "MoETests", dependencies: ["MoE", "JSON"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
-        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod", "Platform", "MoE"]),
+        .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod", "Platform", "MoE", "CPlatform"]),
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
         .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.

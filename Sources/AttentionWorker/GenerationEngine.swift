@@ -27,11 +27,12 @@ public final class GenerationEngine: @unchecked Sendable {
         public var maxContext: Int?
         /// Bytes of KV cache (f32) all running sequences may hold together.
         public var kvCacheBytes = 4 << 30
-        /// Micro-batches each step is split into, pipelined against remote experts (1 or 2): with
-        /// 2, the pods compute one half's experts while this worker runs the other half's
-        /// attention. It pays where the pods have cores of their own; each half's experts read
-        /// their weights again, so on shared cores it costs. Local experts always run 1.
-        public var microBatches = 1
+        /// Whether steps are split into two micro-batches pipelined against remote experts: the
+        /// pods compute one half's experts while this worker runs the other half's attention. It
+        /// pays where the pods have cores of their own and the worker's share of a step is large;
+        /// each half's experts read their weights again, which on weight-bound pods can cost
+        /// more than it saves (`.measured` decides per step size). Local experts are never split.
+        public var microBatching = MicroBatching.one
 
         public init() {}
 
@@ -40,7 +41,6 @@ public final class GenerationEngine: @unchecked Sendable {
             if maxBatchTokens < maxRunning { return "max batch tokens (\(maxBatchTokens)) must be at least max running sequences (\(maxRunning))" }
             if maxWaiting < 0 { return "max waiting requests must be at least 0" }
             if let maxContext, maxContext < 2 { return "max context must be at least 2" }
-            if !(1...2).contains(microBatches) { return "micro-batches must be 1 or 2 (got \(microBatches))" }
             return nil
         }
     }
@@ -101,7 +101,7 @@ public final class GenerationEngine: @unchecked Sendable {
             var dispatcher = dispatcher
             if dispatcher.modelDigest == nil { dispatcher.modelDigest = try ModelDigest.compute(directory: directory).bytes }
             // One dispatcher per micro-batch in flight, each its own client of the pods.
-            let lanes = (0..<configuration.microBatches).map { lane in
+            let lanes = (0..<(configuration.microBatching == .one ? 1 : 2)).map { lane in
                 var own = dispatcher
                 own.clientID = dispatcher.clientID &+ UInt64(lane)
                 return Dispatcher(membership: membership, configuration: own)
@@ -120,7 +120,8 @@ public final class GenerationEngine: @unchecked Sendable {
         maxContext = min(configuration.maxContext ?? model.config.maxPositions, model.config.maxPositions)
         endOfSequence = Set(model.config.eosTokenIDs)
         scheduler = Scheduler(limits: .init(maxRunning: configuration.maxRunning, maxBatchTokens: configuration.maxBatchTokens,
-                                            kvCacheBytes: configuration.kvCacheBytes, microBatches: min(configuration.microBatches, model.placement.lanes)))
+                                            kvCacheBytes: configuration.kvCacheBytes,
+                                            microBatching: model.placement.lanes > 1 ? configuration.microBatching : .one))
     }
 
     /// Where routed experts run.
@@ -330,10 +331,14 @@ public final class GenerationEngine: @unchecked Sendable {
         guard !plan.isEmpty else { return }
 
         let touchedBefore = model.placement.expertsTouched
+        let started = ContinuousClock.now
         let outcomes = run(Array(zip(plan.chunks, members)), microBatches: plan.microBatches)
+        let took = (ContinuousClock.now - started).components
+        let seconds = Double(took.seconds) + Double(took.attoseconds) * 1e-18
         let touched = model.placement.expertsTouched - touchedBefore
 
         condition.lock()
+        scheduler.record(plan, seconds: seconds)
         let finishedSequences = scheduler.postprocess(plan, outcomes: outcomes).map { (sequences[$0.id]!, $0.reason) }
         let failed = retire()
         if plan.promptTokens == 0 {

@@ -15,8 +15,9 @@ struct Scheduler: Equatable {
         var maxBatchTokens: Int
         /// KV-cache bytes the running sequences hold together.
         var kvCacheBytes: Int
-        /// Micro-batches a step is split into (the runner pipelines them against remote experts).
-        var microBatches = 1
+        /// Whether steps are split into two micro-batches (the runner pipelines them against
+        /// remote experts).
+        var microBatching = MicroBatching.one
     }
 
     /// What the scheduler knows of one sequence.
@@ -77,6 +78,8 @@ struct Scheduler: Equatable {
     }
 
     let limits: Limits
+    /// Under `.measured`: which steps are split, from their measured times.
+    private(set) var splitPolicy = MicroBatchPolicy()
     private(set) var waiting: [Entry] = []
     private(set) var running: [Entry] = []
     private(set) var cacheBytesInUse = 0
@@ -134,8 +137,24 @@ struct Scheduler: Equatable {
             plan.chunks.append(.init(id: entry.id, prompt: entry.prefilled..<end, samples: end == entry.promptLength))
             budget -= chunk
         }
-        plan.microBatches = Self.split(plan.chunks, into: limits.microBatches)
+        plan.microBatches = Self.split(plan.chunks, into: splits(plan) ? 2 : 1)
         return plan
+    }
+
+    /// Whether `plan` runs as two micro-batches.
+    private mutating func splits(_ plan: StepPlan) -> Bool {
+        guard plan.chunks.count >= 2 else { return false }  // one sequence is never split
+        switch limits.microBatching {
+        case .one: return false
+        case .two: return true
+        case .measured: return splitPolicy.split(tokens: plan.tokens)
+        }
+    }
+
+    /// How long `plan` took to run, for the `.measured` policy.
+    mutating func record(_ plan: StepPlan, seconds: Double) {
+        guard limits.microBatching == .measured, plan.chunks.count >= 2 else { return }
+        splitPolicy.record(tokens: plan.tokens, split: plan.microBatches.count > 1, seconds: seconds)
     }
 
     /// `chunks` cut into at most `parts` contiguous runs whose token counts are as even as
@@ -206,4 +225,15 @@ struct Scheduler: Equatable {
         cacheBytesInUse = 0
         return live
     }
+}
+
+/// Whether the engine splits its steps into two micro-batches pipelined against the expert pods
+/// (the ping-pong overlap of the worker's attention with the pods' experts).
+public enum MicroBatching: String, Sendable, Equatable, CaseIterable {
+    /// Every step is one batch.
+    case one = "1"
+    /// Every step of two sequences or more is split in two.
+    case two = "2"
+    /// Steps are split where splitting measured faster, per step size (`MicroBatchPolicy`).
+    case measured = "auto"
 }

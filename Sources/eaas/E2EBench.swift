@@ -157,16 +157,25 @@ struct E2EBenchCommand: ParsableCommand {
         var last: [Double] = []
         // Per mode, where the MoE layers' time went in the decode runs of the last batch size.
         var phases = [MoEPhaseTimes](repeating: MoEPhaseTimes(), count: engines.count)
+        // Per mode, the pods' compute in those runs (their eaas_busy_seconds_total): the part of a
+        // remote layer's wait that is the experts' own work; the rest is the data plane.
+        var podBusy = [Double](repeating: 0, count: engines.count)
+        func podBusySeconds() -> Double {
+            endpoints.reduce(0) { $0 + ((try? PodBenchCommand.httpGet("http://\($1.metrics)/metrics")).map { PodBenchCommand.metric($0, "eaas_busy_seconds_total") } ?? 0) }
+        }
         for batch in sizes {
             phases = [MoEPhaseTimes](repeating: MoEPhaseTimes(), count: engines.count)
+            podBusy = [Double](repeating: 0, count: engines.count)
             // Interleaved rounds, so that a slow moment of this shared machine hits every mode alike.
             var samples = [[Double]](repeating: [], count: engines.count)
             var decodeSteps = 0, touched = 0
             for round in 0..<repeats {
                 for (index, (name, engine)) in engines.enumerated() {
                     let before = engine.stats
+                    let busyBefore = index == 0 ? 0 : podBusySeconds()
                     defer {
                         phases[index] += engine.stats.moePhases - before.moePhases
+                        if index > 0 { podBusy[index] += podBusySeconds() - busyBefore }
                         if index == 0 {
                             decodeSteps += engine.stats.decodeSteps - before.decodeSteps
                             touched += engine.stats.decodeExpertsTouched - before.decodeExpertsTouched
@@ -245,6 +254,7 @@ struct E2EBenchCommand: ParsableCommand {
         for run in overlap?.report.runs ?? [] {
             var entry: [String: Any] = [
                 "batch": run.batch, "overlap_tok_s": run.overlapTokS, "overlap_plain_tok_s": run.plainTokS, "overlap_speedup": run.speedup,
+                "overlap_auto_tok_s": run.autoTokS, "overlap_auto_speedup": run.autoSpeedup,
                 "overlap_ideal_speedup": run.idealSpeedup, "overlap_speedup_over_ideal": run.speedup / run.idealSpeedup,
                 "overlap_attention_ms_per_step": run.attentionMsPerStep, "overlap_experts_ms_per_step": run.expertsMsPerStep,
                 "overlap_pipelined_experts_ms_per_step": run.overlapExpertsMsPerStep,
@@ -308,6 +318,12 @@ struct E2EBenchCommand: ParsableCommand {
             }
         }
 
+        /// Per MoE layer call of mode `index`: its phases, and (remote) the pods' compute within the wait.
+        func phaseMilliseconds(_ index: Int) -> [String: Double] {
+            var ms = phases[index].millisecondsPerLayer
+            ms["pod_compute"] = podBusy[index] * 1e3 / Double(max(1, phases[index].layers))
+            return ms
+        }
         var report = BenchReport(bench: "e2e")
         report.results = rows
         // The first overlap batch's figures at the top level (the keys scripts read), every batch in overlap_runs.
@@ -335,8 +351,8 @@ struct E2EBenchCommand: ParsableCommand {
             "threads": limits.threads, "prefill": prefillRows, "prefill_batch_tokens": prefillBatchTokens,
             "matmul": MatmulPrecision.process.effective.rawValue,
             // Per MoE layer call of the largest batch's decode runs, remote over shm; every mode below.
-            "phase_ms": phases[1].millisecondsPerLayer,
-            "phase_ms_by_mode": Dictionary(uniqueKeysWithValues: zip(["monolithic", "remote_shm", "remote_tcp"], phases.map(\.millisecondsPerLayer))),
+            "phase_ms": phaseMilliseconds(1),
+            "phase_ms_by_mode": Dictionary(uniqueKeysWithValues: zip(["monolithic", "remote_shm", "remote_tcp"], phases.indices.map(phaseMilliseconds))),
         ].merging(overlapSummary) { $1 }
         if json {
             print(try report.json())
@@ -370,31 +386,34 @@ struct E2EBenchCommand: ParsableCommand {
             }
             print("\n" + prefill.render())
         }
-        let phaseKeys = ["gate", "narrow", "dispatch", "wait", "copy", "combine", "local_experts"]
+        let phaseKeys = ["gate", "narrow", "dispatch", "wait", "pod_compute", "copy", "combine", "local_experts"]
         var phaseTable = TextTable(columns: ["ms per MoE layer, batch \(largest)"] + phaseKeys)
         for (index, (name, _)) in engines.enumerated() {
-            let ms = phases[index].millisecondsPerLayer
+            let ms = phaseMilliseconds(index)
             phaseTable.rows.append([name] + phaseKeys.map { String(format: "%.3f", ms[$0] ?? 0) })
         }
         print("\n" + phaseTable.render())
+        print("(wait: from the requests sent until the answers are in; pod_compute: the pods' own compute within it, eaas_busy_seconds_total; the rest of the wait is the data plane's round trip and wake-ups)")
         print(String(format: "\nthis machine (best of the run's probes): memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print("matmul: \(MatmulPrecision.process.summary)")
         if let overlap {
             print("\noverlap: the worker on CPU \(overlap.workerCPU) (\(overlap.report.threads) compute thread), one pod on CPU \(overlap.podCPUs), shm; "
                   + "A = the worker's own time per step, E = its time on the experts, with 1 micro-batch; ideal = (A+E)/max(A,E)")
-            var table = TextTable(columns: ["batch", "1 micro-batch tok/s", "2 pipelined tok/s", "speedup", "ideal", "of ideal", "A ms", "E ms",
-                                            "pod ms/step 1", "pod ms/step 2", "monolithic 2 CPUs tok/s", "2 pipelined/mono"])
+            var table = TextTable(columns: ["batch", "1 micro-batch tok/s", "2 pipelined tok/s", "speedup", "ideal", "of ideal", "auto tok/s", "auto speedup",
+                                            "A ms", "E ms", "pod ms/step 1", "pod ms/step 2", "monolithic 2 CPUs tok/s", "2 pipelined/mono"])
             for run in overlap.report.runs {
                 let mono = monolithic(at: run.batch)
                 table.rows.append(["\(run.batch)", String(format: "%.1f", run.plainTokS), String(format: "%.1f", run.overlapTokS),
                                    String(format: "%.2f", run.speedup), String(format: "%.2f", run.idealSpeedup), String(format: "%.2f", run.speedup / run.idealSpeedup),
+                                   String(format: "%.1f", run.autoTokS), String(format: "%.2f", run.autoSpeedup),
                                    String(format: "%.1f", run.attentionMsPerStep), String(format: "%.1f", run.expertsMsPerStep),
                                    String(format: "%.1f", run.podComputeMsPerStep), String(format: "%.1f", run.overlapPodComputeMsPerStep),
                                    mono.map { String(format: "%.1f", $0) } ?? "-", mono.map { String(format: "%.2f", run.overlapTokS / $0) } ?? "-"])
             }
             print(table.render())
-            print("(pod ms/step: its compute per step, eaas_busy_seconds_total; two micro-batches each read the weights of the experts their own tokens chose)")
+            print("(pod ms/step: its compute per step, eaas_busy_seconds_total; two micro-batches each read the weights of the experts their own tokens chose. "
+                  + "auto: `--micro-batches auto`, split where splitting measured faster for that step size)")
         } else {
             print("\noverlap configuration skipped: \(overlapSkipped ?? "not run")")
         }

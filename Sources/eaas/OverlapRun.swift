@@ -23,6 +23,8 @@ enum OverlapRun {
         /// Decode tokens/s with one micro-batch per step, and with two pipelined.
         let plainTokS: Double
         let overlapTokS: Double
+        /// With `--micro-batches auto`: split where splitting measured faster.
+        let autoTokS: Double
         /// Per step of the one-micro-batch run: the worker's own compute, and the time spent on
         /// the experts (dispatch, waiting, copies, combine).
         let attentionMsPerStep: Double
@@ -41,10 +43,11 @@ enum OverlapRun {
             (attentionMsPerStep + expertsMsPerStep) / max(attentionMsPerStep, expertsMsPerStep, 1e-9)
         }
         var speedup: Double { overlapTokS / plainTokS }
+        var autoSpeedup: Double { autoTokS / plainTokS }
 
         enum CodingKeys: String, CodingKey {
             case plainTokS = "plain_tok_s", overlapTokS = "overlap_tok_s", attentionMsPerStep = "attention_ms_per_step"
-            case batch, expertsMsPerStep = "experts_ms_per_step", overlapExpertsMsPerStep = "overlap_experts_ms_per_step"
+            case batch, autoTokS = "auto_tok_s", expertsMsPerStep = "experts_ms_per_step", overlapExpertsMsPerStep = "overlap_experts_ms_per_step"
             case podComputeMsPerStep = "pod_compute_ms_per_step", overlapPodComputeMsPerStep = "overlap_pod_compute_ms_per_step"
         }
     }
@@ -93,8 +96,9 @@ enum OverlapRun {
 }
 
 /// `eaas bench overlap-worker`: `bench e2e`'s overlap configuration, run pinned by its parent.
-/// Decodes the same batch against the pods with one micro-batch per step and with two pipelined,
-/// in interleaved rounds, and prints one JSON line of rates and per-step phase times.
+/// Decodes the same batch against the pods with one micro-batch per step, with two pipelined,
+/// and with the measured choice between them (`auto`), in interleaved rounds, and prints one
+/// JSON line of rates and per-step phase times.
 struct OverlapWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "overlap-worker",
@@ -131,8 +135,8 @@ struct OverlapWorkerCommand: ParsableCommand {
         dispatcher.maxBatchTokens = UInt32(configuration.maxBatchTokens)
         let membership = try ExpertPods.staticMembership(addresses: expertServers.split(separator: ",").map(String.init), config: config, dispatcher: dispatcher)
         let wire: WireDType = ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype]!
-        let engines = try [1, 2].map { micro -> GenerationEngine in
-            configuration.microBatches = micro
+        let engines = try [MicroBatching.one, .two, .measured].map { micro -> GenerationEngine in
+            configuration.microBatching = micro
             return try GenerationEngine(modelDirectory: model, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: wire),
                                         configuration: configuration)
         }
@@ -169,6 +173,7 @@ struct OverlapWorkerCommand: ParsableCommand {
             let plain = split(windows[0]), overlapped = split(windows[1])
             runs.append([
                 "batch": batch, "plain_tok_s": windows[0].map(\.rate).median, "overlap_tok_s": windows[1].map(\.rate).median,
+                "auto_tok_s": windows[2].map(\.rate).median,
                 "attention_ms_per_step": plain.attention, "experts_ms_per_step": plain.experts, "overlap_experts_ms_per_step": overlapped.experts,
                 "pod_compute_ms_per_step": podCompute(windows[0]), "overlap_pod_compute_ms_per_step": podCompute(windows[1]),
             ])

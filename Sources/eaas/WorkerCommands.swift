@@ -21,20 +21,20 @@ struct ExpertOptions: ParsableArguments {
     @Option(help: "Remote: file holding the pool token (default: $EAAS_POOL_TOKEN).") var poolTokenFile: String?
     @Option(help: "Remote: hidden-state dtype on the wire: auto (what the pods expect), f32, bf16 or f16.") var wireDtype: String = "auto"
     @Option(help: "Remote: tokens of load a pod already in a step may carry beyond another replica before the step adds a pod (large: one pod per step, for pods sharing this host's cores).") var contactCost: Int = 64
-    @Option(help: "Remote: micro-batches each step is split into, pipelined against the pods (1 or 2; 2 overlaps this worker's attention with the pods' experts where the pods have cores of their own).") var microBatches: Int = 1
+    @Option(help: "Remote: micro-batches per step, pipelined against the pods: 1, 2 (this worker's attention overlaps the pods' experts; pays where the pods have cores of their own), or auto (2 where measured faster, per step size).") var microBatches: String = "1"
 
     func validate() throws {
         guard let mode = ExpertMode(rawValue: experts) else { throw ValidationError("--experts '\(experts)' is not local or remote") }
         guard ["tcp", "shm", "verbs"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not tcp, shm or verbs") }
         guard contactCost >= 0 else { throw ValidationError("--contact-cost cannot be negative") }
-        guard (1...2).contains(microBatches) else { throw ValidationError("--micro-batches must be 1 or 2 (got \(microBatches))") }
+        guard MicroBatching(rawValue: microBatches) != nil else { throw ValidationError("--micro-batches must be 1, 2 or auto (got '\(microBatches)')") }
         guard wireDtype == "auto" || ["f32", "bf16", "f16"].contains(wireDtype) else {
             throw ValidationError("--wire-dtype '\(wireDtype)' is not auto, f32, bf16 or f16")
         }
         switch mode {
         case .local:
             guard membership == nil, expertServers == nil, pool == nil else { throw ValidationError("--membership, --expert-servers and --pool need --experts remote") }
-            guard microBatches == 1 else { throw ValidationError("--micro-batches 2 needs --experts remote (local experts have nothing to overlap)") }
+            guard microBatches == "1" else { throw ValidationError("--micro-batches \(microBatches) needs --experts remote (local experts have nothing to overlap)") }
         case .remote:
             guard [membership, expertServers, pool].compactMap({ $0 }).count == 1 else {
                 throw ValidationError("--experts remote needs one of --membership FILE, --expert-servers HOST:PORT,… or --pool NAME")
@@ -162,7 +162,7 @@ struct GenerateTokensCommand: ParsableCommand {
         let engine: GenerationEngine
         do {
             var configuration = GenerationEngine.Configuration()
-            configuration.microBatches = experts.microBatches
+            configuration.microBatching = MicroBatching(rawValue: experts.microBatches)!
             engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model), configuration: configuration)
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
         let requests = try prompts().map {
@@ -252,7 +252,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.maxWaiting = maxWaiting
         configuration.maxContext = maxContext
         configuration.kvCacheBytes = Int(kvCacheGib * Double(1 << 30))
-        configuration.microBatches = experts.microBatches
+        configuration.microBatching = MicroBatching(rawValue: experts.microBatches)!
         return configuration
     }
 

@@ -86,7 +86,7 @@ struct RemoteExpertsTests {
         defer { pods.stop() }
         let membership = try ExpertPods.staticMembership(addresses: pods.infos.map(\.address), config: config, dispatcher: pods.dispatcher(backend: backend))
         var configuration = GenerationEngine.Configuration()
-        configuration.microBatches = 2
+        configuration.microBatching = .two
         let engine = try GenerationEngine(modelDirectory: fixture.directory,
                                           experts: .remote(membership: membership, dispatcher: pods.dispatcher(backend: backend), wireDType: .f32),
                                           configuration: configuration)

@@ -98,7 +98,7 @@ struct SchedulerTests {
 
     @Test("a plan carries its micro-batches")
     func planMicroBatches() {
-        var scheduler = Scheduler(limits: .init(maxRunning: 4, maxBatchTokens: 16, kvCacheBytes: 100, microBatches: 2))
+        var scheduler = Scheduler(limits: .init(maxRunning: 4, maxBatchTokens: 16, kvCacheBytes: 100, microBatching: .two))
         for id in 1...4 { scheduler.add(Self.entry(UInt64(id), prompt: 2)) }
         let plan = scheduler.schedule()
         #expect(plan.microBatches == [0..<2, 2..<4])

@@ -108,7 +108,7 @@ struct CLITests {
         (["bench", "e2e", "--prefill-batch-sizes", "8", "--prefill-batch-tokens", "4"], "--prefill-batch-tokens (4) must be at least the largest prefill batch (8)"),
         (["bench", "e2e", "--overlap-batch-sizes", "8,1"], "--overlap-batch-sizes '8,1': each must be at least 2"),
         (["bench", "overlap-worker", "--model", "/tmp/x", "--expert-servers", "127.0.0.1:1", "--pod-metrics", "127.0.0.1:2", "--batch-sizes", "1"], "--batch-sizes must each be at least 2"),
-        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--micro-batches", "3"], "--micro-batches must be 1 or 2 (got 3)"),
+        (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--micro-batches", "3"], "--micro-batches must be 1, 2 or auto (got '3')"),
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--micro-batches", "2"], "--micro-batches 2 needs --experts remote"),
     ])
     func refusesBadArguments(arguments: [String], fragment: String) throws {
@@ -160,6 +160,9 @@ struct CLITests {
         let phaseMS = document?["phase_ms"] as? [String: Double] ?? [:]
         #expect(Set(phaseMS.keys).isSuperset(of: ["gate", "narrow", "dispatch", "wait", "combine", "copy"]), "phase_ms: \(phaseMS)")
         #expect((phaseMS["wait"] ?? 0) > 0 && (phaseMS["gate"] ?? 0) > 0)
+        // The pods' own compute is read from their metrics: part of the wait, never more than it by much.
+        let podCompute = phaseMS["pod_compute"] ?? 0
+        #expect(podCompute > 0 && podCompute < (phaseMS["wait"] ?? 0) + (phaseMS["dispatch"] ?? 0) + 0.5, "pod compute \(podCompute) ms per layer: \(phaseMS)")
         // The overlap configuration (worker and pod pinned apart) at batch 4, with 1 and 2 micro-batches.
         if let skipped = document?["overlap_skipped"] as? String {
             #expect(OverlapRunAvailability.cpus < 2, "overlap skipped on a machine with \(OverlapRunAvailability.cpus) CPUs: \(skipped)")
@@ -167,7 +170,7 @@ struct CLITests {
             #expect((document?["overlap_runs"] as? [[String: Any]])?.map { $0["batch"] as? Int } == [4])
             #expect(document?["overlap_batch"] as? Int == 4)
             for key in ["overlap_tok_s", "overlap_plain_tok_s", "overlap_speedup", "overlap_attention_ms_per_step", "overlap_experts_ms_per_step",
-                        "overlap_pod_compute_ms_per_step", "overlap_over_monolithic"] {
+                        "overlap_pod_compute_ms_per_step", "overlap_over_monolithic", "overlap_auto_tok_s"] {
                 #expect((document?[key] as? Double ?? 0) > 0, "\(key) missing or not positive")
             }
             #expect((document?["overlap_ideal_speedup"] as? Double ?? 0) >= 1)

@@ -1,4 +1,6 @@
+import CPlatform
 import ExpertPod
+import Foundation
 import Kube
 import Testing
 import Transport
@@ -9,6 +11,22 @@ struct PlatformShimTests {
     func curlAndYamlVersions() {
         #expect(LibraryVersions.curl.hasPrefix("libcurl/"))
         #expect(LibraryVersions.yaml.split(separator: ".").count == 3)
+    }
+
+    @Test("the data plane's sleeps run with 1 µs timer slack on their thread (the default 50 µs overshot every short wait)")
+    func preciseSleeps() throws {
+        final class Slack: @unchecked Sendable { var before = -1, after = -1 }
+        let slack = Slack()
+        let thread = Thread {
+            slack.before = eaas_timer_slack_ns()
+            _ = eaas_sleep_ns(1000)
+            slack.after = eaas_timer_slack_ns()
+        }
+        thread.start()
+        let deadline = Date().addingTimeInterval(5)
+        while slack.after < 0, Date() < deadline { usleep(1000) }
+        #expect(slack.before == 50_000, "a new thread starts at the kernel's default")
+        #expect(slack.after == 1000)
     }
 
     @Test("Without an RDMA device the verbs device list fails with a clear error, or lists real devices")

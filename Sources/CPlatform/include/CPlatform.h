@@ -26,6 +26,10 @@ int eaas_futex_wake_all(uint32_t *word);
 /// Sleeps at most `timeout_ns` nanoseconds, or until `fd` is readable or hung up (ppoll, which
 /// glibc declares only under _GNU_SOURCE). Returns 1 when `fd` woke it, 0 when the time passed or
 /// a signal came, -1 with errno on any other error.
+/// nanosleep with the calling thread's timer slack set to 1 µs (once per thread).
+int eaas_sleep_ns(int64_t nanoseconds);
+/// The calling thread's timer slack, in nanoseconds.
+long eaas_timer_slack_ns(void);
 int eaas_sleep_unless_readable(int fd, int64_t timeout_ns);
 
 #include <sys/types.h>

@@ -55,6 +55,11 @@ final class ServingEngine: @unchecked Sendable {
     private let doorbell: Doorbell?
     /// The doorbell counter seen when sleep was announced; nil while awake.
     private var announcedSleep: UInt32?
+    /// When the engine last ran out of work, and the smoothed gap from then to the next request:
+    /// a worker's next MoE layer comes after its attention (milliseconds), and spinning through
+    /// that would take a core from the worker (or from another pod) sharing this host.
+    private var idleSince: ContinuousClock.Instant?
+    private var typicalGap: Duration = .zero
     private var submissions: [Submission] = []
     private var resets: [(slot: Int, peer: SlotPeer?, done: (UInt16) -> Void)] = []
     private var running = true
@@ -135,6 +140,10 @@ final class ServingEngine: @unchecked Sendable {
                 continue
             }
             idleRounds = 0
+            if let since = idleSince {
+                typicalGap = typicalGap + (ContinuousClock.now - since - typicalGap) / 4
+                idleSince = nil
+            }
             if announcedSleep != nil {
                 announcedSleep = nil
                 doorbell?.awake()
@@ -154,6 +163,12 @@ final class ServingEngine: @unchecked Sendable {
     /// next request without being woken.
     private func idle(_ rounds: inout Int) {
         rounds += 1
+        if rounds == 1 {
+            idleSince = ContinuousClock.now
+            // Requests usually come long after the last answer: go straight to sleep (a doorbell
+            // wakes in tens of microseconds, a small share of such a gap).
+            if doorbell != nil, typicalGap > .microseconds(300) { rounds = Backoff.spins + 100 }
+        }
         if rounds < Backoff.spins { return }
         if rounds < Backoff.spins + 100 {
             sched_yield()

@@ -42,11 +42,13 @@ struct Backoff {
 
     mutating func pause() {
         if firstSleep > .zero {
-            started = .now
             let (seconds, attoseconds) = firstSleep.components
             firstSleep = .zero
             round = Self.spins + 100  // straight on to proportional sleeps
             sleep(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+            // The answer is due about now: the proportional sleeps start small from here, not
+            // sized by the time slept through (which made them overshoot by a sixteenth of it).
+            started = .now
             return
         }
         round += 1
@@ -66,7 +68,6 @@ struct Backoff {
             if eaas_sleep_unless_readable(wakeDescriptor, nanoseconds) != 0 { woken = true }
             return
         }
-        var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-        nanosleep(&request, nil)
+        _ = eaas_sleep_ns(nanoseconds)
     }
 }
