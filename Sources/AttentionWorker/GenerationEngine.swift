@@ -174,13 +174,20 @@ public final class GenerationEngine: @unchecked Sendable {
         return nextID
     }
 
-    /// Queues all of `requests` or none: each is checked first, and they go in under one lock, so
-    /// that the next step sees all of them (a request with several prompts is never half
-    /// admitted, and a benchmark's batch starts together). `events` receives each request's
-    /// events with its index, on the engine thread.
+    /// Queues all of `requests` or none: each is checked first (a refusal of one of several names
+    /// it, `prompt[i]: …`), and they go in under one lock, so that the next step sees all of them
+    /// (a request with several prompts is never half admitted, and a benchmark's batch starts
+    /// together). `events` receives each request's events with its index, on the engine thread.
     @discardableResult
     public func submit(_ requests: [GenerationRequest], events: @escaping @Sendable (Int, GenerationEvent) -> Void) throws(SubmitError) -> [Handle] {
-        for request in requests { try validate(request) }
+        for (index, request) in requests.enumerated() {
+            do throws(SubmitError) {
+                try validate(request)
+            } catch {
+                if case let .invalid(message, param) = error, requests.count > 1 { throw .invalid("prompt[\(index)]: \(message)", param: param) }
+                throw error
+            }
+        }
         condition.lock()
         defer { condition.unlock() }
         guard accepting else { throw .stopping }

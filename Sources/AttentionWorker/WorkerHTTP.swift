@@ -70,20 +70,31 @@ public enum WorkerHTTP {
         return router
     }
 
-    /// Submits every prompt or none: when one is refused, the ones already queued are cancelled.
+    /// Submits every prompt or none, as one group (the engine admits them together or refuses
+    /// them all, naming the prompt at fault): nothing of a refused request is ever queued or run.
+    /// Each prompt's events come as its own stream; ending a stream's iteration cancels its sequence.
     private static func submitAll(_ requests: [GenerationRequest], to engine: GenerationEngine) throws(CompletionError)
         -> [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)] {
-        var submitted: [(events: AsyncStream<GenerationEvent>, handle: GenerationEngine.Handle)] = []
-        for (index, request) in requests.enumerated() {
-            do throws(SubmitError) {
-                submitted.append(try engine.stream(request))
-            } catch {
-                for (_, handle) in submitted { handle.cancel() }
-                if case let .invalid(message, param) = error, requests.count > 1 { throw .invalid("prompt[\(index)]: \(message)", param: param) }
-                throw CompletionError(error)
+        let streams = requests.map { _ in AsyncStream<GenerationEvent>.makeStream() }
+        let continuations = streams.map(\.continuation)
+        let handles: [GenerationEngine.Handle]
+        do throws(SubmitError) {
+            handles = try engine.submit(requests) { index, event in
+                continuations[index].yield(event)
+                switch event {
+                case .token: break
+                case .finished, .failed: continuations[index].finish()
+                }
+            }
+        } catch {
+            throw CompletionError(error)
+        }
+        for (continuation, handle) in zip(continuations, handles) {
+            continuation.onTermination = { reason in
+                if case .cancelled = reason { handle.cancel() }
             }
         }
-        return submitted
+        return zip(streams, handles).map { ($0.stream, $1) }
     }
 
     /// Waits for every sequence and answers once.

@@ -37,7 +37,7 @@ struct EngineTests {
             try engine.submit((0..<5).map { GenerationRequest(prompt: [3, $0 + 4], maxTokens: 2) }) { _, _ in }
         }
         // A bad member refuses the group by its field, and nothing of it is kept either.
-        #expect(throws: SubmitError.invalid("max_tokens must be at least 1 (got 0)", param: "max_tokens")) {
+        #expect(throws: SubmitError.invalid("prompt[1]: max_tokens must be at least 1 (got 0)", param: "max_tokens")) {
             try engine.submit([GenerationRequest(prompt: [3], maxTokens: 2), GenerationRequest(prompt: [4], maxTokens: 0)]) { _, _ in }
         }
         let requests = (0..<3).map { GenerationRequest(prompt: [5, $0 + 6], maxTokens: 2 + $0, ignoreEOS: true) }
