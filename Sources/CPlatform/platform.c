@@ -26,6 +26,10 @@ long eaas_timer_slack_ns(void) {
     return (long)prctl(PR_GET_TIMERSLACK, 0UL, 0UL, 0UL, 0UL);
 }
 
+int eaas_set_timer_slack_ns(unsigned long nanoseconds) {
+    return prctl(PR_SET_TIMERSLACK, nanoseconds, 0UL, 0UL, 0UL);
+}
+
 int eaas_sleep_ns(int64_t nanoseconds) {
     precise_timers();
     struct timespec request = {.tv_sec = nanoseconds / 1000000000, .tv_nsec = nanoseconds % 1000000000};

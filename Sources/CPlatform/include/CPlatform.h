@@ -28,8 +28,9 @@ int eaas_futex_wake_all(uint32_t *word);
 /// a signal came, -1 with errno on any other error.
 /// nanosleep with the calling thread's timer slack set to 1 µs (once per thread).
 int eaas_sleep_ns(int64_t nanoseconds);
-/// The calling thread's timer slack, in nanoseconds.
+/// The calling thread's timer slack, in nanoseconds, and setting it (new threads inherit it).
 long eaas_timer_slack_ns(void);
+int eaas_set_timer_slack_ns(unsigned long nanoseconds);
 int eaas_sleep_unless_readable(int fd, int64_t timeout_ns);
 
 #include <sys/types.h>
