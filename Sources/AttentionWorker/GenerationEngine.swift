@@ -74,13 +74,14 @@ public final class GenerationEngine: @unchecked Sendable {
     public let modelName: String
     private let model: DecoderModel
     private let maxContext: Int
-    private let endOfSequence: Set<Int>
+    /// Runs each step's plan through the model (engine thread only).
+    private let runner: StepRunner
 
     /// Guards everything below: submitters and the engine thread share it.
     private let condition = NSCondition()
     private var scheduler: Scheduler
     /// Every sequence the scheduler holds, by id.
-    private var sequences: [UInt64: Sequence] = [:]
+    private var sequences: [UInt64: GenerationSequence] = [:]
     private var cancelled: Set<UInt64> = []
     private var nextID: UInt64 = 0
     private var accepting = true
@@ -118,7 +119,7 @@ public final class GenerationEngine: @unchecked Sendable {
         self.configuration = configuration
         modelName = name
         maxContext = min(configuration.maxContext ?? model.config.maxPositions, model.config.maxPositions)
-        endOfSequence = Set(model.config.eosTokenIDs)
+        runner = StepRunner(model: model)
         scheduler = Scheduler(limits: .init(maxRunning: configuration.maxRunning, maxBatchTokens: configuration.maxBatchTokens,
                                             kvCacheBytes: configuration.kvCacheBytes,
                                             microBatching: model.placement.lanes > 1 ? configuration.microBatching : .one))
@@ -169,7 +170,7 @@ public final class GenerationEngine: @unchecked Sendable {
     /// Hands `request` to the scheduler (under the lock).
     private func enqueue(_ request: GenerationRequest, events: @escaping @Sendable (GenerationEvent) -> Void) -> UInt64 {
         nextID += 1
-        sequences[nextID] = Sequence(id: nextID, request: request, events: events)
+        sequences[nextID] = GenerationSequence(id: nextID, request: request, events: events)
         scheduler.add(.init(id: nextID, promptLength: request.prompt.count, maxTokens: request.maxTokens, cacheBytes: cacheBytes(request)))
         return nextID
     }
@@ -339,7 +340,7 @@ public final class GenerationEngine: @unchecked Sendable {
 
         let touchedBefore = model.placement.expertsTouched
         let started = ContinuousClock.now
-        let outcomes = run(Array(zip(plan.chunks, members)), microBatches: plan.microBatches)
+        let outcomes = runner.run(Array(zip(plan.chunks, members)), microBatches: plan.microBatches)
         let took = (ContinuousClock.now - started).components
         let seconds = Double(took.seconds) + Double(took.attoseconds) * 1e-18
         let touched = model.placement.expertsTouched - touchedBefore
@@ -370,60 +371,6 @@ public final class GenerationEngine: @unchecked Sendable {
         for id in retired.ids { sequences[id] = nil }
         return retired.failed
     }
-
-    /// Runs `chunks` through the model as one batch (pipelined as `microBatches`, ranges of
-    /// `chunks`, when there are several) and hands each sampled sequence its token (and a failed
-    /// one its failure); returns one outcome per chunk.
-    ///
-    /// A step a pod refused for its values (one sequence's hidden states overflow the experts,
-    /// say) is run again one sequence at a time, so that only the sequence at fault fails: a
-    /// failed step leaves every cache as it was (lengths grow only once a step is done), so the
-    /// retry recomputes the same positions. Other failures (no replica in time) fail the step's
-    /// sequences at once, since running them apart would meet the same cause.
-    private func run(_ chunks: [(chunk: Scheduler.StepPlan.Chunk, sequence: Sequence)], microBatches: [Range<Int>]) -> [Scheduler.Outcome] {
-        var batches: [StepBatch] = [], sampledRows: [[Int]] = []
-        for range in microBatches {
-            var batch = StepBatch(), rows: [Int] = []
-            for (chunk, sequence) in chunks[range] {
-                let cache = sequence.cache(model)
-                if let prompt = chunk.prompt {
-                    batch.append(cache, tokens: sequence.request.prompt[prompt].lazy.map { Int32($0) })
-                } else {
-                    batch.append(cache, tokens: [Int32(sequence.generated.last!)])
-                }
-                if chunk.samples { rows.append(batch.count - 1) }
-            }
-            batches.append(batch)
-            sampledRows.append(rows)
-        }
-        let logits: [Float]
-        do {
-            logits = try model.forward(microBatches: batches, logitRows: sampledRows)
-        } catch {
-            let failure = SequenceFailure.step(error)
-            if case .stepFailed(_, retryable: false) = failure, error is Dispatcher.StepError, chunks.count > 1 {
-                return chunks.flatMap { run([$0], microBatches: [0..<1]) }
-            }
-            // The step's sequences cannot continue.
-            for (_, sequence) in chunks { sequence.events(.failed(failure)) }
-            return Array(repeating: .failed, count: chunks.count)
-        }
-        let vocab = config.vocabSize
-        var sampled = 0
-        return logits.withUnsafeBufferPointer { all in
-            chunks.map { chunk, sequence in
-                guard chunk.samples else { return .ran }
-                defer { sampled += 1 }
-                guard let token = sequence.sampler.next(UnsafeBufferPointer(rebasing: all[(sampled * vocab)..<((sampled + 1) * vocab)])) else {
-                    sequence.events(.failed(.nonFiniteLogits))
-                    return .failed
-                }
-                sequence.generated.append(token)
-                sequence.events(.token(token))
-                return .sampled(stop: sequence.request.stopTokenIDs.contains(token) || (!sequence.request.ignoreEOS && endOfSequence.contains(token)))
-            }
-        }
-    }
 }
 
 /// Where an engine's routed experts run.
@@ -434,31 +381,6 @@ public enum ExpertSource: Sendable {
     case remote(membership: MembershipSource, dispatcher: Dispatcher.Configuration, wireDType: WireDType)
 
     var isLocal: Bool { if case .local = self { true } else { false } }
-}
-
-/// One sequence in the engine.
-private final class Sequence {
-    let id: UInt64
-    let request: GenerationRequest
-    let events: @Sendable (GenerationEvent) -> Void
-    var sampler: Sampler
-    var generated: [Int] = []
-    var kvCache: KVCache?
-
-    init(id: UInt64, request: GenerationRequest, events: @escaping @Sendable (GenerationEvent) -> Void) {
-        self.id = id
-        self.request = request
-        self.events = events
-        sampler = Sampler(request.sampling)
-    }
-
-    /// The cache, allocated at the first step the sequence takes part in.
-    func cache(_ model: DecoderModel) -> KVCache {
-        if let kvCache { return kvCache }
-        let cache = model.makeCache(capacity: request.prompt.count + request.maxTokens)
-        kvCache = cache
-        return cache
-    }
 }
 
 /// Collects the events of `generate`'s requests.
