@@ -43,6 +43,7 @@ struct E2EBenchCommand: ParsableCommand {
     @Option(help: "Hidden-state dtype on the wire (f32, bf16, f16).") var wireDtype: String = "bf16"
     @Option(help: "Sequences kept generating in the failure run (default: the largest batch size).") var failureBatch: Int?
     @Option(help: "Seconds of the failure run; one pod is killed halfway.") var failureSeconds: Double = 30
+    @Option(help: "Pairs of failure runs (each: the run without the kill, then with it; the killed pod is replaced between pairs); the loss reported is their median.") var failurePairs: Int = 1
     @Option(help: "Tokens of load a pod already in a step may carry before the step adds another pod; the pods share this host's cores, so the default keeps each step on one pod.") var contactCost: Int = 1 << 20
     @Option(help: "Rounds of the side-by-side measurement (modes interleaved); each mode's median is reported.") var repeats: Int = 3
     @Option(help: "Batch sizes of the overlap configuration (worker pinned to one CPU, one pod to the others; 1 and 2 micro-batches), comma-separated, each at least 2; default those of --batch-sizes that are; 'none' skips it. The summary's overlap_* keys are the first's.") var overlapBatchSizes: String?
@@ -68,6 +69,7 @@ struct E2EBenchCommand: ParsableCommand {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         if let failureBatch, failureBatch < 1 { throw ValidationError("--failure-batch must be at least 1") }
         guard failureSeconds >= 2 else { throw ValidationError("--failure-seconds must be at least 2") }
+        guard failurePairs >= 1 else { throw ValidationError("--failure-pairs must be at least 1") }
         if let overlapBatchSizes, overlapBatchSizes != "none" {
             guard try Self.positiveList(overlapBatchSizes, option: "--overlap-batch-sizes").allSatisfy({ $0 >= 2 }) else {
                 throw ValidationError("--overlap-batch-sizes '\(overlapBatchSizes)': each must be at least 2 (two micro-batches of whole sequences)")
@@ -113,27 +115,39 @@ struct E2EBenchCommand: ParsableCommand {
         // Pods first (they map the checkpoint while the monolithic engine loads).
         var podProcesses: [EaasChild] = []
         defer { podProcesses.forEach { $0.stop() } }
-        for _ in 0..<pods {
-            podProcesses.append(try EaasChild(
+        func startPod() throws -> EaasChild {
+            try EaasChild(
                 arguments: ["expert-pod", "--model", directory, "--shard", "0-\(config.expertCount - 1)", "--listen", "127.0.0.1:0",
                             "--transport", "shm", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--wire-dtype", wireDtype,
                             "--max-batch-tokens", "\(max(1024, engineConfiguration.maxBatchTokens))", "--grace-seconds", "2",
                             "--log-level", "error"],
-                environment: ["EAAS_POOL_TOKEN": token]))
+                environment: ["EAAS_POOL_TOKEN": token])
         }
-        let endpoints = try podProcesses.map { pod -> (data: String, metrics: String) in
+        func endpoint(of pod: EaasChild) throws -> (data: String, metrics: String) {
             let words = try pod.firstLine().split(separator: " ")
             guard words.count == 4, words[0] == "listening" else { throw CommandFailure("expert-pod did not start: \(words.joined(separator: " "))") }
             return (String(words[1]), String(words[3]))
         }
+        for _ in 0..<pods { podProcesses.append(try startPod()) }
+        var endpoints = try podProcesses.map(endpoint)
         let addresses = endpoints.map(\.data)
+        // The shm engine's membership, which the failure pairs change: a killed pod's replacement joins it.
+        var shmMembership: SettableMembership?
         func remote(_ backend: BackendKind) throws -> GenerationEngine {
             var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
             dispatcher.backend = backend
             dispatcher.contactCost = contactCost
             dispatcher.modelDigest = try ModelDigest.compute(directory: directory).bytes
             dispatcher.maxBatchTokens = UInt32(engineConfiguration.maxBatchTokens)
-            let membership = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
+            let found = try ExpertPods.staticMembership(addresses: addresses, config: config, dispatcher: dispatcher)
+            let membership: MembershipSource
+            if backend == .shm {
+                let settable = SettableMembership(found.view)
+                shmMembership = settable
+                membership = settable
+            } else {
+                membership = found
+            }
             let wire: WireDType = ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype]!
             return try GenerationEngine(modelDirectory: directory, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: wire),
                                         configuration: engineConfiguration)
@@ -268,25 +282,51 @@ struct E2EBenchCommand: ParsableCommand {
         }
 
         let failureSequences = failureBatch ?? largest
-        // The same sequences without a failure first: the reference for the failure run's tokens.
-        log("failure run, reference: \(failureSequences) sequences for \(failureSeconds) s over shm, no pod killed")
-        let reference = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
-                                               vocab: config.vocabSize, kill: nil)
-        log("failure run: the same, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
         func requestsServed() -> [Double] {
             endpoints.map { (try? PodBenchCommand.httpGet("http://\($0.metrics)/metrics")).map { PodBenchCommand.metric($0, "eaas_requests_total") } ?? 0 }
         }
-        let servedBefore = requestsServed()
-        let failure = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
-                                             vocab: config.vocabSize) { [podProcesses] in
-            // The worker keeps to the replica that served last: the pod to kill is the one busy in this run.
-            let served = zip(requestsServed(), servedBefore).map { $0 - $1 }
-            podProcesses[served.indices.max { served[$0] < served[$1] }!].kill()
+        // Pairs: the same sequences without a failure first (the reference for the failure run's
+        // tokens and rate), then with the busy pod killed; before the next pair the killed pod is
+        // replaced by a new one (as its ReplicaSet would), which joins the membership.
+        var pairRuns: [(reference: FailureRun.Outcome, failure: FailureRun.Outcome, loss: Double)] = []
+        var sameTokens = (identical: true, compared: 0)
+        for pair in 0..<failurePairs {
+            log("failure run \(pair + 1) of \(failurePairs), reference: \(failureSequences) sequences for \(failureSeconds) s over shm, no pod killed")
+            let reference = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
+                                                   vocab: config.vocabSize, kill: nil)
+            log("failure run \(pair + 1) of \(failurePairs): the same, the busiest of \(pods) pods killed at \(failureSeconds / 2) s")
+            let servedBefore = requestsServed()
+            var killed: Int?
+            let failure = try FailureRun.measure(engines[1].1, batch: failureSequences, seconds: failureSeconds, promptTokens: promptTokens,
+                                                 vocab: config.vocabSize) {
+                // The worker keeps to the replica that served last: the pod to kill is the one busy in this run.
+                let served = zip(requestsServed(), servedBefore).map { $0 - $1 }
+                let busiest = served.indices.max { served[$0] < served[$1] }!
+                podProcesses[busiest].kill()
+                killed = busiest
+            }
+            let same = FailureRun.compare(failure.completed, with: reference.completed)
+            sameTokens = (sameTokens.identical && same.identical, sameTokens.compared + same.compared)
+            // Both runs take the same steps, so the reference's own change from the first half to the
+            // second (sequences grow older: longer contexts, more attention) is not the failure's.
+            pairRuns.append((reference, failure, FailureRun.pairedLoss(failure, reference: reference)))
+            if pair + 1 < failurePairs, let killed {
+                let replacement = try startPod()
+                podProcesses[killed] = replacement
+                endpoints[killed] = try endpoint(of: replacement)
+                // Every pod now alive, the replacement asked over the data plane what it hosts.
+                var dispatcher = Dispatcher.Configuration(poolToken: Array(token.utf8), clientID: UInt64.random(in: 1...UInt64.max))
+                dispatcher.backend = .shm
+                shmMembership?.set(try ExpertPods.staticMembership(addresses: endpoints.map(\.data), config: config, dispatcher: dispatcher).view)
+            }
         }
-        let sameTokens = FailureRun.compare(failure.completed, with: reference.completed)
-        // Both runs take the same steps, so the reference's own change from the first half to the
-        // second (sequences grow older: longer contexts, more attention) is not the failure's.
-        let failureLoss = FailureRun.pairedLoss(failure, reference: reference)
+        // The first pair's series and rates; the loss is the pairs' median; failures and the
+        // smallest bucket over every pair.
+        let (reference, failure) = (pairRuns[0].reference, pairRuns[0].failure)
+        let failureLoss = pairRuns.map(\.loss).median
+        let failedRequests = pairRuns.reduce(0) { $0 + $1.failure.failedRequests + $1.reference.failedRequests }
+        let failovers = pairRuns.reduce(0) { $0 + $1.failure.failovers }
+        let minBucket = pairRuns.map(\.failure.minBucketOverMedian).min()!
 
         // vLLM in the checkpoint's dtype (the like-for-like comparison), and in fp32 when asked.
         var vllmRuns: [(key: String, dtype: String)] = []
@@ -341,10 +381,11 @@ struct E2EBenchCommand: ParsableCommand {
             "batch": largest, "prompt_tokens": promptTokens, "decode_tokens": decodeTokens, "pods": pods, "wire_dtype": wireDtype,
             "monolithic_tok_s": last[0], "remote_shm_tok_s": last[1], "remote_tcp_tok_s": last[2],
             "remote_shm_over_monolithic": last[1] / last[0], "remote_tcp_over_monolithic": last[2] / last[0],
-            "failure_loss_fraction": failureLoss, "failure_loss_unpaired_fraction": failure.loss, "failed_requests": failure.failedRequests,
-            "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failure.failovers,
+            "failure_loss_fraction": failureLoss, "failure_loss_unpaired_fraction": failure.loss, "failed_requests": failedRequests,
+            "failure_pairs": failurePairs, "failure_pair_loss_fractions": pairRuns.map(\.loss),
+            "failure_before_tok_s": failure.before, "failure_after_tok_s": failure.after, "failure_failovers": failovers,
             "failure_series_tok_s": failure.series, "failure_series_bucket_seconds": failure.bucket, "failure_kill_at_seconds": failure.killAt,
-            "failure_min_bucket_over_median": failure.minBucketOverMedian, "failure_tokens_identical": sameTokens.identical,
+            "failure_min_bucket_over_median": minBucket, "failure_tokens_identical": sameTokens.identical,
             "failure_sequences_compared": sameTokens.compared, "failure_reference_series_tok_s": reference.series,
             "failure_reference_min_bucket_over_median": reference.minBucketOverMedian, "failure_reference_loss_fraction": reference.loss,
             "memory_read_gbps": limits.readGBps, "f32_peak_gflops": limits.f32GFlops, "bf16_peak_gflops": limits.bf16GFlops ?? 0,
@@ -417,14 +458,16 @@ struct E2EBenchCommand: ParsableCommand {
         } else {
             print("\noverlap configuration skipped: \(overlapSkipped ?? "not run")")
         }
-        print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss against the run without the kill %.2f%%, %d failed requests, %d failovers",
-                     failureSequences, failure.before, failure.after, failureLoss * 100, failure.failedRequests, failure.failovers))
+        print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss against the run without the kill %.2f%%%@, %d failed requests, %d failovers",
+                     failureSequences, failure.before, failure.after, failureLoss * 100,
+                     failurePairs > 1 ? " (median of \(failurePairs) pairs: " + pairRuns.map { String(format: "%.2f%%", $0.loss * 100) }.joined(separator: ", ") + ")" : "",
+                     failedRequests, failovers))
         print(String(format: "tok/s per %.2f s: ", failure.bucket) + failure.series.map { String(format: "%.0f", $0) }.joined(separator: " ") + String(format: " (kill at %.1f s)", failure.killAt))
         print("the same without the kill: " + reference.series.map { String(format: "%.0f", $0) }.joined(separator: " ")
               + String(format: " (%.1f tok/s before the middle, %.1f after: %.2f%% lower)", reference.before, reference.after, reference.loss * 100))
-        print(String(format: "smallest bucket from the first decode token on ÷ median: %.2f with the kill, %.2f without; ", failure.minBucketOverMedian,
+        print(String(format: "smallest bucket from the first decode token on ÷ median: %.2f with the kill (every pair), %.2f without (the first); ", minBucket,
                      reference.minBucketOverMedian)
-              + "tokens of the \(sameTokens.compared) sequences both runs completed: \(sameTokens.identical ? "identical" : "DIFFERENT")")
+              + "tokens of the \(sameTokens.compared) sequences both runs of a pair completed: \(sameTokens.identical ? "identical" : "DIFFERENT")")
     }
 
     private func log(_ text: String) {
@@ -447,5 +490,45 @@ struct E2EBenchCommand: ParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
         _ = try RandomModel.write(spec, to: directory)
         return directory
+    }
+}
+
+/// A membership the benchmark changes as it replaces pods (in a cluster, the EndpointSlices do).
+final class SettableMembership: MembershipSource, @unchecked Sendable {
+    private let lock = NSLock()
+    private var view: MembershipView
+    private var watchers: [UUID: AsyncStream<MembershipView>.Continuation] = [:]
+
+    init(_ view: MembershipView) { self.view = view }
+
+    func current() -> MembershipView {
+        lock.lock()
+        defer { lock.unlock() }
+        return view
+    }
+
+    /// Replaces the view; watchers get it.
+    func set(_ new: MembershipView) {
+        lock.lock()
+        view = new
+        let current = Array(watchers.values)
+        lock.unlock()
+        for watcher in current { watcher.yield(new) }
+    }
+
+    func changes() -> AsyncStream<MembershipView> {
+        let (stream, continuation) = AsyncStream<MembershipView>.makeStream()
+        let id = UUID()
+        lock.lock()
+        watchers[id] = continuation
+        continuation.yield(view)
+        lock.unlock()
+        continuation.onTermination = { [weak self] _ in
+            guard let self else { return }
+            self.lock.lock()
+            self.watchers[id] = nil
+            self.lock.unlock()
+        }
+        return stream
     }
 }

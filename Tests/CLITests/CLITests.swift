@@ -140,7 +140,7 @@ struct CLITests {
         let result = try Self.run(["bench", "e2e", "--hidden", "64", "--expert-ffn", "32", "--experts", "8", "--top-k", "2", "--layers", "2",
                                    "--heads", "4", "--kv-heads", "2", "--vocab", "256", "--batch-sizes", "1,4", "--decode-tokens", "4",
                                    "--prefill-tokens", "40", "--prefill-batch-sizes", "1,3", "--prefill-batch-tokens", "64",
-                                   "--failure-seconds", "2", "--cache-dir", cache, "--json"])
+                                   "--failure-seconds", "2", "--failure-pairs", "2", "--cache-dir", cache, "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         #expect(document?["bench"] as? String == "e2e")
@@ -149,7 +149,13 @@ struct CLITests {
         }
         #expect(document?["failed_requests"] as? Int == 0)
         #expect((document?["results"] as? [[String: Any]])?.map { $0["batch"] as? Int } == [1, 4])
-        #expect((document?["failure_failovers"] as? Int ?? 0) >= 1, "the killed pod was never noticed")
+        #expect((document?["failure_failovers"] as? Int ?? 0) >= 2, "a killed pod was not noticed in each of the two pairs")
+        // Two pairs, the killed pod replaced between them; the loss is their median.
+        let pairLosses = document?["failure_pair_loss_fractions"] as? [Double] ?? []
+        #expect(pairLosses.count == 2 && document?["failure_pairs"] as? Int == 2)
+        if pairLosses.count == 2 {
+            #expect(abs((document?["failure_loss_fraction"] as? Double ?? -1) - (pairLosses[0] + pairLosses[1]) / 2) < 1e-9)
+        }
         // The failure run against the same sequences without the kill: token for token the same.
         #expect(document?["failure_tokens_identical"] as? Bool == true)
         #expect((document?["failure_sequences_compared"] as? Int ?? 0) >= 1)
