@@ -10,14 +10,18 @@ import Transport
 struct E2EBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "e2e",
-        abstract: "Decode throughput: monolithic vs remote experts (shm, tcp), and the loss when a pod is killed.",
+        abstract: "Decode throughput: monolithic vs remote experts (shm, tcp), the overlap configuration, and the loss when a pod is killed.",
         discussion: """
         The model is a seeded random Qwen3-MoE checkpoint of the given shape (written once into \
         --cache-dir), or --model. Remote runs start --pods `eaas expert-pod` processes, each hosting \
-        every expert (so every expert has --pods replicas). The failure run keeps --failure-batch \
+        every expert (so every expert has --pods replicas); the time of each MoE layer is printed per phase, \
+        the pods' own compute among them. The overlap configuration pins a worker to one CPU and one pod to \
+        the others and decodes with 1 and 2 pipelined micro-batches (and auto), beside the ideal speedup. \
+        The failure run keeps --failure-batch \
         sequences generating for --failure-seconds and SIGKILLs the pod serving them halfway; the loss compares \
-        tokens/s in the halves before and after the kill, and each sequence's tokens are compared with those of the \
-        same run without the kill. With --vllm PYTHON, the same checkpoint, \
+        tokens/s in the halves before and after the kill against the same run without the kill, and each sequence's \
+        tokens are compared with that run's; --failure-pairs repeats the pair (the killed pod replaced) and reports the median. \
+        With --vllm PYTHON, the same checkpoint, \
         prompts and batch sizes run through vLLM (CPU, in the checkpoint's dtype; also fp32 with --vllm-fp32) in the same sitting.
         """
     )
