@@ -183,8 +183,10 @@ struct Scheduler: Equatable {
     mutating func postprocess(_ plan: StepPlan, outcomes: [Outcome]) -> [(id: UInt64, reason: FinishReason)] {
         precondition(outcomes.count == plan.chunks.count, "one outcome per chunk")
         var finished: [(id: UInt64, reason: FinishReason)] = []
+        // One lookup table per step, not a scan of the running sequences per chunk.
+        let indices = Dictionary(uniqueKeysWithValues: running.indices.map { (running[$0].id, $0) })
         for (chunk, outcome) in zip(plan.chunks, outcomes) {
-            guard let index = running.firstIndex(where: { $0.id == chunk.id }), !running[index].done else { continue }
+            guard let index = indices[chunk.id], !running[index].done else { continue }
             switch outcome {
             case .failed:
                 running[index].done = true

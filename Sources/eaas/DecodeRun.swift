@@ -37,9 +37,17 @@ enum DecodeRun {
         // Taken at the first token of the window's first step: its stats then hold every step before.
         let atStart = Locked<GenerationEngine.Statistics?>(nil)
         let probedAtStart = Locked<Double?>(nil)
+        // The probe (an HTTP GET, say) is read off the engine thread, so that its latency never
+        // lengthens the window it measures.
+        let probing = DispatchGroup()
         timeline.onDecodeStart = {
             atStart.set(engine.stats)
-            if let probe { probedAtStart.set(probe()) }
+            guard let probe else { return }
+            probing.enter()
+            DispatchQueue.global().async {
+                probedAtStart.set(probe())
+                probing.leave()
+            }
         }
         for (index, prompt) in prompts(batch: batch, promptTokens: promptTokens, vocab: vocab, seed: seed).enumerated() {
             try engine.submit(GenerationRequest(prompt: prompt, maxTokens: decodeTokens + 1, ignoreEOS: true)) { event in
@@ -51,6 +59,7 @@ enum DecodeRun {
         let (rate, seconds) = try timeline.decodeWindow()
         let end = engine.stats
         let start = atStart.get() ?? end
+        probing.wait()
         let probed = probedAtStart.get().flatMap { first in probe.map { $0() - first } }
         return Window(rate: rate, seconds: seconds, steps: end.steps - start.steps, phases: end.moePhases - start.moePhases, probed: probed)
     }

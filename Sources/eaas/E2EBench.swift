@@ -255,7 +255,7 @@ struct E2EBenchCommand: ParsableCommand {
 
         // Attention and experts on separate cores, with and without the ping-pong micro-batches.
         let overlapSizes = try overlapSizes()
-        var overlap: (report: OverlapRun.Report, workerCPU: Int, podCPUs: String)?
+        var overlap: OverlapRun.Measurement?
         var overlapSkipped: String?
         if overlapSizes.isEmpty {
             overlapSkipped = "no batch size of at least 2"
@@ -268,19 +268,9 @@ struct E2EBenchCommand: ParsableCommand {
         }
         /// The monolithic engine's rate (both CPUs) at `batch`, when it was one of the batch sizes.
         func monolithic(at batch: Int) -> Double? { rows.first { $0["batch"] as? Int == batch }?["monolithic_tok_s"] as? Double }
-        var overlapRuns: [[String: Any]] = []
-        for run in overlap?.report.runs ?? [] {
-            var entry: [String: Any] = [
-                "batch": run.batch, "overlap_tok_s": run.overlapTokS, "overlap_plain_tok_s": run.plainTokS, "overlap_speedup": run.speedup,
-                "overlap_auto_tok_s": run.autoTokS, "overlap_auto_speedup": run.autoSpeedup,
-                "overlap_ideal_speedup": run.idealSpeedup, "overlap_speedup_over_ideal": run.speedup / run.idealSpeedup,
-                "overlap_attention_ms_per_step": run.attentionMsPerStep, "overlap_experts_ms_per_step": run.expertsMsPerStep,
-                "overlap_pipelined_experts_ms_per_step": run.overlapExpertsMsPerStep,
-                "overlap_pod_compute_ms_per_step": run.podComputeMsPerStep, "overlap_pipelined_pod_compute_ms_per_step": run.overlapPodComputeMsPerStep,
-            ]
-            if let mono = monolithic(at: run.batch) { entry["overlap_over_monolithic"] = run.overlapTokS / mono }
-            overlapRuns.append(entry)
-            if let index = rows.firstIndex(where: { $0["batch"] as? Int == run.batch }) {
+        let overlapRuns = overlap?.entries(monolithic: monolithic) ?? []
+        for entry in overlapRuns {
+            if let index = rows.firstIndex(where: { $0["batch"] as? Int == entry["batch"] as? Int }) {
                 for key in ["overlap_tok_s", "overlap_speedup", "overlap_ideal_speedup", "overlap_over_monolithic"] { rows[index][key] = entry[key] }
             }
         }
@@ -370,15 +360,7 @@ struct E2EBenchCommand: ParsableCommand {
         }
         var report = BenchReport(bench: "e2e")
         report.results = rows
-        // The first overlap batch's figures at the top level (the keys scripts read), every batch in overlap_runs.
-        var overlapSummary: [String: Any] = ["overlap_runs": overlapRuns]
-        if let overlap, let first = overlapRuns.first {
-            overlapSummary.merge(first.filter { $0.key != "batch" }) { $1 }
-            overlapSummary.merge(["overlap_batch": first["batch"]!, "overlap_worker_cpu": overlap.workerCPU, "overlap_pod_cpus": overlap.podCPUs,
-                                  "overlap_worker_threads": overlap.report.threads]) { $1 }
-        } else {
-            overlapSummary["overlap_skipped"] = overlapSkipped ?? "not run"
-        }
+        let overlapSummary = overlap?.summary(monolithic: monolithic) ?? ["overlap_runs": [] as [Any], "overlap_skipped": overlapSkipped ?? "not run"]
         report.summary = [
             "model": ["directory": directory, "architecture": config.architecture.cliName, "hidden": config.hiddenSize, "expert_ffn": config.expertFFNSize,
                       "experts": config.expertCount, "top_k": config.router.topK, "layers": config.layerCount, "dtype": config.dtype?.rawValue ?? "?"],
@@ -442,26 +424,7 @@ struct E2EBenchCommand: ParsableCommand {
         print(String(format: "\nthis machine (best of the run's probes): memory read %.1f GB/s on %d threads, f32 FMA peak %.0f GFLOP/s, bf16 dot peak %@",
                      limits.readGBps, limits.threads, limits.f32GFlops, limits.bf16GFlops.map { String(format: "%.0f GFLOP/s", $0) } ?? "none"))
         print("matmul: \(MatmulPrecision.process.summary)")
-        if let overlap {
-            print("\noverlap: the worker on CPU \(overlap.workerCPU) (\(overlap.report.threads) compute thread), one pod on CPU \(overlap.podCPUs), shm; "
-                  + "A = the worker's own time per step, E = its time on the experts, with 1 micro-batch; ideal = (A+E)/max(A,E)")
-            var table = TextTable(columns: ["batch", "1 micro-batch tok/s", "2 pipelined tok/s", "speedup", "ideal", "of ideal", "auto tok/s", "auto speedup",
-                                            "A ms", "E ms", "pod ms/step 1", "pod ms/step 2", "monolithic 2 CPUs tok/s", "2 pipelined/mono"])
-            for run in overlap.report.runs {
-                let mono = monolithic(at: run.batch)
-                table.rows.append(["\(run.batch)", String(format: "%.1f", run.plainTokS), String(format: "%.1f", run.overlapTokS),
-                                   String(format: "%.2f", run.speedup), String(format: "%.2f", run.idealSpeedup), String(format: "%.2f", run.speedup / run.idealSpeedup),
-                                   String(format: "%.1f", run.autoTokS), String(format: "%.2f", run.autoSpeedup),
-                                   String(format: "%.1f", run.attentionMsPerStep), String(format: "%.1f", run.expertsMsPerStep),
-                                   String(format: "%.1f", run.podComputeMsPerStep), String(format: "%.1f", run.overlapPodComputeMsPerStep),
-                                   mono.map { String(format: "%.1f", $0) } ?? "-", mono.map { String(format: "%.2f", run.overlapTokS / $0) } ?? "-"])
-            }
-            print(table.render())
-            print("(pod ms/step: its compute per step, eaas_busy_seconds_total; two micro-batches each read the weights of the experts their own tokens chose. "
-                  + "auto: `--micro-batches auto`, split where splitting measured faster for that step size)")
-        } else {
-            print("\noverlap configuration skipped: \(overlapSkipped ?? "not run")")
-        }
+        print("\n" + (overlap?.render(monolithic: monolithic) ?? "overlap configuration skipped: \(overlapSkipped ?? "not run")"))
         print(String(format: "\nfailure run (shm, batch %d): %.1f tok/s before the kill, %.1f after; loss against the run without the kill %.2f%%%@, %d failed requests, %d failovers",
                      failureSequences, failure.before, failure.after, failureLoss * 100,
                      failurePairs > 1 ? " (median of \(failurePairs) pairs: " + pairRuns.map { String(format: "%.2f%%", $0.loss * 100) }.joined(separator: ", ") + ")" : "",
@@ -494,45 +457,5 @@ struct E2EBenchCommand: ParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
         _ = try RandomModel.write(spec, to: directory)
         return directory
-    }
-}
-
-/// A membership the benchmark changes as it replaces pods (in a cluster, the EndpointSlices do).
-final class SettableMembership: MembershipSource, @unchecked Sendable {
-    private let lock = NSLock()
-    private var view: MembershipView
-    private var watchers: [UUID: AsyncStream<MembershipView>.Continuation] = [:]
-
-    init(_ view: MembershipView) { self.view = view }
-
-    func current() -> MembershipView {
-        lock.lock()
-        defer { lock.unlock() }
-        return view
-    }
-
-    /// Replaces the view; watchers get it.
-    func set(_ new: MembershipView) {
-        lock.lock()
-        view = new
-        let current = Array(watchers.values)
-        lock.unlock()
-        for watcher in current { watcher.yield(new) }
-    }
-
-    func changes() -> AsyncStream<MembershipView> {
-        let (stream, continuation) = AsyncStream<MembershipView>.makeStream()
-        let id = UUID()
-        lock.lock()
-        watchers[id] = continuation
-        continuation.yield(view)
-        lock.unlock()
-        continuation.onTermination = { [weak self] _ in
-            guard let self else { return }
-            self.lock.lock()
-            self.watchers[id] = nil
-            self.lock.unlock()
-        }
-        return stream
     }
 }

@@ -61,13 +61,71 @@ enum OverlapRun {
 
     /// Why the configuration cannot run here, if it cannot.
     static var unavailable: String? {
-        if allowedCPUs().count < 2 { return "needs two CPUs (one for the worker, one for the pods); this process may use \(allowedCPUs().count)" }
+        let cpus = allowedCPUs().count
+        if cpus < 2 { return "needs two CPUs (one for the worker, one for the pods); this process may use \(cpus)" }
         if EaasChild.taskset == nil { return "needs taskset (util-linux) to pin the worker and the pods" }
         return nil
     }
 
+    /// The configuration's figures and where it ran, ready for `bench e2e`'s report.
+    struct Measurement {
+        let report: Report
+        let workerCPU: Int
+        let podCPUs: String
+
+        /// Per batch, its JSON entry; `monolithic(batch)` is the monolithic engine's rate on both
+        /// CPUs at that batch, when it was measured.
+        func entries(monolithic: (Int) -> Double?) -> [[String: Any]] {
+            report.runs.map { run in
+                var entry: [String: Any] = [
+                    "batch": run.batch, "overlap_tok_s": run.overlapTokS, "overlap_plain_tok_s": run.plainTokS, "overlap_speedup": run.speedup,
+                    "overlap_auto_tok_s": run.autoTokS, "overlap_auto_speedup": run.autoSpeedup,
+                    "overlap_ideal_speedup": run.idealSpeedup, "overlap_speedup_over_ideal": run.speedup / run.idealSpeedup,
+                    "overlap_attention_ms_per_step": run.attentionMsPerStep, "overlap_experts_ms_per_step": run.expertsMsPerStep,
+                    "overlap_pipelined_experts_ms_per_step": run.overlapExpertsMsPerStep,
+                    "overlap_pod_compute_ms_per_step": run.podComputeMsPerStep, "overlap_pipelined_pod_compute_ms_per_step": run.overlapPodComputeMsPerStep,
+                ]
+                if let mono = monolithic(run.batch) { entry["overlap_over_monolithic"] = run.overlapTokS / mono }
+                return entry
+            }
+        }
+
+        /// The summary keys: the first batch's figures at the top level (the keys scripts read),
+        /// every batch in `overlap_runs`, and where the worker and the pod ran.
+        func summary(monolithic: (Int) -> Double?) -> [String: Any] {
+            let runs = entries(monolithic: monolithic)
+            var summary: [String: Any] = ["overlap_runs": runs, "overlap_worker_cpu": workerCPU, "overlap_pod_cpus": podCPUs,
+                                          "overlap_worker_threads": report.threads]
+            if let first = runs.first {
+                summary.merge(first.filter { $0.key != "batch" }) { $1 }
+                summary["overlap_batch"] = first["batch"]
+            }
+            return summary
+        }
+
+        /// The table `bench e2e` prints.
+        func render(monolithic: (Int) -> Double?) -> String {
+            var table = TextTable(columns: ["batch", "1 micro-batch tok/s", "2 pipelined tok/s", "speedup", "ideal", "of ideal", "auto tok/s", "auto speedup",
+                                            "A ms", "E ms", "pod ms/step 1", "pod ms/step 2", "monolithic 2 CPUs tok/s", "2 pipelined/mono"])
+            for run in report.runs {
+                let mono = monolithic(run.batch)
+                table.rows.append(["\(run.batch)", String(format: "%.1f", run.plainTokS), String(format: "%.1f", run.overlapTokS),
+                                   String(format: "%.2f", run.speedup), String(format: "%.2f", run.idealSpeedup), String(format: "%.2f", run.speedup / run.idealSpeedup),
+                                   String(format: "%.1f", run.autoTokS), String(format: "%.2f", run.autoSpeedup),
+                                   String(format: "%.1f", run.attentionMsPerStep), String(format: "%.1f", run.expertsMsPerStep),
+                                   String(format: "%.1f", run.podComputeMsPerStep), String(format: "%.1f", run.overlapPodComputeMsPerStep),
+                                   mono.map { String(format: "%.1f", $0) } ?? "-", mono.map { String(format: "%.2f", run.overlapTokS / $0) } ?? "-"])
+            }
+            return "overlap: the worker on CPU \(workerCPU) (\(report.threads) compute thread), one pod on CPU \(podCPUs), shm; "
+                + "A = the worker's own time per step, E = its time on the experts, with 1 micro-batch; ideal = (A+E)/max(A,E)\n"
+                + table.render()
+                + "\n(pod ms/step: its compute per step, eaas_busy_seconds_total; two micro-batches each read the weights of the experts their own tokens chose. "
+                + "auto: `--micro-batches auto`, split where splitting measured faster for that step size)"
+        }
+    }
+
     static func run(model: String, batches: [Int], promptTokens: Int, decodeTokens: Int, repeats: Int, wireDtype: String,
-                    maxBatchTokens: Int, log: (String) -> Void) throws -> (report: Report, workerCPU: Int, podCPUs: String) {
+                    maxBatchTokens: Int, log: (String) -> Void) throws -> Measurement {
         let cpus = allowedCPUs()
         let workerCPU = cpus[0]
         let podCPUs = cpus.dropFirst().map(String.init).joined(separator: ",")
@@ -91,7 +149,7 @@ enum OverlapRun {
         guard worker.process.terminationStatus == 0, let line = output.split(separator: "\n").last(where: { $0.hasPrefix("{") }) else {
             throw CommandFailure("the overlap worker failed (exit \(worker.process.terminationStatus)): \(output.suffix(2000))")
         }
-        return (try JSONDecoder().decode(Report.self, from: Data(line.utf8)), workerCPU, podCPUs)
+        return Measurement(report: try JSONDecoder().decode(Report.self, from: Data(line.utf8)), workerCPU: workerCPU, podCPUs: podCPUs)
     }
 }
 
@@ -161,6 +219,7 @@ struct OverlapWorkerCommand: ParsableCommand {
         func podCompute(_ runs: [DecodeRun.Window]) -> Double {
             runs.reduce(0) { $0 + ($1.probed ?? 0) } * 1e3 / Double(max(1, runs.reduce(0) { $0 + $1.probedSteps }))
         }
+        _ = busySeconds()  // the first request sets up the HTTP client: not inside a measured window
         var runs: [[String: Any]] = []
         for batch in sizes {
             var windows = [[DecodeRun.Window]](repeating: [], count: engines.count)
