@@ -39,6 +39,10 @@ let package = Package(
         .target(name: "Platform", dependencies: ["CPlatform"]),
         // JSONValue: the one JSON type, shared by checkpoints, the worker's API and Kubernetes objects.
         .target(name: "JSON"),
+        // GGUF (llama.cpp's format): metadata and tensor table, read with every offset checked.
+        .target(name: "GGUF"),
+        // Tokenizers (tokenizer.json, GGUF metadata), as Hugging Face `tokenizers` runs them.
+        .target(name: "Text", dependencies: ["JSON", "GGUF"]),
         .target(name: "MoE", dependencies: [
             "CBLAS", "JSON", .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -80,11 +84,13 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "eaas", dependencies: [
-            "MoE", "JSON", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform", "Platform",
+            "MoE", "JSON", "Text", "GGUF", "Transport", "ExpertPod", "AttentionWorker", "Kube", "KubeTestServer", "Controller", "CPlatform", "Platform",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "MoETests", dependencies: ["MoE", "JSON"]),
+        // Tokenizers against `tokenizers`' ids on real files fetched with pip (scripts/tokenizer-references).
+        .testTarget(name: "TextTests", dependencies: ["Text", "GGUF", "JSON"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod", "Platform", "MoE", "CPlatform"]),
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
