@@ -6,7 +6,7 @@ struct EaaS: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eaas",
         abstract: "Expert-as-a-Service: serve mixture-of-experts models with experts as independent pods.",
-        subcommands: [UpCommand.self, ModelCommand.self, GenerateCommand.self, WorkerCommand.self, ExpertPodCommand.self, DrainCommand.self, ControllerCommand.self, BenchCommand.self, TransportServerCommand.self, VersionCommand.self]
+        subcommands: [UpCommand.self, ModelCommand.self, GenerateCommand.self, TokenizeCommand.self, WorkerCommand.self, ExpertPodCommand.self, DrainCommand.self, ControllerCommand.self, BenchCommand.self, TransportServerCommand.self, VersionCommand.self]
     )
 }
 
@@ -24,6 +24,6 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks; each prints ratios against its reference measured in the same run.",
-        subcommands: [ExpertsBenchCommand.self, TransportBenchCommand.self, PodBenchCommand.self, E2EBenchCommand.self, InformerBenchCommand.self, PodClientCommand.self, OverlapWorkerCommand.self]
+        subcommands: [ExpertsBenchCommand.self, TransportBenchCommand.self, PodBenchCommand.self, E2EBenchCommand.self, InformerBenchCommand.self, TokenizerBenchCommand.self, PodClientCommand.self, OverlapWorkerCommand.self]
     )
 }
