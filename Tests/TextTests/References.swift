@@ -20,6 +20,8 @@ struct TokenizerReferences: Sendable {
     let corpus: [String]
     let entries: [Entry]
     let tokenizersVersion: String
+    /// transformers' renders of the chat templates, or why there are none.
+    let chatTemplates: Result<String, SkipReason>
 
     /// Loaded once per test process; nil with the reason when the references cannot be made here.
     static let shared: Result<TokenizerReferences, SkipReason> = load()
@@ -73,14 +75,23 @@ struct TokenizerReferences: Sendable {
             let entries = manifest["tokenizers"]!.array!.map {
                 Entry(name: $0["name"]!.string!, load: $0["load"]!.string!, reference: $0["reference"]!.string!)
             }
+            let chat: Result<String, SkipReason> = manifest["chat_templates"]?.string.map { .success($0) }
+                ?? .failure(SkipReason(description: "no chat-template references (\(manifest["chat_templates_missing"]?.string ?? "?"); scripts/install-test-clients installs transformers into .venv)"))
             return .success(TokenizerReferences(corpus: corpus, entries: entries,
-                                                tokenizersVersion: manifest["tokenizers_version"]?.string ?? "?"))
+                                                tokenizersVersion: manifest["tokenizers_version"]?.string ?? "?", chatTemplates: chat))
         } catch {
             fatalError("the tokenizer references in \(manifestPath) are unreadable: \(error)")
         }
     }
 
     static var available: Bool { if case .success = shared { true } else { false } }
+    static var chatTemplatesAvailable: Bool { if case .success(let r) = shared, case .success = r.chatTemplates { true } else { false } }
+    static var chatTemplateSkipMessage: String {
+        switch shared {
+        case .failure(let r): return "\(r): skipped"
+        case .success(let r): if case .failure(let why) = r.chatTemplates { return "\(why): skipped" } else { return "" }
+        }
+    }
     static var skipMessage: String { if case .failure(let r) = shared { "\(r): skipped" } else { "" } }
     static var value: TokenizerReferences { try! shared.get() }
 
