@@ -59,7 +59,7 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
         .target(name: "AttentionWorker", dependencies: [
-            "MoE", "JSON", "Transport",
+            "MoE", "JSON", "Text", "GGUF", "Transport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["Platform", "eaas", "kube-test-apiserver"]),
         // The attention worker against transformers' whole-model fixtures, local and remote experts,
         // the OpenAI-shaped HTTP API, and generation through a SIGKILLed expert pod.
-        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
+        .testTarget(name: "AttentionWorkerTests", dependencies: ["AttentionWorker", "JSON", "Text", "ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
         // Data-plane scenarios across processes: `eaas transport-server` children, killed and drained.
         .testTarget(name: "DataPlaneScenarioTests", dependencies: ["eaas", "Transport", "Platform"]),
     ]

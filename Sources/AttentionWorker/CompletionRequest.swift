@@ -1,12 +1,15 @@
 import JSON
 import Foundation
 import MoE
+import Text
 
-/// A `POST /v1/completions` body (OpenAI's shape; prompts as token ids, since the worker has no
-/// tokenizer), validated: every problem is a `CompletionError` naming the field.
+/// A `POST /v1/completions` body (OpenAI's shape; prompts as text when the worker has a
+/// tokenizer, else as token ids), validated: every problem is a `CompletionError` naming the field.
 public struct CompletionRequest: Sendable, Equatable {
-    /// One or more prompts (`prompt` as a list of ids, or a list of such lists).
+    /// One or more prompts, as ids (`prompt` as text, a list of texts, a list of ids, or a list of such lists).
     public var prompts: [[Int]]
+    /// Strings that end a completion (matched in the text across tokens, not included in it).
+    public var stopStrings: [String] = []
     public var model: String?
     public var maxTokens: Int
     public var sampling: SamplingParameters
@@ -20,10 +23,32 @@ public struct CompletionRequest: Sendable, Equatable {
     /// OpenAI's default `max_tokens`.
     public static let defaultMaxTokens = 16
 
-    /// Parses and checks a request body; `seed` is used when the body gives none.
-    public init(json body: Data, seed: UInt64) throws(CompletionError) {
+    /// Most stop strings, and the longest one (in characters).
+    public static let maxStopStrings = 16
+    public static let maxStopLength = 1_000
+
+    /// Parses and checks a request body; `seed` is used when the body gives none. With a tokenizer,
+    /// prompts may be text and `stop` strings are allowed.
+    public init(json body: Data, seed: UInt64, tokenizer: ModelTokenizer? = nil) throws(CompletionError) {
+        let fields = try Self.object(body)
+        guard let prompt = fields["prompt"], prompt != .null else {
+            throw .invalid(tokenizer == nil ? "'prompt' is required: a list of token ids, or a list of such lists"
+                                            : "'prompt' is required: a string, a list of strings, or token ids", param: "prompt")
+        }
+        try self.init(fields: fields, prompts: try Self.prompts(prompt, tokenizer: tokenizer), seed: seed, tokenizer: tokenizer)
+    }
+
+    /// The body as a JSON object.
+    static func object(_ body: Data) throws(CompletionError) -> [String: JSONValue] {
         guard let value = try? JSONValue.parse(body) else { throw .invalid("the body is not valid JSON", param: nil) }
         guard let fields = value.object else { throw .invalid("the body must be a JSON object", param: nil) }
+        return fields
+    }
+
+    /// Everything but the prompt, shared with chat completions.
+    init(fields: [String: JSONValue], prompts: [[Int]], seed: UInt64, tokenizer: ModelTokenizer?,
+         maxTokensKeys: [String] = ["max_tokens"]) throws(CompletionError) {
+        self.prompts = prompts
         func field(_ name: String) -> JSONValue? {
             guard let value = fields[name], value != .null else { return nil }
             return value
@@ -44,21 +69,39 @@ public struct CompletionRequest: Sendable, Equatable {
             return bool
         }
 
-        guard let prompt = field("prompt") else { throw .invalid("'prompt' is required: a list of token ids, or a list of such lists", param: "prompt") }
-        prompts = try Self.prompts(prompt)
         if let model = field("model") {
             guard let name = model.string else { throw .invalid("'model' must be a string", param: "model") }
             self.model = name
         }
-        maxTokens = try integer("max_tokens") ?? Self.defaultMaxTokens
-        guard maxTokens >= 1 else { throw .invalid("'max_tokens' must be at least 1 (got \(maxTokens))", param: "max_tokens") }
+        var maxTokens = Self.defaultMaxTokens
+        var maxTokensKey = maxTokensKeys[0]
+        for key in maxTokensKeys {
+            if let n = try integer(key) { maxTokens = n; maxTokensKey = key; break }
+        }
+        self.maxTokens = maxTokens
+        guard maxTokens >= 1 else { throw .invalid("'\(maxTokensKey)' must be at least 1 (got \(maxTokens))", param: maxTokensKey) }
         if let n = try integer("n"), n != 1 { throw .invalid("'n' must be 1 (one completion per prompt; send several prompts instead)", param: "n") }
         if let bestOf = try integer("best_of"), bestOf != 1 { throw .invalid("'best_of' is not supported", param: "best_of") }
         if let echo = try boolean("echo"), echo { throw .invalid("'echo' is not supported", param: "echo") }
         if field("logprobs") != nil { throw .invalid("'logprobs' is not supported", param: "logprobs") }
         if field("suffix") != nil { throw .invalid("'suffix' is not supported", param: "suffix") }
         if let stop = field("stop"), stop != .array([]) {
-            throw .invalid("'stop' strings need a tokenizer, which this worker does not have; use 'stop_token_ids'", param: "stop")
+            guard tokenizer != nil else {
+                throw .invalid("'stop' strings need a tokenizer, which this worker does not have; use 'stop_token_ids'", param: "stop")
+            }
+            let strings: [String]
+            if let one = stop.string {
+                strings = [one]
+            } else if let list = stop.array, list.allSatisfy({ $0.string != nil }) {
+                strings = list.map { $0.string! }
+            } else {
+                throw .invalid("'stop' must be a string or a list of strings", param: "stop")
+            }
+            guard strings.count <= Self.maxStopStrings else { throw .invalid("'stop' has \(strings.count) strings; at most \(Self.maxStopStrings)", param: "stop") }
+            for s in strings where s.isEmpty || s.unicodeScalars.count > Self.maxStopLength {
+                throw .invalid("each 'stop' string must have 1 to \(Self.maxStopLength) characters", param: "stop")
+            }
+            stopStrings = strings
         }
         let temperature = try number("temperature") ?? 1
         let topP = try number("top_p") ?? 1
@@ -91,11 +134,30 @@ public struct CompletionRequest: Sendable, Equatable {
             stopTokenIDs = Set(list.map { $0.int! })
         }
         ignoreEOS = try boolean("ignore_eos") ?? false
+        // Text requests also stop at the tokenizer's end-of-sequence token.
+        if let tokenizer, !ignoreEOS { stopTokenIDs.formUnion(tokenizer.stopTokenIDs) }
     }
 
-    private static func prompts(_ value: JSONValue) throws(CompletionError) -> [[Int]] {
+    private static func prompts(_ value: JSONValue, tokenizer: ModelTokenizer?) throws(CompletionError) -> [[Int]] {
         if value.string != nil || value.array?.first?.string != nil {
-            throw .invalid("'prompt' must be token ids: this worker has no tokenizer (send a list of integers, or a list of such lists)", param: "prompt")
+            guard let tokenizer else {
+                throw .invalid("'prompt' must be token ids: this worker has no tokenizer (send a list of integers, or a list of such lists)", param: "prompt")
+            }
+            let texts: [String]
+            if let one = value.string {
+                texts = [one]
+            } else if let list = value.array, list.allSatisfy({ $0.string != nil }) {
+                texts = list.map { $0.string! }
+            } else {
+                throw .invalid("'prompt' must be a string, a list of strings, or token ids (not a mix)", param: "prompt")
+            }
+            var prompts: [[Int]] = []
+            for (index, text) in texts.enumerated() {
+                let ids = tokenizer.tokenizer.encode(text)
+                guard !ids.isEmpty else { throw .invalid("'prompt\(texts.count > 1 ? "[\(index)]" : "")' is empty", param: "prompt") }
+                prompts.append(ids)
+            }
+            return prompts
         }
         guard let items = value.array, !items.isEmpty else {
             throw .invalid("'prompt' must be a non-empty list of token ids, or a list of such lists", param: "prompt")
@@ -119,6 +181,65 @@ public struct CompletionRequest: Sendable, Equatable {
             sampling.seed = sampling.seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15
             return GenerationRequest(prompt: prompt, maxTokens: maxTokens, sampling: sampling, stopTokenIDs: stopTokenIDs, ignoreEOS: ignoreEOS)
         }
+    }
+}
+
+/// A `POST /v1/chat/completions` body: the messages rendered with the model's chat template
+/// (generation prompt added) into one prompt, and the completion fields as `/v1/completions` has them
+/// (`max_completion_tokens` or `max_tokens`).
+public struct ChatCompletionRequest: Sendable, Equatable {
+    public var messages: [ChatTemplate.Message]
+    public var completion: CompletionRequest
+
+    /// Most messages, and the most characters of text in them all.
+    public static let maxMessages = 4_096
+
+    public init(json body: Data, seed: UInt64, tokenizer: ModelTokenizer?) throws(CompletionError) {
+        let fields = try CompletionRequest.object(body)
+        guard let tokenizer else { throw .invalid("this worker has no tokenizer, so it cannot take chat messages; use /v1/completions with token ids", param: nil) }
+        guard tokenizer.chatTemplate != nil else { throw .invalid("this model has no chat template; use /v1/completions", param: nil) }
+        guard let list = fields["messages"]?.array, !list.isEmpty else {
+            throw .invalid("'messages' is required: a non-empty list of {role, content}", param: "messages")
+        }
+        guard list.count <= Self.maxMessages else { throw .invalid("'messages' has \(list.count) entries; at most \(Self.maxMessages)", param: "messages") }
+        for key in ["tools", "tool_choice", "response_format", "functions"] where fields[key] != nil && fields[key] != .null && fields[key] != .array([]) {
+            throw .invalid("'\(key)' is not supported", param: key)
+        }
+        var messages: [ChatTemplate.Message] = []
+        for (i, m) in list.enumerated() {
+            guard let object = m.object else { throw .invalid("'messages[\(i)]' must be an object", param: "messages") }
+            guard let role = object["role"]?.string, !role.isEmpty, role.count <= 64 else {
+                throw .invalid("'messages[\(i)].role' must be a non-empty string", param: "messages")
+            }
+            var content: String?
+            switch object["content"] {
+            case nil, .null?: content = nil
+            case .string(let s)?: content = s
+            case .array(let parts)?:
+                var text = ""
+                for (k, part) in parts.enumerated() {
+                    guard part["type"]?.string == "text", let t = part["text"]?.string else {
+                        throw .invalid("'messages[\(i)].content[\(k)]': only {\"type\": \"text\", \"text\": …} parts are supported", param: "messages")
+                    }
+                    text += t
+                }
+                content = text
+            default:
+                throw .invalid("'messages[\(i)].content' must be a string, a list of text parts, or null", param: "messages")
+            }
+            let extra = object.keys.sorted().filter { $0 != "role" && $0 != "content" }.map { ($0, object[$0]!) }
+            messages.append(ChatTemplate.Message(role: role, content: content, extra: extra))
+        }
+        let prompt: [Int]
+        do { prompt = try tokenizer.chatPrompt(messages) } catch {
+            throw .invalid("the chat template could not render these messages: \(error.message)", param: "messages")
+        }
+        guard !prompt.isEmpty else { throw .invalid("the messages render to an empty prompt", param: "messages") }
+        var rest = fields
+        rest["prompt"] = nil
+        self.messages = messages
+        completion = try CompletionRequest(fields: rest, prompts: [prompt], seed: seed, tokenizer: tokenizer,
+                                           maxTokensKeys: ["max_completion_tokens", "max_tokens"])
     }
 }
 

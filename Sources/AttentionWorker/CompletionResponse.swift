@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 
 /// The JSON shapes of `/v1/completions` answers (OpenAI's `text_completion`). With no tokenizer,
 /// `text` is the generated ids written as decimal numbers separated by spaces, and `token_ids`
@@ -60,5 +61,51 @@ struct CompletionBody: Encodable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
         return (try? encoder.encode(self)) ?? Data()
+    }
+}
+
+/// One finished choice, before it is written in the completion or the chat shape.
+struct AnswerChoice {
+    let index: Int
+    let text: String
+    let tokens: [Int]
+    let finishReason: String
+}
+
+/// The JSON shapes of `/v1/chat/completions` answers (OpenAI's `chat.completion` and, streamed,
+/// `chat.completion.chunk`: the first delta of a choice carries the role, the last its finish reason).
+enum ChatAnswer {
+    static func usage(_ u: CompletionBody.Usage) -> JSONValue {
+        ["prompt_tokens": .int(u.prompt_tokens), "completion_tokens": .int(u.completion_tokens), "total_tokens": .int(u.total_tokens)]
+    }
+
+    static func whole(id: String, created: Int, model: String, choices: [AnswerChoice], usage u: CompletionBody.Usage) -> Data {
+        let body: JSONValue = [
+            "id": .string(id), "object": "chat.completion", "created": .int(created), "model": .string(model),
+            "choices": .array(choices.map { c in
+                ["index": .int(c.index), "message": ["role": "assistant", "content": .string(c.text)],
+                 "logprobs": .null, "finish_reason": .string(c.finishReason)]
+            }),
+            "usage": usage(u),
+        ]
+        return body.compactData
+    }
+
+    static func chunk(id: String, created: Int, model: String, index: Int, role: String?, content: String?, finishReason: String?) -> Data {
+        var delta: [String: JSONValue] = [:]
+        if let role { delta["role"] = .string(role) }
+        if let content { delta["content"] = .string(content) }
+        let body: JSONValue = [
+            "id": .string(id), "object": "chat.completion.chunk", "created": .int(created), "model": .string(model),
+            "choices": [["index": .int(index), "delta": .object(delta), "logprobs": .null,
+                         "finish_reason": finishReason.map { .string($0) } ?? .null]],
+        ]
+        return body.compactData
+    }
+
+    static func usageChunk(id: String, created: Int, model: String, usage u: CompletionBody.Usage) -> Data {
+        let body: JSONValue = ["id": .string(id), "object": "chat.completion.chunk", "created": .int(created), "model": .string(model),
+                               "choices": [], "usage": usage(u)]
+        return body.compactData
     }
 }

@@ -37,7 +37,7 @@ public enum WorkerServer {
     }
 
     /// The HTTP application serving `engine` on `host:port`.
-    public static func application(engine: GenerationEngine, host: String, port: Int, limits: Limits = Limits(), logger: Logger,
+    public static func application(engine: GenerationEngine, tokenizer: ModelTokenizer? = nil, host: String, port: Int, limits: Limits = Limits(), logger: Logger,
                                    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
         let deadlines = RequestDeadlines(header: limits.headerTimeout, body: limits.bodyTimeout)
@@ -50,7 +50,7 @@ public enum WorkerServer {
             }
         }
         return Application(
-            router: WorkerHTTP.router(engine: engine, limits: limits, logger: logger),
+            router: WorkerHTTP.router(engine: engine, tokenizer: tokenizer, limits: limits, logger: logger),
             server: .http1(configuration: .init(additionalChannelHandlers: [
                 RequestDeadlineHandler(deadlines: deadlines, sendBufferBytes: sendBuffer, onExpiry: onExpiry),
             ])),

@@ -202,7 +202,7 @@ struct CommandFailure: Error, CustomStringConvertible {
 struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
-        abstract: "Serve an MoE model's attention side with an OpenAI-shaped /v1/completions API (prompts as token ids).",
+        abstract: "Serve an MoE model's attention side with an OpenAI-shaped API: /v1/completions and /v1/chat/completions.",
         discussion: """
         Prints 'listening HOST:PORT' once the API is up. Requests beyond --max-running queue, up to \
         --max-waiting; past that the worker answers 429 with Retry-After. SIGTERM: /readyz turns 503, \
@@ -210,7 +210,8 @@ struct WorkerCommand: AsyncParsableCommand {
         """
     )
 
-    @Option(help: "Checkpoint directory (config.json + safetensors).") var model: String
+    @Option(help: "Checkpoint directory (config.json + safetensors; tokenizer.json and tokenizer_config.json give it text and chat).") var model: String
+    @Option(help: "A tokenizer other than the model directory's: tokenizer.json, a directory, or a .gguf file.") var tokenizer: String?
     @Option(help: "HTTP address to bind.") var host: String = "0.0.0.0"
     @Option(help: "HTTP port (0 picks a free one).") var port: Int = 8000
     @Option(help: "Sequences generating at once.") var maxRunning: Int = 64
@@ -266,8 +267,18 @@ struct WorkerCommand: AsyncParsableCommand {
                                           configuration: engineConfiguration())
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
         logger.info("model loaded", metadata: ["model": "\(model)", "matmul": "\(MatmulPrecision.process.summary)"])
+        let text: ModelTokenizer?
+        do {
+            text = try ModelTokenizer.load(modelDirectory: model, tokenizer: tokenizer)
+            try text?.check(vocabularySize: engine.config.vocabSize)
+        } catch { throw CommandFailure("--tokenizer: \(error)") }
+        if let text {
+            logger.info("tokenizer loaded", metadata: ["ids": "\(text.tokenizer.vocabularySize)", "chat template": "\(text.chatTemplate != nil)"])
+        } else {
+            logger.notice("no tokenizer.json in the model directory: prompts must be token ids and /v1/chat/completions is refused")
+        }
         let announced = ManagedFlag()
-        let application = WorkerServer.application(engine: engine, host: host, port: port, limits: limits(), logger: logger) { channel in
+        let application = WorkerServer.application(engine: engine, tokenizer: text, host: host, port: port, limits: limits(), logger: logger) { channel in
             guard announced.setOnce() else { return }
             FileHandle.standardOutput.write(Data("listening \(host):\(channel.localAddress?.port ?? port) experts \(engine.expertMode.rawValue)\n".utf8))
         }

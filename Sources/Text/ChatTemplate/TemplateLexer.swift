@@ -30,7 +30,7 @@ enum TemplateToken: Equatable, CustomStringConvertible {
 public struct TemplateError: Error, CustomStringConvertible, Sendable, Equatable {
     public let message: String
     public var description: String { "chat template: \(message)" }
-    init(_ message: String) { self.message = message }
+    public init(_ message: String) { self.message = message }
 }
 
 struct TemplateLexer {
