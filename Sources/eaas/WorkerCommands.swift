@@ -130,12 +130,19 @@ struct GenerateCommand: ParsableCommand {
 struct GenerateTokensCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tokens",
-        abstract: "Generate tokens for prompts given as token ids, experts local or on expert pods.",
-        discussion: "Repeat --prompt-ids for several sequences: they are generated together with continuous batching."
+        abstract: "Generate for prompts (text, a chat message, or token ids), experts local or on expert pods.",
+        discussion: """
+            Repeat --prompt, --chat or --prompt-ids for several sequences: they are generated together with continuous batching.
+            --prompt and --chat need a tokenizer (the model directory's tokenizer.json, or --tokenizer); --chat renders one user
+            message with the model's chat template. Text prompts print text; --prompt-ids print ids.
+            """
     )
 
     @Option(help: "Checkpoint directory (config.json + safetensors).") var model: String
-    @Option(help: "A prompt as comma-separated token ids; repeat for more sequences.") var promptIds: [String]
+    @Option(help: "A prompt as comma-separated token ids; repeat for more sequences.") var promptIds: [String] = []
+    @Option(help: "A prompt as text; repeat for more sequences.") var prompt: [String] = []
+    @Option(help: "A user message, through the model's chat template; repeat for more sequences.") var chat: [String] = []
+    @Option(help: "A tokenizer other than the model directory's: tokenizer.json, a directory, or a .gguf file.") var tokenizer: String?
     @Option(help: "Most tokens to generate per sequence.") var maxTokens: Int = 16
     @Flag(help: "Keep generating through the model's end-of-sequence tokens.") var ignoreEos = false
     @Flag(help: "Print JSON instead of one line of ids per sequence.") var json = false
@@ -143,11 +150,36 @@ struct GenerateTokensCommand: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
 
     func validate() throws {
-        _ = try prompts()
+        _ = try idPrompts()
+        guard !(promptIds.isEmpty && prompt.isEmpty && chat.isEmpty) else { throw ValidationError("give --prompt, --chat or --prompt-ids") }
+        guard promptIds.isEmpty || (prompt.isEmpty && chat.isEmpty) else { throw ValidationError("--prompt-ids cannot be mixed with --prompt or --chat") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
     }
 
-    func prompts() throws -> [[Int]] {
+    /// The prompts as ids, and the tokenizer that made them (nil for --prompt-ids).
+    func prompts(modelVocabulary: Int) throws -> ([[Int]], ModelTokenizer?) {
+        if !promptIds.isEmpty { return (try idPrompts(), nil) }
+        let text: ModelTokenizer
+        do {
+            guard let loaded = try ModelTokenizer.load(modelDirectory: model, tokenizer: tokenizer) else {
+                throw CommandFailure("--prompt and --chat need a tokenizer: \(model) has no tokenizer.json (give --tokenizer)")
+            }
+            try loaded.check(vocabularySize: modelVocabulary)
+            text = loaded
+        } catch let failure as CommandFailure { throw failure } catch { throw CommandFailure("--tokenizer: \(error)") }
+        var out: [[Int]] = []
+        for p in prompt {
+            let ids = text.tokenizer.encode(p)
+            guard !ids.isEmpty else { throw ValidationError("--prompt '\(p)' is empty") }
+            out.append(ids)
+        }
+        for message in chat {
+            do { out.append(try text.chatPrompt([.init(role: "user", content: message)])) } catch { throw CommandFailure("--chat: \(error)") }
+        }
+        return (out, text)
+    }
+
+    func idPrompts() throws -> [[Int]] {
         try promptIds.map { text in
             let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
             let ids = parts.compactMap { Int($0) }
@@ -165,8 +197,10 @@ struct GenerateTokensCommand: ParsableCommand {
             configuration.microBatching = MicroBatching(rawValue: experts.microBatches)!
             engine = try GenerationEngine(modelDirectory: model, experts: try experts.source(modelDirectory: model), configuration: configuration)
         } catch let error as ValidationError { throw error } catch { throw CommandFailure("\(error)") }
-        let requests = try prompts().map {
-            GenerationRequest(prompt: $0, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos)
+        let (prompts, text) = try prompts(modelVocabulary: engine.config.vocabSize)
+        let stops = ignoreEos ? [] : text?.stopTokenIDs ?? []
+        let requests = prompts.map {
+            GenerationRequest(prompt: $0, maxTokens: maxTokens, sampling: sampling.parameters, stopTokenIDs: stops, ignoreEOS: ignoreEos)
         }
         let started = ContinuousClock.now
         let results: [GenerationResult]
@@ -177,14 +211,19 @@ struct GenerateTokensCommand: ParsableCommand {
             let body: JSONValue = .object([
                 "experts": .string(engine.expertMode.rawValue),
                 "sequences": .array(results.enumerated().map { index, result in
-                    .object(["prompt_ids": .array(requests[index].prompt.map { .int($0) }), "token_ids": .array(result.tokens.map { .int($0) }),
-                             "finish_reason": .string(result.finishReason.rawValue)])
+                    var fields: [String: JSONValue] = [
+                        "prompt_ids": .array(requests[index].prompt.map { .int($0) }), "token_ids": .array(result.tokens.map { .int($0) }),
+                        "finish_reason": .string(result.finishReason.rawValue)]
+                    if let text { fields["text"] = .string(text.tokenizer.decode(result.tokens, skipSpecialTokens: true)) }
+                    return .object(fields)
                 }),
                 "generated_tokens": .int(generated), "seconds": .double(seconds),
             ])
             print(body.serialized())
         } else {
-            for result in results { print(result.tokens.map(String.init).joined(separator: ",")) }
+            for result in results {
+                if let text { print(text.tokenizer.decode(result.tokens, skipSpecialTokens: true)) } else { print(result.tokens.map(String.init).joined(separator: ",")) }
+            }
             FileHandle.standardError.write(Data(String(format: "%d tokens in %.2f s (%.1f tok/s), experts %@\n", generated, seconds,
                                                        Double(generated) / max(seconds, 1e-9), engine.expertMode.rawValue).utf8))
         }

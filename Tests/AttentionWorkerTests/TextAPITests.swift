@@ -187,3 +187,56 @@ struct CompletionTextTests {
         #expect(!plain.stopped)
     }
 }
+
+/// A Python with the official `openai` client: `$EAAS_OPENAI_PYTHON`, else the repository's `.venv`.
+let openAIPython: String? = {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    let candidates = [ProcessInfo.processInfo.environment["EAAS_OPENAI_PYTHON"], root + "/.venv/bin/python"].compactMap { $0 }
+    for python in candidates where FileManager.default.isExecutableFile(atPath: python) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = ["-c", "import openai"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { continue }
+        process.waitUntilExit()
+        if process.terminationStatus == 0 { return python }
+    }
+    return nil
+}()
+
+/// How users will call it: the official `openai` client, completions and chat, streamed and not.
+@Suite("openai client against eaas worker", .serialized)
+struct OpenAIClientTests {
+    @Test("the openai client gets text completions and chat answers, streamed and whole alike",
+          .enabled(if: openAIPython != nil, "no Python with the `openai` package (scripts/install-test-clients installs it into .venv): skipped"))
+    func openAIClient() throws {
+        let worker = try EaasProcess(["worker", "--model", TextWorkerFixture.directory, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"])
+        defer { worker.cleanUp() }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("openai_client_check.py").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: openAIPython!)
+        process.arguments = [script, "http://127.0.0.1:\(worker.port)/v1", URL(fileURLWithPath: TextWorkerFixture.directory).lastPathComponent]
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        try #require(process.terminationStatus == 0, "\(String(decoding: errors, as: UTF8.self))")
+        let result = try WorkerHTTPTests.object(data)
+        let text = TextWorkerFixture.tokenizer
+        #expect(result["models"]?.array?.count == 1)
+        #expect(result["completion_stream_equal"] == true)
+        #expect(result["completion_finish"] == "length")
+        #expect(result["completion_usage"]?.array?.map(\.int) == [text.tokenizer.encode("The sea is").count, 10])
+        #expect(result["chat_role"] == "assistant")
+        let content = result["chat_content"]?.string ?? ""
+        #expect(content.isEmpty == false)
+        #expect(result["chat_stream_equal"] == true)
+        #expect(result["chat_stream_roles"] == ["assistant"])
+        #expect(result["chat_stream_usage"] == result["chat_usage"])
+        #expect(result["empty_messages_error"] == 400)
+    }
+}
