@@ -44,7 +44,7 @@ let package = Package(
         // Tokenizers (tokenizer.json, GGUF metadata), as Hugging Face `tokenizers` runs them.
         .target(name: "Text", dependencies: ["JSON", "GGUF"]),
         .target(name: "MoE", dependencies: [
-            "CBLAS", "JSON", .product(name: "SystemPackage", package: "swift-system"),
+            "CBLAS", "JSON", "GGUF", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "Transport", dependencies: [
             "CVerbs", "CPlatform", .product(name: "Atomics", package: "swift-atomics"),

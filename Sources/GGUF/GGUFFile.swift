@@ -43,6 +43,8 @@ public struct GGUFFile: Sendable {
     }
 
     public let path: String
+    /// The file's bytes (memory-mapped when read from a path).
+    public let data: Data
     public let version: UInt32
     public let metadata: [String: Value]
     public let tensors: [TensorInfo]
@@ -64,6 +66,7 @@ public struct GGUFFile: Sendable {
 
     public init(data: Data, path: String = "<memory>") throws(GGUFError) {
         self.path = path
+        self.data = data
         var reader = GGUFReader(data: data, path: path)
         guard try reader.bytes(4) == Array("GGUF".utf8) else { throw reader.error("not a GGUF file (bad magic)") }
         version = try reader.u32()
@@ -101,6 +104,27 @@ public struct GGUFFile: Sendable {
         dataOffset = (reader.position + alignment - 1) / alignment * alignment
         self.metadata = metadata
         self.tensors = tensors
+    }
+
+    /// The tensor named `name`, or nil.
+    public func tensor(_ name: String) -> TensorInfo? { tensors.first { $0.name == name } }
+
+    /// A tensor's values as f32, dequantized (F32, F16, BF16, Q8_0, Q4_0, Q4_1; any other type is
+    /// refused by name), in GGUF order: the first dimension fastest.
+    public func floats(_ info: TensorInfo) throws(GGUFError) -> [Float] {
+        let count = info.shape.reduce(1, *)
+        guard let layout = GGUFQuantization(rawValue: info.type) else {
+            throw GGUFError(path: path, message: "tensor \(info.name): ggml type \(GGUFQuantization.name(info.type)) is not read (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)")
+        }
+        guard count % layout.blockValues == 0 else { throw GGUFError(path: path, message: "tensor \(info.name): \(count) values is not whole blocks of \(layout.blockValues)") }
+        let bytes = count / layout.blockValues * layout.blockBytes
+        let start = dataOffset + info.offset
+        guard start >= 0, bytes <= data.count - start else {
+            throw GGUFError(path: path, message: "tensor \(info.name): its \(bytes) bytes at \(start) run past the end of the file (\(data.count))")
+        }
+        return data.withUnsafeBytes { raw in
+            layout.dequantize(UnsafeRawBufferPointer(rebasing: raw[start..<start + bytes]), count: count)
+        }
     }
 
     /// A metadata string, or nil.

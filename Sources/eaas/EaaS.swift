@@ -15,7 +15,7 @@ struct ModelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
         abstract: "Make and inspect MoE checkpoints (Hugging Face config.json + safetensors).",
-        subcommands: [ModelInitCommand.self, ModelInspectCommand.self]
+        subcommands: [ModelInitCommand.self, ModelImportCommand.self, ModelInspectCommand.self]
     )
 }
 

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
+import GGUF
+import JSON
 import MoE
+import Text
 
 /// `eaas model init`: writes a seeded random checkpoint of a supported architecture.
 struct ModelInitCommand: ParsableCommand {
@@ -178,5 +181,64 @@ enum ByteSize {
         if b >= Double(1 << 20) { return String(format: "%.1f MiB", b / Double(1 << 20)) }
         if b >= Double(1 << 10) { return String(format: "%.1f KiB", b / Double(1 << 10)) }
         return "\(bytes) B"
+    }
+}
+
+/// `eaas model import`: a dense GGUF model upcycled into a Mixtral-format checkpoint (see `GGUFUpcycle`),
+/// with its tokenizer and chat template written as Hugging Face files beside it.
+struct ModelImportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Upcycle a dense llama GGUF model into a Mixtral checkpoint whose experts are copies of its MLP.",
+        discussion: """
+            Writes config.json, safetensors, tokenizer.json and tokenizer_config.json (with the chat template) into --out.
+            GGUF tensors F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are dequantized; other types are refused by name. With identical
+            experts and renormalised top-k weights each MoE layer equals the dense MLP, so the model answers as the original.
+            """
+    )
+
+    @Option(help: "The GGUF model file.") var gguf: String
+    @Option(name: .customLong("upcycle-experts"), help: "Experts per layer (copies of the dense MLP).") var experts: Int = 4
+    @Option(name: .customLong("top-k"), help: "Experts per token.") var topK: Int = 2
+    @Option(help: "Weight dtype written: f32, f16 or bf16.") var dtype: String = "bf16"
+    @Option(help: "Seed of the router's weights.") var seed: UInt64 = 0
+    @Option(help: "Directory to write (created if needed).") var out: String
+    @Flag(help: "Overwrite a checkpoint already in the output directory.") var force = false
+
+    func validate() throws {
+        guard DType(userSpelling: dtype) != nil else { throw ValidationError("--dtype '\(dtype)' is not f32, f16 or bf16") }
+        guard experts >= 1, experts <= 256 else { throw ValidationError("--upcycle-experts must be between 1 and 256") }
+        guard topK >= 1, topK <= experts else { throw ValidationError("--top-k must be between 1 and --upcycle-experts (\(experts))") }
+        let existing = Checkpoint.weightFiles(in: out) + (FileManager.default.fileExists(atPath: out + "/config.json") ? ["config.json"] : [])
+        if !force, !existing.isEmpty {
+            throw ValidationError("\(out) already holds a checkpoint (\(existing.joined(separator: ", "))); pass --force to replace it")
+        }
+    }
+
+    func run() throws {
+        let file: GGUFFile
+        do { file = try GGUFFile(path: gguf) } catch { throw CommandFailure("--gguf: \(error)") }
+        // The tokenizer first: a file whose tokenizer cannot be served is refused before gigabytes are written.
+        let tokenizerJSON: JSONValue
+        do {
+            tokenizerJSON = try Tokenizer.tokenizerJSON(gguf: file)
+            _ = try Tokenizer(json: tokenizerJSON)
+        } catch { throw CommandFailure("--gguf: \(error)") }
+        var options = GGUFUpcycle.Options(experts: experts, topK: topK)
+        options.dtype = DType(userSpelling: dtype)!
+        options.seed = seed
+        let started = Date()
+        let plan: GGUFUpcycle.Plan
+        do {
+            plan = try GGUFUpcycle.write(file, to: out, options: options) { step in
+                FileHandle.standardError.write(Data("\r\(step)   ".utf8))
+            }
+        } catch { throw CommandFailure("\(error)") }
+        FileHandle.standardError.write(Data("\n".utf8))
+        try tokenizerJSON.compactData.write(to: URL(fileURLWithPath: out + "/tokenizer.json"), options: .atomic)
+        try Tokenizer.tokenizerConfigJSON(gguf: file).serialized(indent: 2).data(using: .utf8)!
+            .write(to: URL(fileURLWithPath: out + "/tokenizer_config.json"), options: .atomic)
+        print("wrote MixtralForCausalLM to \(out): \(plan.layers) layers, \(experts) experts (copies of the MLP), top-\(topK), hidden \(plan.hidden), "
+              + "FFN \(plan.ffn), vocabulary \(plan.vocab)\(plan.tied ? " (tied)" : ""), \(dtype), in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     }
 }

