@@ -71,6 +71,10 @@ struct RealModelTests {
     @Test("the upcycled SmolLM2 renders transformers' prompt and continues it token for token; it names Paris")
     func answersAsTransformers() throws {
         let directory = UpcycledSmolLM2.directory
+        // The import is deterministic: the weights are the ones the fixture was made from.
+        let (status, sum) = UpcycledSmolLM2.run("/usr/bin/sha256sum", [directory + "/model.safetensors"])
+        try #require(status == 0, "\(sum)")
+        #expect(sum.split(separator: " ").first.map(String.init) == UpcycledSmolLM2.fixture["weights_sha256"]?.string)
         let text = try #require(try ModelTokenizer.load(modelDirectory: directory))
         let engine = try GenerationEngine(modelDirectory: directory, experts: .local)
         for chat in try Self.chats() {
@@ -79,6 +83,7 @@ struct RealModelTests {
             #expect(prompt == chat.prompt)
             let result = try engine.generate([GenerationRequest(prompt: prompt, maxTokens: chat.generated.count, sampling: .greedy)])[0]
             #expect(result.tokens == Array(chat.generated.prefix(result.tokens.count)))
+            #expect(result.tokens.count >= chat.generated.count - 1, "stopped early: \(result.tokens) against \(chat.generated)")
             #expect(text.tokenizer.decode(result.tokens, skipSpecialTokens: true) == chat.text)
         }
         #expect(try Self.chats()[0].text.contains("Paris"))
