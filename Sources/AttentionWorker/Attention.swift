@@ -151,7 +151,8 @@ struct Attention {
     init(config: ModelConfig) {
         shape = config.attention
         let ropeDim = config.attention.latent?.qkRopeHeadDim ?? config.attention.headDim
-        var rope = RotaryEmbedding(headDim: ropeDim, theta: config.attention.ropeTheta, linearFactor: config.attention.ropeFactor)
+        var rope = RotaryEmbedding(headDim: ropeDim, theta: config.attention.ropeTheta, linearFactor: config.attention.ropeFactor,
+                                   yarn: config.attention.yarn)
         rope.interleaved = config.attention.ropeInterleaved
         self.rope = rope
         eps = Float(config.rmsNormEps)

@@ -61,8 +61,8 @@ final class DecoderWeights {
     /// expert pods), so a worker maps only what it computes.
     init(directory: String, localExperts: Bool) throws {
         let config = try ModelConfig.load(directory: directory)
-        guard ["default", "linear"].contains(config.attention.ropeType) else {
-            throw ModelLoadError("\(directory)/config.json: rope_type '\(config.attention.ropeType)' is not supported (default, linear)")
+        guard ["default", "linear", "yarn"].contains(config.attention.ropeType) else {
+            throw ModelLoadError("\(directory)/config.json: rope_type '\(config.attention.ropeType)' is not supported (default, linear, yarn)")
         }
         self.config = config
         let checkpoint = try Checkpoint(directory: directory)

@@ -1,3 +1,4 @@
+import Foundation
 import MoE
 
 /// Multi-head latent attention's weights (DeepSeek-V2/V3): queries through a low-rank
@@ -71,7 +72,7 @@ extension Attention {
             }
             AttentionCore.attend(layer: layer, batch: batch,
                                  heads: .init(heads: heads, keyValueHeads: heads, keyDim: qk, valueDim: valueDim, slidingWindow: nil,
-                                              scale: 1 / Float(qk).squareRoot()),
+                                              scale: shape.yarn.map { Float(pow(Double(qk), -0.5) * $0.softmaxScaleFactor) } ?? 1 / Float(qk).squareRoot()),
                                  queries: q, keys: k, values: v, context: context, scratch: scratch)
             Linear.apply(w.output, input: context, lda: vSize, tokens: t, output: output, ldc: hidden, scratch: expertScratch)
             if let bias = w.outputBias { AttentionCore.addBias(bias, to: output, rows: t) }

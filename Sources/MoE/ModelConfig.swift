@@ -110,6 +110,8 @@ public struct AttentionShape: Sendable, Equatable {
     public var ropeType: String = "default"
     /// The scaling factor of `linear` rope scaling (positions divided by it); 1 otherwise.
     public var ropeFactor: Double = 1
+    /// YaRN's parameters when `rope_type` is "yarn" (DeepSeek-V2/V3 as released, long-context Qwen).
+    public var yarn: YarnScaling?
     /// Whether rotary pairs are adjacent values `(x[2i], x[2i+1])` (DeepSeek) rather than the two
     /// halves of the head (`rotate_half`).
     public var ropeInterleaved = false
@@ -325,7 +327,9 @@ public struct ModelConfig: Sendable, Equatable {
         let scaling = try ropeParameters ?? f.optional("rope_scaling", as: [String: JSONValue].self)
         if let scaling {
             shape.ropeType = scaling["rope_type"]?.string ?? scaling["type"]?.string ?? "default"
-            if shape.ropeType == "linear" {
+            if shape.ropeType == "yarn" {
+                shape.yarn = try YarnScaling(scaling, maxPositions: try f.optional("max_position_embeddings", as: Int.self), field: f)
+            } else if shape.ropeType == "linear" {
                 guard let factor = scaling["factor"]?.double, factor >= 1 else {
                     throw f.error("field 'rope_parameters': linear rope scaling needs a 'factor' of at least 1")
                 }
@@ -435,5 +439,64 @@ struct ConfigFields {
     func positive(oneOf keys: String..., max: Int) throws -> Int {
         for key in keys where object[key] != nil && object[key] != .null { return try positive(key, max: max) }
         throw error("missing field '\(keys[0])'")
+    }
+}
+
+/// YaRN rotary scaling as transformers computes it (`_compute_yarn_parameters`): inverse
+/// frequencies blended between interpolated (divided by `factor`) and extrapolated ones over a ramp
+/// between the correction dimensions of `betaFast` and `betaSlow`, cos/sin scaled by
+/// `attentionFactor`, and for DeepSeek's latent attention the softmax scale multiplied by
+/// `mscale(factor, mscaleAllDim)²`.
+public struct YarnScaling: Sendable, Equatable {
+    public var factor: Double
+    public var originalMaxPositions: Int
+    public var betaFast: Double
+    public var betaSlow: Double
+    public var mscale: Double?
+    public var mscaleAllDim: Double?
+    public var attentionFactor: Double
+    public var truncate: Bool
+
+    /// `0.1 · mscale · ln(scale) + 1` (1 for scale ≤ 1), YaRN's Eq. 21.
+    public static func mscale(_ scale: Double, _ m: Double = 1) -> Double { scale <= 1 ? 1 : 0.1 * m * log(scale) + 1 }
+
+    init(_ p: [String: JSONValue], maxPositions: Int?, field f: ConfigFields) throws {
+        guard let original = p["original_max_position_embeddings"]?.int, original > 0 else {
+            throw f.error("field 'rope_parameters': yarn needs a positive 'original_max_position_embeddings'")
+        }
+        originalMaxPositions = original
+        if let given = p["factor"]?.double {
+            factor = given
+        } else if let maxPositions {
+            factor = Double(maxPositions) / Double(original)
+        } else {
+            throw f.error("field 'rope_parameters': yarn needs a 'factor'")
+        }
+        guard factor >= 1, factor.isFinite else { throw f.error("field 'rope_parameters': yarn 'factor' must be at least 1 (got \(factor))") }
+        func number(_ key: String) throws -> Double? {
+            guard let v = p[key], v != .null else { return nil }
+            guard let d = v.double, d.isFinite else { throw f.error("field 'rope_parameters': '\(key)' must be a number") }
+            return d
+        }
+        // transformers: `get("beta_fast") or 32` — a zero falls back too.
+        betaFast = try number("beta_fast").flatMap { $0 == 0 ? nil : $0 } ?? 32
+        betaSlow = try number("beta_slow").flatMap { $0 == 0 ? nil : $0 } ?? 1
+        mscale = try number("mscale")
+        mscaleAllDim = try number("mscale_all_dim")
+        if let given = try number("attention_factor") {
+            attentionFactor = given
+        } else if let m = mscale, let all = mscaleAllDim, m != 0, all != 0 {
+            attentionFactor = Self.mscale(factor, m) / Self.mscale(factor, all)
+        } else {
+            attentionFactor = Self.mscale(factor)
+        }
+        truncate = p["truncate"]?.bool ?? true
+    }
+
+    /// The softmax scale multiplier of DeepSeek's latent attention (`yarn_apply_mscale`).
+    public var softmaxScaleFactor: Double {
+        guard let all = mscaleAllDim, all != 0 else { return 1 }
+        let m = Self.mscale(factor, all)
+        return m * m
     }
 }

@@ -39,7 +39,7 @@ func relativeError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Float {
 
 @Suite("Attention worker against transformers")
 struct TransformersGenerationTests {
-    static let architectures = ["mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3"]
+    static let architectures = ["mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3", "deepseek-v3-yarn-fp8"]
 
     @Test("the whole model's logits over prompt and continuation match transformers within 1e-4", arguments: architectures)
     func logitsMatch(name: String) throws {

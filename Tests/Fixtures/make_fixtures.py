@@ -30,13 +30,14 @@ It is only for making fixtures; nothing at run time needs Python.
 instead loads checkpoints written by `eaas model init` with transformers and fails unless every
 weight is found and none is left over, and a forward pass gives finite logits.
 """
+import json
 import os
 import shutil
 import sys
 
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
     MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
@@ -89,7 +90,47 @@ CASES = {
         routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16,
         qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, head_dim=4, num_key_value_heads=4),
         {"max_shard_size": "40KB"}),
+    # DeepSeek-V3 as released: YaRN rotary scaling (factor, mscale, mscale_all_dim, beta_fast/slow,
+    # original_max_position_embeddings) and FP8 (F8_E4M3) projections with a weight_scale_inv per
+    # 16x16 block; the reference runs in f32 on the dequantized weights
+    "deepseek-v3-yarn-fp8": (DeepseekV3Config, DeepseekV3ForCausalLM, dict(
+        intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=3, n_routed_experts=8,
+        n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2, norm_topk_prob=True,
+        routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, head_dim=4, num_key_value_heads=4,
+        rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32,
+                      "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 1.0}),
+        {"fp8_block": [16, 16]}),
 }
+
+FP8_MAX = 448.0
+
+
+def quantize_fp8(model, block):
+    """Every 2-D projection (attention, dense and expert MLPs) rounded to F8_E4M3 per block with an
+    f32 scale, DeepSeek-V3's format: weight = fp8 * weight_scale_inv. Returns the fp8 tensors and
+    their scales, and puts the dequantized f32 weights into the model."""
+    quantized = {}
+    state = model.state_dict()
+    for name, w in state.items():
+        if not (name.endswith("proj.weight") or name.endswith("proj_with_mqa.weight")) or w.dim() != 2:
+            continue
+        rows, cols = w.shape
+        br, bc = block
+        sr, sc = -(-rows // br), -(-cols // bc)
+        scale = torch.zeros(sr, sc)
+        q = torch.zeros(rows, cols, dtype=torch.float8_e4m3fn)
+        for i in range(sr):
+            for j in range(sc):
+                tile = w[i * br:(i + 1) * br, j * bc:(j + 1) * bc].float()
+                s = max(tile.abs().max().item() / FP8_MAX, 1e-12)
+                scale[i, j] = s
+                q[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = (tile / s).to(torch.float8_e4m3fn)
+        expanded = scale.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
+        state[name] = q.float() * expanded
+        quantized[name] = (q.contiguous(), scale.contiguous())
+    model.load_state_dict(state)
+    return quantized
 
 
 def moe_blocks(model):
@@ -147,7 +188,7 @@ def record(name, model, dtype):
 
 GENERATED = 16
 # Architectures whose whole model the attention worker runs (fixture name -> prompt seed base).
-WHOLE_MODEL = ("mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3")
+WHOLE_MODEL = ("mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3", "deepseek-v3-yarn-fp8")
 
 
 def greedy_with_margins(model, prompt):
@@ -210,7 +251,10 @@ def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--check-init":
         check_init(sys.argv[2:])
         return
+    only = set(sys.argv[2:]) if len(sys.argv) > 2 and sys.argv[1] == "--only" else None
     for name, (config_class, model_class, kwargs, how) in CASES.items():
+        if only is not None and name not in only:
+            continue
         torch.manual_seed(sum(map(ord, name)))
         config = config_class(**{**COMMON, **kwargs})
         config._attn_implementation = "eager"
@@ -231,6 +275,22 @@ def main():
             rounded = model.float().state_dict()
             model = model_class(config).eval()
             model.load_state_dict(rounded)
+        elif how.get("fp8_block"):
+            quantized = quantize_fp8(model, how["fp8_block"])
+            model.save_pretrained(out_dir)
+            path = os.path.join(out_dir, "model.safetensors")
+            state = {k: v.contiguous() for k, v in load_file(path).items()}
+            for weight, (q, scale) in quantized.items():
+                state[weight] = q
+                state[weight + "_scale_inv"] = scale
+            save_file(state, path, metadata={"format": "pt"})
+            config_path = os.path.join(out_dir, "config.json")
+            with open(config_path) as f:
+                saved = json.load(f)
+            saved["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                            "weight_block_size": how["fp8_block"]}
+            with open(config_path, "w") as f:
+                json.dump(saved, f, indent=2)
         elif how.get("fused"):
             model.save_pretrained(out_dir)
             os.remove(os.path.join(out_dir, "model.safetensors"))

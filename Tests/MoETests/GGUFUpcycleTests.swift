@@ -28,3 +28,16 @@ struct GGUFUpcycleTests {
         #expect(GGUFUpcycle.unpermute(permuted, heads: heads, rows: rows, columns: columns) == w)
     }
 }
+
+/// E4M3FN as OCP and torch's float8_e4m3fn define it.
+struct FP8BlocksTests {
+    @Test func e4m3Values() {
+        #expect(FP8Blocks.values[0x38] == 1)
+        #expect(FP8Blocks.values[0x7e] == 448)  // the largest
+        #expect(FP8Blocks.values[0xfe] == -448)
+        #expect(FP8Blocks.values[0x01] == Float(sign: .plus, exponent: -9, significand: 1))  // the smallest subnormal
+        #expect(FP8Blocks.values[0x08] == Float(sign: .plus, exponent: -6, significand: 1))  // the smallest normal
+        #expect(FP8Blocks.values[0x7f].isNaN && FP8Blocks.values[0xff].isNaN)
+        #expect(FP8Blocks.values[0x00] == 0)
+    }
+}

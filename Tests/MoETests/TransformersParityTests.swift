@@ -8,7 +8,7 @@ import Testing
 @Suite("Parity with Hugging Face transformers")
 struct TransformersParityTests {
     static let tolerance: Float = 1e-5
-    static let fixtures = ["mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-fused", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3"]
+    static let fixtures = ["mixtral", "qwen2-moe", "qwen3-moe", "qwen3-moe-fused", "qwen3-moe-bf16", "olmoe", "deepseek-v2", "deepseek-v3", "deepseek-v3-yarn-fp8"]
 
     @Test("Router logits, chosen experts, weights and block output match transformers", arguments: fixtures)
     func moeBlockMatches(fixture: String) throws {
