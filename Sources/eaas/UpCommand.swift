@@ -19,8 +19,10 @@ struct UpCommand: AsyncParsableCommand {
         commandName: "up",
         abstract: "Run the whole system on this machine: API server, controller, expert pods, an attention worker under load.",
         discussion: """
-        Without -f it serves an embedded pool; a pool without spec.model.path gets a small seeded model \
-        written first. The load is phases of SECONDS:RATE (requests per second, each generating \
+        Without -f it serves an embedded pool on the demo model when scripts/fetch-demo-model has \
+        fetched it (SmolLM2-135M-Instruct upcycled to 4 experts: a real model that answers), else on a \
+        small seeded model, saying so; a pool file without spec.model.path gets the seeded model. \
+        An OpenAI-shaped API (/v1/completions, /v1/chat/completions) listens on 127.0.0.1:--port. The load is phases of SECONDS:RATE (requests per second, each generating \
         --request-tokens tokens); the last phase lasts until Ctrl-C or --duration. kubectl works \
         against it: `kubectl --kubeconfig WORKDIR/kubeconfig get expertpools`.
         """
@@ -33,6 +35,7 @@ struct UpCommand: AsyncParsableCommand {
     @Option(help: "Tokens each synthetic request generates.") var requestTokens = 32
     @Option(help: "Working directory: model, pod logs, kubeconfig (default: a temporary one).") var workdir: String?
     @Option(help: "Port of the embedded API server (0 picks a free one).") var apiPort = 0
+    @Option(help: "Port of the OpenAI-shaped API on 127.0.0.1 (0 picks a free one).") var port = 8000
     @Flag(help: "Print a line per shard every 5 s instead of redrawing the table.") var plain = false
     @Option(help: "Log level of the components (their logs go to WORKDIR/eaas.log).") var logLevel = "info"
 
@@ -42,6 +45,7 @@ struct UpCommand: AsyncParsableCommand {
         guard (1...4096).contains(requestTokens) else { throw ValidationError("--request-tokens must be between 1 and 4096") }
         guard (1...1024).contains(maxInFlight) else { throw ValidationError("--max-in-flight must be between 1 and 1024") }
         guard (0...65_535).contains(apiPort) else { throw ValidationError("--api-port \(apiPort) is not a port") }
+        guard (0...65_535).contains(port) else { throw ValidationError("--port \(port) is not a port") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
     }
 
@@ -127,12 +131,25 @@ struct UpCommand: AsyncParsableCommand {
                                               verify: KubernetesMembership.handshakeVerifier(configuration: probe, logger: logger), logger: logger)
         _ = await membership.start()
         let engine = try GenerationEngine(modelDirectory: spec.model.path, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .bf16))
+        let text: ModelTokenizer?
+        do {
+            text = try ModelTokenizer.load(modelDirectory: spec.model.path)
+            try text?.check(vocabularySize: config.vocabSize)
+        } catch { throw ValidationError("spec.model.path \(spec.model.path): \(error)") }
+        let chatPrompts = (text?.chatTemplate == nil ? [] : UpQuestions.all).compactMap { try? text?.chatPrompt([.init(role: "user", content: $0)]) }
         let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize,
-                                          maxInFlight: maxInFlight)
+                                          maxInFlight: maxInFlight, chatPrompts: chatPrompts,
+                                          stopTokenIDs: (text?.stopTokenIDs ?? []).union(config.eosTokenIDs))
+        var apiLogger = logger
+        apiLogger.logLevel = .warning
+        let api = WorkerServer.application(engine: engine, tokenizer: text, host: "127.0.0.1", port: port, logger: apiLogger) { channel in
+            logger.notice("OpenAI-shaped API listening", metadata: ["address": "127.0.0.1:\(channel.localAddress?.port ?? 0)"])
+        }
         let table = UpTable(server: server, pool: name, namespace: namespace, load: loadGenerator, redraw: !plain && isatty(1) == 1,
                             directory: directory)
         FileHandle.standardOutput.write(Data("""
             eaas up: pool \(namespace)/\(name), \(spec.model.experts) experts in \(try spec.plan(poolName: name).get().shards.count) shards, model \(spec.model.path)
+            \(Self.modelNote(path: spec.model.path, text: text, port: port))
             API server \(server.url)  (kubectl --kubeconfig \(directory)/kubeconfig get expertpools,deployments,pods)
             logs in \(directory); Ctrl-C stops everything.\n
             """.utf8))
@@ -140,6 +157,7 @@ struct UpCommand: AsyncParsableCommand {
         let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: runtime), .init(service: controller),
             .init(service: EngineService(engine: engine)),
+            .init(service: api),
             .init(service: loadGenerator, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: table),
             .init(service: StopAfter(seconds: duration), successTerminationBehavior: .gracefullyShutdownGroup),
@@ -169,6 +187,26 @@ struct UpCommand: AsyncParsableCommand {
         }
     }
 
+    /// What the banner says about the model: how to talk to it, or how to get one that answers.
+    static func modelNote(path: String, text: ModelTokenizer?, port: Int) -> String {
+        let address = port == 0 ? "127.0.0.1:<port in eaas.log>" : "127.0.0.1:\(port)"
+        guard let text, text.chatTemplate != nil else {
+            return "a model without a tokenizer: the API at http://\(address)/v1 takes token ids (scripts/fetch-demo-model fetches SmolLM2, which eaas up then serves)"
+        }
+        return """
+            chat with it: curl -s \(address)/v1/chat/completions -d '{"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32}'
+            """
+    }
+
+    /// The demo model scripts/fetch-demo-model writes (`$EAAS_DEMO_MODEL` to point elsewhere), if it is there.
+    static func demoModel() -> (path: String, experts: Int)? {
+        let path = ProcessInfo.processInfo.environment["EAAS_DEMO_MODEL"]
+            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache/eaas/demo/smollm2-upcycled")
+        guard FileManager.default.fileExists(atPath: path + "/tokenizer.json"),
+              let config = try? ModelConfig.load(directory: path) else { return nil }
+        return (path, config.router.experts)
+    }
+
     /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2.
     static func seededModel(directory: String) throws -> (path: String, experts: Int) {
         let model = directory + "/model"
@@ -184,12 +222,14 @@ struct UpCommand: AsyncParsableCommand {
     /// The pool (and Secrets) to create: from -f, or the embedded default on a seeded model.
     func manifests(directory: String) throws -> (KubeObject, [KubeObject]) {
         guard let file else {
-            let model = try Self.seededModel(directory: directory).path
+            // The demo model if it was fetched (a real model, slower: a lower target per replica), else the seeded one.
+            let demo = Self.demoModel()
+            let (model, experts) = try demo ?? Self.seededModel(directory: directory)
             let pool = KubeObject(ExpertPoolCRD.resource, name: "local", namespace: "default", fields: ["spec": [
-                "model": ["path": .string(model), "experts": 8],
-                "shards": ["expertsPerShard": 4],
+                "model": ["path": .string(model), "experts": .int(experts)],
+                "shards": ["expertsPerShard": .int(max(1, experts / 2))],
                 "replicas": ["min": 1, "max": 3],
-                "autoscaling": ["target": 400, "scrapeIntervalSeconds": 2, "behavior": ["scaleDown": ["stabilizationWindowSeconds": 20]]],
+                "autoscaling": ["target": demo == nil ? 400 : 2000, "scrapeIntervalSeconds": 2, "behavior": ["scaleDown": ["stabilizationWindowSeconds": 20]]],
                 "transport": ["backend": "shm", "port": 7070, "metricsPort": 9090],
                 "poolTokenSecret": ["name": "local-pool-token"],
                 "drainSeconds": 5,

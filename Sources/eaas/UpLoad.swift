@@ -9,19 +9,26 @@ import ServiceLifecycle
 /// `eaas up`'s synthetic load: requests arrive at the current phase's rate (evenly spaced), each
 /// generating `requestTokens` tokens, so the load in tokens/s is the same on any machine that keeps
 /// up. At most `maxInFlight` run at once; an arrival beyond that is shed (counted, not sent), as a
-/// load balancer in front of a full worker would.
+/// load balancer in front of a full worker would. With `chatPrompts` (a model with a tokenizer and
+/// a chat template) each request is one of those real chat prompts and ends at the model's end of
+/// turn or at `requestTokens`; otherwise it is 8 random ids generating exactly `requestTokens`.
 final class SyntheticLoad: Service, @unchecked Sendable {
     let engine: GenerationEngine
     let phases: [(start: Double, rate: Double)]
     let requestTokens: Int
     let vocabulary: Int
     let maxInFlight: Int
+    let chatPrompts: [[Int]]
+    let stopTokenIDs: Set<Int>
     private let lock = NSLock()
     private var counts = (tokens: 0, finished: 0, failed: 0, shed: 0, inFlight: 0)
     private var failures: [String] = []
     private var started = ContinuousClock.now
 
-    init(engine: GenerationEngine, phases: [(start: Double, rate: Double)], requestTokens: Int, vocabulary: Int, maxInFlight: Int) {
+    init(engine: GenerationEngine, phases: [(start: Double, rate: Double)], requestTokens: Int, vocabulary: Int, maxInFlight: Int,
+         chatPrompts: [[Int]] = [], stopTokenIDs: Set<Int> = []) {
+        self.chatPrompts = chatPrompts
+        self.stopTokenIDs = stopTokenIDs
         self.engine = engine
         self.phases = phases
         self.requestTokens = requestTokens
@@ -66,7 +73,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
                         return true
                     }
                     guard admitted else { continue }
-                    let prompt = (0..<8).map { _ in Int.random(in: 0..<self.vocabulary) }
+                    let prompt = self.chatPrompts.randomElement() ?? (0..<8).map { _ in Int.random(in: 0..<self.vocabulary) }
                     group.addTask {
                         await self.one(prompt: prompt)
                         self.lock.withLock { self.counts.inFlight -= 1 }
@@ -80,7 +87,10 @@ final class SyntheticLoad: Service, @unchecked Sendable {
 
     /// One request to its end; a request the engine refuses or fails counts as failed.
     private func one(prompt: [Int]) async {
-        let request = GenerationRequest(prompt: prompt, maxTokens: requestTokens, ignoreEOS: true)
+        let request = chatPrompts.isEmpty
+            ? GenerationRequest(prompt: prompt, maxTokens: requestTokens, ignoreEOS: true)
+            : GenerationRequest(prompt: prompt, maxTokens: requestTokens, sampling: SamplingParameters(temperature: 0.7, topP: 0.95, seed: UInt64.random(in: 0...UInt64.max)),
+                                stopTokenIDs: stopTokenIDs)
         let events: AsyncStream<GenerationEvent>
         do { events = try engine.stream(request).events } catch {
             record(failure: "refused: \(error)")
@@ -161,4 +171,14 @@ final class UpTable: Service, @unchecked Sendable {
         for message in load.failureMessages { text += "  failed: \(message)\n" }
         FileHandle.standardOutput.write(Data(text.utf8))
     }
+}
+
+/// The questions `eaas up`'s load asks a model that speaks chat.
+enum UpQuestions {
+    static let all = [
+        "What is the capital of France?", "Name three primary colors.", "Write a haiku about the sea.",
+        "How many legs does a spider have?", "Explain what a mixture of experts is in one sentence.",
+        "What is 12 times 7?", "Give me a short tip for learning to cook.", "Which planet is closest to the sun?",
+        "Translate 'good morning' into Spanish.", "What does a kubelet do?",
+    ]
 }

@@ -134,7 +134,7 @@ struct UpScenarioTests {
             """.replacingOccurrences(of: "%TOKEN%", with: "c2NlbmFyaW8tc2VjcmV0LXRva2Vu")
         try pool.write(toFile: directory + "/pool.yaml", atomically: true, encoding: .utf8)
         // 1 request/s, then 6, then none.
-        let arguments = ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--load", "5:1,45:6,600:0", "--duration", "240"]
+        let arguments = ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--port", "0", "--load", "5:1,45:6,600:0", "--duration", "240"]
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         let process = try ChildProcess(executable: CLITests.binary, arguments: arguments,
                                        standardOutput: .handle(handle), standardError: .handle(handle))
@@ -247,7 +247,7 @@ struct UpScenarioTests {
         _ = FileManager.default.createFile(atPath: output, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         let process = try ChildProcess(executable: CLITests.binary,
-                                       arguments: ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain",
+                                       arguments: ["up", "-f", directory + "/pool.yaml", "--workdir", directory + "/up", "--plain", "--port", "0",
                                                    "--load", "30:2", "--duration", "15", "--request-tokens", "4"],
                                        standardOutput: .handle(handle), standardError: .handle(handle))
         try? handle.close()
