@@ -111,3 +111,54 @@ struct RealModelTests {
         #expect(body["experts"]?.string == "remote")
     }
 }
+
+/// `eaas up` on the demo model: the whole system (API server, controller, expert pods as
+/// processes, the worker under a chat load) answering a user's chat request.
+@Suite("eaas up on a real model", .serialized, .enabled(if: UpcycledSmolLM2.available, Comment(rawValue: UpcycledSmolLM2.skipMessage)))
+struct UpRealModelTests {
+    /// A port that was free a moment ago.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        try #require(bound == 0)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    @Test("eaas up serves the fetched demo model by default and a chat request through it names Paris")
+    func chatThroughEaasUp() async throws {
+        let port = try Self.freePort()
+        let workdir = FileManager.default.temporaryDirectory.appendingPathComponent("eaas-up-real-\(getpid())").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: EaasProcess.binary)
+        process.arguments = ["up", "--plain", "--port", "\(port)", "--workdir", workdir, "--load", "600:0.5", "--duration", "120"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["EAAS_DEMO_MODEL": UpcycledSmolLM2.directory]) { $1 }
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var answer: String?
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ContinuousClock.now < deadline, answer == nil {
+            try await Task.sleep(for: .milliseconds(500))
+            guard let (status, _, data) = try? await WorkerHTTPTests.post(port,
+                #"{"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32, "temperature": 0}"#,
+                path: "v1/chat/completions"), status == 200 else { continue }
+            answer = try WorkerHTTPTests.object(data)["choices"]?.array?.first?["message"]?["content"]?.string
+        }
+        process.interrupt()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(answer?.contains("Paris") == true, "\(output.suffix(2000))")
+        #expect(output.contains("smollm2"), "the banner names the model: \(output.prefix(500))")
+        #expect(output.contains("chat with it: curl"))
+        #expect(process.terminationStatus == 0, "\(output.suffix(2000))")
+    }
+}
