@@ -210,7 +210,7 @@ let openAIPython: String? = {
 struct OpenAIClientTests {
     @Test("the openai client gets text completions and chat answers, streamed and whole alike",
           .enabled(if: openAIPython != nil, "no Python with the `openai` package (scripts/install-test-clients installs it into .venv): skipped"))
-    func openAIClient() throws {
+    func openAIClient() async throws {
         let worker = try EaasProcess(["worker", "--model", TextWorkerFixture.directory, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"])
         defer { worker.cleanUp() }
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("openai_client_check.py").path
@@ -221,9 +221,16 @@ struct OpenAIClientTests {
         process.standardOutput = out
         process.standardError = err
         try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let errors = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        // Both pipes drained on threads of their own, off the concurrency pool.
+        let (data, errors) = try await offPool { () -> (Data, Data) in
+            final class Box: @unchecked Sendable { var data = Data() }
+            let errorBox = Box(), done = DispatchSemaphore(value: 0)
+            Thread { errorBox.data = err.fileHandleForReading.readDataToEndOfFile(); done.signal() }.start()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            done.wait()
+            process.waitUntilExit()
+            return (data, errorBox.data)
+        }
         try #require(process.terminationStatus == 0, "\(String(decoding: errors, as: UTF8.self))")
         let result = try WorkerHTTPTests.object(data)
         let text = TextWorkerFixture.tokenizer

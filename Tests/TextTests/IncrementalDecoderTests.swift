@@ -11,37 +11,59 @@ struct IncrementalDecoderTests {
         "mixed: café 北京 🧠 done.\n\nNew paragraph.",
     ]
 
-    @Test(arguments: ["qwen2", "deepseek-v3", "olmoe", "mistral", "smollm2"])
-    func piecesJoinToTheFullDecode(_ name: String) throws {
-        let entry = try #require(TokenizerReferences.value.entries.first { $0.name == name })
+    struct Streamed: Sendable {
+        let text: String
+        let pieces: [String]
+        let decoded: String
+    }
+
+    /// Every text streamed id by id (off the concurrency pool: loading a vocabulary takes a while).
+    static func stream(_ name: String) throws -> (results: [Streamed], heldBack: Int) {
+        guard let entry = TokenizerReferences.value.entries.first(where: { $0.name == name }) else { throw TokenizerError.invalid("no entry \(name)") }
         let tokenizer = try Tokenizer(contentsOf: entry.load)
         var heldBack = 0
-        for text in Self.texts {
+        var results: [Streamed] = []
+        for text in texts {
             let ids = tokenizer.encode(text, addSpecialTokens: false)
             var decoder = IncrementalDecoder(tokenizer: tokenizer)
             var pieces: [String] = []
             for id in ids {
                 let piece = decoder.append(id)
                 if piece.isEmpty { heldBack += 1 }
-                #expect(!piece.unicodeScalars.contains("\u{FFFD}"), "\(name): a piece with a broken character in \(text)")
                 pieces.append(piece)
             }
             pieces.append(decoder.finish())
-            #expect(pieces.joined() == tokenizer.decode(ids), "\(name): \(pieces) for \(text.debugDescription)")
-            #expect(pieces.joined() == text, "\(name): \(text.debugDescription) streams as \(pieces.joined().debugDescription)")
+            results.append(Streamed(text: text, pieces: pieces, decoded: tokenizer.decode(ids)))
+        }
+        return (results, heldBack)
+    }
+
+    @Test(arguments: ["qwen2", "deepseek-v3", "olmoe", "mistral", "smollm2"])
+    func piecesJoinToTheFullDecode(_ name: String) async throws {
+        let (results, heldBack) = try await offPool { try Self.stream(name) }
+        for r in results {
+            #expect(!r.pieces.contains { $0.unicodeScalars.contains("\u{FFFD}") }, "\(name): a piece with a broken character in \(r.text)")
+            #expect(r.pieces.joined() == r.decoded, "\(name): \(r.pieces) for \(r.text.debugDescription)")
+            #expect(r.pieces.joined() == r.text, "\(name): \(r.text.debugDescription) streams as \(r.pieces.joined().debugDescription)")
         }
         // Byte-level tokenizers split emoji over tokens; the decoder must have held some back.
         #expect(heldBack > 0, "\(name): no token was ever held back")
     }
 
-    @Test func anIncompleteEndComesOutAsDecodeWritesIt() throws {
-        let entry = try #require(TokenizerReferences.value.entries.first { $0.name == "qwen2" })
-        let tokenizer = try Tokenizer(contentsOf: entry.load)
-        // A character the vocabulary has no token for comes as several byte tokens.
-        let ids = try #require(["\u{20000}", "\u{1D518}", "\u{1FAE8}", "\u{E0041}"].lazy
-            .map { tokenizer.encode($0, addSpecialTokens: false) }.first { $0.count > 1 })
-        var decoder = IncrementalDecoder(tokenizer: tokenizer)
-        #expect(decoder.append(ids[0]) == "")
-        #expect(decoder.finish() == tokenizer.decode([ids[0]]))
+    @Test func anIncompleteEndComesOutAsDecodeWritesIt() async throws {
+        let (first, finished, whole) = try await offPool { () throws -> (String, String, String) in
+            guard let entry = TokenizerReferences.value.entries.first(where: { $0.name == "qwen2" }) else { throw TokenizerError.invalid("no qwen2") }
+            let tokenizer = try Tokenizer(contentsOf: entry.load)
+            // A character the vocabulary has no token for comes as several byte tokens.
+            guard let ids = ["\u{20000}", "\u{1D518}", "\u{1FAE8}", "\u{E0041}"].lazy
+                .map({ tokenizer.encode($0, addSpecialTokens: false) }).first(where: { $0.count > 1 }) else {
+                throw TokenizerError.invalid("every candidate is one token")
+            }
+            var decoder = IncrementalDecoder(tokenizer: tokenizer)
+            let first = decoder.append(ids[0])
+            return (first, decoder.finish(), tokenizer.decode([ids[0]]))
+        }
+        #expect(first == "")
+        #expect(finished == whole)
     }
 }
