@@ -29,7 +29,12 @@ struct UpCommand: AsyncParsableCommand {
     )
 
     @Option(name: .shortAndLong, help: "ExpertPool manifest (YAML; Secrets in it are created too). Default: the embedded pool.") var file: String?
-    @Option(help: "Synthetic load: SECONDS:RATE phases (requests per second), e.g. 20:2,60:8,90:2.") var load = "20:2,60:8,90:2"
+    @Option(help: "Synthetic load: SECONDS:RATE phases (requests per second). Default \(Self.seededLoad), or \(Self.demoLoad) on the demo model (a real model: about a tenth of the tokens/s).")
+    var load: String?
+
+    /// The default load: rising and falling within what the model serves on two cores.
+    static let seededLoad = "20:2,60:8,90:2"
+    static let demoLoad = "20:0.5,60:1.5,90:0.5"
     @Option(help: "Requests running at once before arrivals are shed.") var maxInFlight = 64
     @Option(help: "Stop after this many seconds (default: at Ctrl-C).") var duration: Double?
     @Option(help: "Tokens each synthetic request generates.") var requestTokens = 32
@@ -50,10 +55,10 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     /// The load phases: (start second, requests per second).
-    func phases() throws -> [(start: Double, rate: Double)] {
+    func phases(onDemoModel: Bool = false) throws -> [(start: Double, rate: Double)] {
         var start = 0.0
         var result: [(Double, Double)] = []
-        for part in load.split(separator: ",") {
+        for part in (load ?? (onDemoModel ? Self.demoLoad : Self.seededLoad)).split(separator: ",") {
             let fields = part.split(separator: ":")
             guard fields.count == 2, let seconds = Double(fields[0]), seconds > 0, let rate = Double(fields[1]), rate >= 0, rate <= 10_000 else {
                 throw ValidationError("--load '\(part)' is not SECONDS:RATE (seconds > 0, 0 <= requests per second <= 10000)")
@@ -137,7 +142,8 @@ struct UpCommand: AsyncParsableCommand {
             try text?.check(vocabularySize: config.vocabSize)
         } catch { throw ValidationError("spec.model.path \(spec.model.path): \(error)") }
         let chatPrompts = (text?.chatTemplate == nil ? [] : UpQuestions.all).compactMap { try? text?.chatPrompt([.init(role: "user", content: $0)]) }
-        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(), requestTokens: requestTokens, vocabulary: config.vocabSize,
+        let onDemoModel = file == nil && Self.demoModel()?.path == spec.model.path
+        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(onDemoModel: onDemoModel), requestTokens: requestTokens, vocabulary: config.vocabSize,
                                           maxInFlight: maxInFlight, chatPrompts: chatPrompts,
                                           stopTokenIDs: (text?.stopTokenIDs ?? []).union(config.eosTokenIDs))
         var apiLogger = logger
