@@ -89,14 +89,7 @@ public struct CompletionRequest: Sendable, Equatable {
             guard tokenizer != nil else {
                 throw .invalid("'stop' strings need a tokenizer, which this worker does not have; use 'stop_token_ids'", param: "stop")
             }
-            let strings: [String]
-            if let one = stop.string {
-                strings = [one]
-            } else if let list = stop.array, list.allSatisfy({ $0.string != nil }) {
-                strings = list.map { $0.string! }
-            } else {
-                throw .invalid("'stop' must be a string or a list of strings", param: "stop")
-            }
+            guard let strings = Self.strings(stop) else { throw .invalid("'stop' must be a string or a list of strings", param: "stop") }
             guard strings.count <= Self.maxStopStrings else { throw .invalid("'stop' has \(strings.count) strings; at most \(Self.maxStopStrings)", param: "stop") }
             for s in strings where s.isEmpty || s.unicodeScalars.count > Self.maxStopLength {
                 throw .invalid("each 'stop' string must have 1 to \(Self.maxStopLength) characters", param: "stop")
@@ -138,17 +131,20 @@ public struct CompletionRequest: Sendable, Equatable {
         if let tokenizer, !ignoreEOS { stopTokenIDs.formUnion(tokenizer.stopTokenIDs) }
     }
 
+    /// A string or a list of strings (OpenAI's `prompt` and `stop`), else nil.
+    private static func strings(_ value: JSONValue) -> [String]? {
+        if let one = value.string { return [one] }
+        guard let list = value.array else { return nil }
+        let strings = list.compactMap(\.string)
+        return strings.count == list.count ? strings : nil
+    }
+
     private static func prompts(_ value: JSONValue, tokenizer: ModelTokenizer?) throws(CompletionError) -> [[Int]] {
         if value.string != nil || value.array?.first?.string != nil {
             guard let tokenizer else {
                 throw .invalid("'prompt' must be token ids: this worker has no tokenizer (send a list of integers, or a list of such lists)", param: "prompt")
             }
-            let texts: [String]
-            if let one = value.string {
-                texts = [one]
-            } else if let list = value.array, list.allSatisfy({ $0.string != nil }) {
-                texts = list.map { $0.string! }
-            } else {
+            guard let texts = Self.strings(value) else {
                 throw .invalid("'prompt' must be a string, a list of strings, or token ids (not a mix)", param: "prompt")
             }
             var prompts: [[Int]] = []

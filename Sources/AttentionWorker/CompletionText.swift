@@ -32,7 +32,7 @@ struct CompletionText {
         pending += piece.unicodeScalars
         var cut: Int? = nil
         for stop in stops where stop.count <= pending.count {
-            for start in 0...(pending.count - stop.count) where pending[start] == stop[0] && Array(pending[start..<start + stop.count]) == stop {
+            for start in 0...(pending.count - stop.count) where pending[start] == stop[0] && pending[start..<start + stop.count].elementsEqual(stop) {
                 cut = min(cut ?? start, start)
                 break
             }
@@ -48,7 +48,7 @@ struct CompletionText {
             var hold = 0
             for stop in stops {
                 for n in stride(from: min(stop.count - 1, pending.count), to: hold, by: -1)
-                    where Array(pending[(pending.count - n)...]) == Array(stop[0..<n]) {
+                    where pending[(pending.count - n)...].elementsEqual(stop[0..<n]) {
                     hold = n
                     break
                 }

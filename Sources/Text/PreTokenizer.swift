@@ -95,16 +95,7 @@ indirect enum PreTokenizer: Sendable {
         case .sequence(let parts):
             for part in parts { part.apply(&pieces, scratch: &scratch) }
         case .split(let pattern, let behavior, let invert):
-            scratch.removeAll(keepingCapacity: true)
-            pieces.text.withUnsafeBufferPointer { text in
-                var found: [Range<Int>] = []
-                for range in pieces.ranges {
-                    found.removeAll(keepingCapacity: true)
-                    pattern.matches(in: text, range, into: &found)
-                    PreTokenizer.split(range, matches: found, behavior: behavior, invert: invert, into: &scratch)
-                }
-            }
-            swap(&pieces.ranges, &scratch)
+            PreTokenizer.split(&pieces, pattern: pattern, behavior: behavior, invert: invert, scratch: &scratch)
         case .digits(let individual):
             scratch.removeAll(keepingCapacity: true)
             for range in pieces.ranges {
@@ -128,7 +119,7 @@ indirect enum PreTokenizer: Sendable {
         case .byteLevel(let addPrefixSpace, let regex):
             if addPrefixSpace { PreTokenizer.prefix(&pieces, with: 0x20, onlyFirst: false, unlessStartsWith: 0x20) }
             if let regex {
-                PreTokenizer.split(pattern: regex, &pieces, scratch: &scratch)
+                PreTokenizer.split(&pieces, pattern: regex, behavior: .isolated, invert: false, scratch: &scratch)
             }
         case .metaspace(let replacement, let prepend, let split):
             for i in pieces.text.indices where pieces.text[i] == 0x20 { pieces.text[i] = replacement }
@@ -152,14 +143,16 @@ indirect enum PreTokenizer: Sendable {
         }
     }
 
-    private static func split(pattern: SplitPattern, _ pieces: inout Pieces, scratch: inout [Range<Int>]) {
+    /// Every piece split around `pattern`'s matches.
+    private static func split(_ pieces: inout Pieces, pattern: SplitPattern, behavior: SplitBehavior, invert: Bool,
+                              scratch: inout [Range<Int>]) {
         scratch.removeAll(keepingCapacity: true)
         pieces.text.withUnsafeBufferPointer { text in
             var found: [Range<Int>] = []
             for range in pieces.ranges {
                 found.removeAll(keepingCapacity: true)
                 pattern.matches(in: text, range, into: &found)
-                split(range, matches: found, behavior: .isolated, invert: false, into: &scratch)
+                split(range, matches: found, behavior: behavior, invert: invert, into: &scratch)
             }
         }
         swap(&pieces.ranges, &scratch)

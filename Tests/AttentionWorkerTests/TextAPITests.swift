@@ -142,6 +142,31 @@ struct TextAPITests {
         #expect(try WorkerHTTPTests.object(data)["error"]?["param"]?.string == param, "\(String(decoding: data, as: UTF8.self))")
     }
 
+    @Test("hostile sizes are refused with the field named: too many or too long stop strings, too many messages, a prompt the template would render past its bound")
+    func hostileSizes() async throws {
+        let worker = try EaasProcess(["worker", "--model", TextWorkerFixture.directory, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"])
+        defer { worker.cleanUp() }
+        let manyStops = "[" + (0..<17).map { "\"s\($0)\"" }.joined(separator: ",") + "]"
+        let longStop = JSONValue.quoted(String(repeating: "x", count: 1_001))
+        let message = #"{"role": "user", "content": "hi"}"#
+        let manyMessages = "[" + Array(repeating: message, count: 4_097).joined(separator: ",") + "]"
+        let huge = JSONValue.quoted(String(repeating: "a", count: 5 << 20))
+        let cases: [(String, String, String)] = [
+            (#"{"prompt": "x", "stop": \#(manyStops)}"#, "v1/completions", "stop"),
+            (#"{"prompt": "x", "stop": [\#(longStop)]}"#, "v1/completions", "stop"),
+            (#"{"messages": \#(manyMessages)}"#, "v1/chat/completions", "messages"),
+            (#"{"messages": [{"role": "user", "content": \#(huge)}]}"#, "v1/chat/completions", "messages"),
+        ]
+        for (body, path, param) in cases {
+            let (status, _, data) = try await WorkerHTTPTests.post(worker.port, body, path: path)
+            #expect(status == 400, "\(path) \(param): \(status)")
+            #expect(try WorkerHTTPTests.object(data)["error"]?["param"]?.string == param, "\(String(decoding: data.prefix(300), as: UTF8.self))")
+        }
+        // Still serving afterwards.
+        let (status, _, _) = try await WorkerHTTPTests.post(worker.port, #"{"prompt": "x", "max_tokens": 1}"#)
+        #expect(status == 200)
+    }
+
     @Test("without a tokenizer: chat is refused, and so are text prompts and stop strings, saying why")
     func noTokenizer() async throws {
         let worker = try EaasProcess(["worker", "--model", WorkerFixture.directory, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"])

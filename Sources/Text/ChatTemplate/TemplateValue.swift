@@ -181,6 +181,9 @@ indirect enum TemplateValue {
         return open + inner + items.joined(separator: "," + inner) + outer + close
     }
 
+    /// Python's `json.dumps` of a string with `ensure_ascii=False`, byte for byte: not
+    /// `JSONValue.quoted`, which also escapes DEL, C1 and U+2028/2029 (for YAML) and writes
+    /// `\b`/`\f` as `\u0008`/`\u000C`, where transformers' `tojson` does neither.
     static func jsonString(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
