@@ -106,6 +106,8 @@ struct eaas_spawn_args {
     char *const *envp;
     int fds[3];
     int parent_death_signal;
+    const int *cgroup_fds;
+    int cgroup_fd_count;
     pid_t parent;
     volatile int error;
 };
@@ -133,6 +135,11 @@ static int eaas_spawn_child(void *opaque) {
             _exit(127);
         }
     }
+    // Into the pod's CPU groups before exec, as a container runtime places its init: writing "0"
+    // to a cgroup.procs moves the writer, so nothing the program runs is ever outside its limit.
+    for (int i = 0; i < args->cgroup_fd_count; i++) {
+        if (write(args->cgroup_fds[i], "0", 1) != 1) goto failed;
+    }
     for (int i = 0; i < 3; i++) {
         int fd = args->fds[i];
         if (fd >= 0 && fd != i) {
@@ -154,7 +161,8 @@ failed:
 }
 
 pid_t eaas_spawn(const char *path, char *const argv[], char *const envp[],
-                 int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal) {
+                 int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal,
+                 const int *cgroup_fds, int cgroup_fd_count) {
     // clone(CLONE_VM | CLONE_VFORK), as glibc's posix_spawn does, and not fork(): fork runs the
     // atfork handlers libraries register, and OpenBLAS's joins its thread pool, which hangs the
     // forking thread while another thread is inside a BLAS call (eaas up's worker computes while
@@ -162,7 +170,8 @@ pid_t eaas_spawn(const char *path, char *const argv[], char *const envp[],
     // an exec failure is simply read from shared memory.
     struct eaas_spawn_args args = {
         .path = path, .argv = argv, .envp = envp, .fds = {stdin_fd, stdout_fd, stderr_fd},
-        .parent_death_signal = parent_death_signal, .parent = getpid(), .error = 0,
+        .parent_death_signal = parent_death_signal, .cgroup_fds = cgroup_fds, .cgroup_fd_count = cgroup_fd_count,
+        .parent = getpid(), .error = 0,
     };
     const size_t stack_size = 256 << 10;
     void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);

@@ -8,9 +8,10 @@ extension PoolReconciler {
 
     /// Server-side applies `desired` unless this controller wrote the same desired object last and
     /// nobody changed it since (the same generation for Deployments — status writes do not count —
-    /// the same resourceVersion for the rest, and the same replicas). An edit by hand is put back on
+    /// the same resourceVersion for the rest, and the same replicas). `pool` is the owning pool's key,
+    /// so that forgetting one pool forgets exactly its children's writes. An edit by hand is put back on
     /// the next reconcile; a restarted controller applies every child once (a no-op apply changes nothing).
-    func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil) async throws {
+    func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil, pool: String) async throws {
         let hash = Self.hash(desired)
         if let existing, let mine = lock.withLock({ written[Self.writtenKey(type, existing)] }), mine.hash == hash, mine.replicas == replicas {
             if type == .deployments {
@@ -28,7 +29,7 @@ extension PoolReconciler {
         let namespace = object[path: ["metadata", "namespace"]]?.string
         let applied = try await client.patch(type, name, namespace: namespace, .apply(object, fieldManager: configuration.fieldManager, force: true))
         lock.withLock {
-            written[Self.writtenKey(type, applied)] = Written(hash: hash, generation: applied.generation, resourceVersion: applied.resourceVersion, replicas: replicas)
+            written[Self.writtenKey(type, applied)] = Written(pool: pool, hash: hash, generation: applied.generation, resourceVersion: applied.resourceVersion, replicas: replicas)
         }
     }
 

@@ -58,6 +58,8 @@ public final class PoolReconciler: @unchecked Sendable {
     var written: [String: Written] = [:]
 
     struct Written {
+        /// The key of the pool the child belongs to.
+        var pool: String
         var hash: String
         var generation: Int?
         var resourceVersion: String?
@@ -116,8 +118,8 @@ public final class PoolReconciler: @unchecked Sendable {
         }
 
         let children = PoolChildren(pool: pool, spec: spec, plan: plan, defaultImage: configuration.expertImage)
-        try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)))
-        try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name))
+        try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)), pool: key)
+        try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name), pool: key)
 
         var shardStatuses: [ShardStatus] = []
         var limited: [(String, ScaleDecision)] = []
@@ -135,7 +137,7 @@ public final class PoolReconciler: @unchecked Sendable {
             if current == 0 { current = spec.replicas.min }
             let (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
             if decision.limited { limited.append((shard.name, decision)) }
-            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas)
+            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas, pool: key)
             if existing != nil, decision.replicas != current {
                 try await recordScaling(pool: pool, shard: shard.name, from: current, to: decision.replicas, load: load, spec: spec)
             }
@@ -240,11 +242,8 @@ public final class PoolReconciler: @unchecked Sendable {
     private func forget(key: String) {
         lock.withLock {
             secretChecks[key] = nil
-            let (namespace, name) = key.contains("/") ? (String(key.split(separator: "/")[0]), String(key.split(separator: "/")[1])) : ("", key)
-            written = written.filter { entry, _ in
-                let parts = entry.split(separator: "/", maxSplits: 2).map(String.init)
-                return !(parts.count == 3 && parts[1] == namespace && (parts[2] == name || parts[2].hasPrefix(name + "-")))
-            }
+            // By owner, not by name: pool `a`'s children share a prefix with pool `a-b`'s.
+            written = written.filter { $0.value.pool != key }
             // Autoscalers are keyed by uid; drop those of pools no longer in the store.
             let live = Set(pools.list().compactMap(\.uid))
             autoscalers = autoscalers.filter { live.contains(String($0.key.split(separator: "/").first ?? "")) }

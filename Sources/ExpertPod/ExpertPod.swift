@@ -32,14 +32,16 @@ public final class ExpertPod: @unchecked Sendable {
         server.maxWait = configuration.maxWait
         server.modelDigest = shard.digest.bytes
         let refusals = HandshakeRefusalLog { [logger] in logger.warning("\($0)") }
-        let dataPlane = try DataPlaneServer(computer: computer, configuration: server, observer: { metrics.record($0) },
+        let paced: ExpertComputer = configuration.cpuRateLimit.map { PacedComputer(computer, pacer: CPUPacer(cores: $0)) } ?? computer
+        let dataPlane = try DataPlaneServer(computer: paced, configuration: server, observer: { metrics.record($0) },
                                             refusalObserver: { reason in
                                                 metrics.record(refusal: reason)
                                                 refusals.note(reason)
                                             })
         service = ExpertPodService(server: dataPlane, status: status, gracePeriod: configuration.gracePeriod, logger: logger)
         logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)",
-                                               "model_digest": "\(shard.digest)", "matmul": "\(MatmulPrecision.process.summary)"])
+                                               "model_digest": "\(shard.digest)", "matmul": "\(MatmulPrecision.process.summary)",
+                                               "cpu_rate_limit": "\(configuration.cpuRateLimit.map { "\($0) CPUs (paced by the pod)" } ?? "none")"])
     }
 
     /// The HTTP routes, describing the shard and the transports offered.

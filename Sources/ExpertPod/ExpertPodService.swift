@@ -25,6 +25,8 @@ public struct PodConfiguration: Sendable {
     public var gracePeriod: Duration = .seconds(30)
     public var poolToken: [UInt8]
     public var serverID: UInt64 = UInt64(getpid())
+    /// CPUs the pod paces its compute to (`CPUPacer`), where no cgroup enforces its limit; nil: none.
+    public var cpuRateLimit: Double?
 
     public init(model: String, shard: ShardSpec, poolToken: [UInt8]) {
         self.model = model

@@ -40,9 +40,10 @@ public final class ChildProcess: @unchecked Sendable {
     private var status: Int32?
 
     /// Starts `executable` with `arguments`; `environment` replaces this process's (nil: inherit it).
+    /// With `cpuGroup` the child joins that group before it execs.
     public init(executable: String, arguments: [String], environment: [String: String]? = nil,
                 standardInput: Stream = .null, standardOutput: Stream = .inherit, standardError: Stream = .inherit,
-                parentDeathSignal: Int32 = SIGTERM) throws {
+                parentDeathSignal: Int32 = SIGTERM, cpuGroup: CPUControlGroup? = nil) throws {
         self.executable = executable
         let environment = environment ?? ProcessInfo.processInfo.environment
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -58,11 +59,17 @@ public final class ChildProcess: @unchecked Sendable {
         let fds = (descriptor(standardInput, input: true), descriptor(standardOutput, input: false), descriptor(standardError, input: false))
         let argv = [executable] + arguments
         let envp = environment.map { "\($0.key)=\($0.value)" }
+        let groupFiles: [Int32]
+        do { groupFiles = try cpuGroup?.openProcessFiles() ?? [] } catch { throw ChildProcessError("cannot start \(executable) in its CPU group: \(error)") }
+        defer { groupFiles.forEach { close($0) } }
         let result = Spawner.shared.run {
             withCStrings(argv) { argvPointers in
                 withCStrings(envp) { envPointers in
-                    let pid = eaas_spawn(executable, argvPointers, envPointers, fds.0, fds.1 == -1 ? 1 : fds.1, fds.2 == -1 ? 2 : fds.2, parentDeathSignal)
-                    return (pid, errno)
+                    groupFiles.withUnsafeBufferPointer { groups in
+                        let pid = eaas_spawn(executable, argvPointers, envPointers, fds.0, fds.1 == -1 ? 1 : fds.1, fds.2 == -1 ? 2 : fds.2,
+                                             parentDeathSignal, groups.baseAddress, Int32(groups.count))
+                        return (pid, errno)
+                    }
                 }
             }
         }

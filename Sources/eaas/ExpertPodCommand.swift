@@ -32,6 +32,8 @@ struct ExpertPodCommand: AsyncParsableCommand {
     @Option(help: "Shared-memory slots: the most shm/verbs clients at once.") var slots: Int = 32
     @Option(help: "Seconds SIGTERM waits for clients to leave.") var graceSeconds: Double = 30
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "CPUs to pace compute to where no cgroup enforces the pod's limit (default: $EAAS_CPU_RATE_LIMIT, which the local runtime sets).")
+    var cpuRateLimit: Double?
     @Option(help: "Unix socket (mode 0600) on which `eaas drain --socket PATH`, the preStop hook, drains the pod; then the pod exits.") var drainSocket: String?
 
     func validate() throws {
@@ -43,6 +45,8 @@ struct ExpertPodCommand: AsyncParsableCommand {
         guard (1...65_536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be between 1 and 65536") }
         guard maxWaitUs >= 0, graceSeconds >= 0 else { throw ValidationError("--max-wait-us and --grace-seconds cannot be negative") }
         guard (1...4096).contains(slots) else { throw ValidationError("--slots must be between 1 and 4096") }
+        if let cpuRateLimit, !(cpuRateLimit > 0 && cpuRateLimit <= 1024) { throw ValidationError("--cpu-rate-limit \(cpuRateLimit) is not a number of CPUs between 0 and 1024") }
+        do { _ = try CPUPacer.limit(fromEnvironment: ProcessInfo.processInfo.environment) } catch { throw ValidationError("\(error)") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
     }
 
@@ -73,6 +77,7 @@ struct ExpertPodCommand: AsyncParsableCommand {
         configuration.maxWait = .microseconds(maxWaitUs)
         configuration.slots = slots
         configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
+        configuration.cpuRateLimit = try cpuRateLimit ?? CPUPacer.limit()
 
         let pod = try ExpertPod(configuration: configuration, logger: logger)
         // The drain control is local only (see DrainSocket); a drained pod then stops itself, the

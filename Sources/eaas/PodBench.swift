@@ -28,12 +28,20 @@ struct PodBenchCommand: ParsableCommand {
     @Option(help: "Tokens per client request.") var requestTokens: Int = 8
     @Option(help: "Seconds each shard size is driven.") var seconds: Double = 3
     @Option(help: "Data-plane backend the clients use: shm or tcp.") var transport: String = "shm"
+    @Option(help: "Replicas of each shard; clients are spread over them as the dispatcher spreads workers.") var replicas: Int = 1
+    @Option(help: "CPUs each replica may use (a CFS quota in a cgroup per pod, as a kubelet enforces resources.limits.cpu; the pod paces itself where no cgroup can be written). Without it pods are unlimited and the bare kernel is measured beside them.")
+    var cpuLimit: Double?
+    @Option(help: "How --cpu-limit is enforced: auto (a cgroup where one can be written, else rate-limit) or rate-limit (the pods pace themselves).")
+    var cpuEnforcement: String = "auto"
     @Flag(help: "Print one JSON document instead of a table.") var json = false
 
     func validate() throws {
         guard clients >= 1, clients <= 64 else { throw ValidationError("--clients must be between 1 and 64") }
         guard requestTokens >= 1, requestTokens <= 512 else { throw ValidationError("--request-tokens must be between 1 and 512") }
         guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
+        guard ["auto", "rate-limit"].contains(cpuEnforcement) else { throw ValidationError("--cpu-enforcement '\(cpuEnforcement)' is not auto or rate-limit") }
+        guard (1...16).contains(replicas) else { throw ValidationError("--replicas must be between 1 and 16") }
+        if let cpuLimit, !(cpuLimit >= 0.01 && cpuLimit <= 64) { throw ValidationError("--cpu-limit \(cpuLimit) is not between 0.01 and 64 CPUs") }
         guard ["shm", "tcp"].contains(transport) else { throw ValidationError("--transport '\(transport)' is not shm or tcp") }
         for shard in shards {
             do { _ = try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error)") }
@@ -46,13 +54,22 @@ struct PodBenchCommand: ParsableCommand {
         #endif
         let directory = try model ?? Self.generatedModel()
         var report = BenchReport(bench: "pod")
-        var table = TextTable(columns: ["shard", "experts", "batch tok", "pod tok/s", "kernel tok/s", "efficiency", "busy", "p50 µs", "p99 µs", "rss MiB", "weights MiB"])
+        let capacity = cpuLimit.map { _ in PodBenchCapacity(cgroups: cpuEnforcement == "auto") }
+        defer { capacity?.close() }
+        if let capacity {
+            report.summary["capacity_enforcement"] = capacity.enforcement.rawValue
+            FileHandle.standardError.write(Data("CPU limit \(cpuLimit!) per replica, enforced by \(capacity.enforcement)\(capacity.reason.map { " (\($0))" } ?? "")\n".utf8))
+        }
+        var table = TextTable(columns: ["shard", "experts", "replicas", "batch tok", "pod tok/s", "kernel tok/s", "efficiency", "busy", "cpu s", "p50 µs", "p99 µs", "rss MiB", "weights MiB"])
         for shard in shards {
-            let row = try measure(shard: shard, model: directory)
+            let row = try measure(shard: shard, model: directory, capacity: capacity)
             report.results.append(row)
-            table.rows.append([shard, "\(row["experts"]!)", String(format: "%.1f", row["mean_batch_tokens"] as! Double),
-                               String(format: "%.0f", row["pod_tokens_per_s"] as! Double), String(format: "%.0f", row["kernel_tokens_per_s"] as! Double),
-                               String(format: "%.3f", row["batching_efficiency"] as! Double), String(format: "%.2f", row["pod_busy_fraction"] as! Double),
+            let kernel = row["kernel_tokens_per_s"] as? Double
+            table.rows.append([shard, "\(row["experts"]!)", "\(replicas)", String(format: "%.1f", row["mean_batch_tokens"] as! Double),
+                               String(format: "%.0f", row["pod_tokens_per_s"] as! Double), kernel.map { String(format: "%.0f", $0) } ?? "-",
+                               (row["batching_efficiency"] as? Double).map { String(format: "%.3f", $0) } ?? "-",
+                               String(format: "%.2f", row["pod_busy_fraction"] as! Double),
+                               (row["pod_cpu_seconds"] as? Double).map { String(format: "%.2f", $0) } ?? "-",
                                String(format: "%.0f", row["p50_us"] as! Double),
                                String(format: "%.0f", row["p99_us"] as! Double), String(format: "%.1f", Double(row["rss_bytes"] as! Int) / 1_048_576),
                                String(format: "%.1f", Double(row["weight_bytes"] as! Int) / 1_048_576)])
@@ -75,27 +92,47 @@ struct PodBenchCommand: ParsableCommand {
         return path
     }
 
-    /// Runs the pod and its clients for one shard, then the kernel on the batch size reached.
-    func measure(shard: String, model: String) throws -> [String: Any] {
+    /// Runs the shard's replicas and their clients, then (unlimited pods only) the kernel on the
+    /// batch sizes reached.
+    func measure(shard: String, model: String, capacity: PodBenchCapacity?) throws -> [String: Any] {
         let spec = try ShardSpec(parsing: shard)
         let config = try ModelConfig.load(directory: model)
         let layer = spec.layers?.first ?? config.moeLayers.first!
         let topK = min(config.router.topK, spec.experts.count)
         let token = "bench-\(getpid())"
-        let pod = try EaasChild(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
-                                               "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning",
-                                               "--max-batch-tokens", "\(max(512, clients * requestTokens))"],
-                                   environment: ["EAAS_POOL_TOKEN": token])
-        defer { pod.stop() }
-        let words = try pod.firstLine().split(separator: " ")
-        guard words.count == 4, words[0] == "listening" else { throw ValidationError("expert-pod did not start: \(words.joined(separator: " "))") }
-        let address = String(words[1]), metrics = String(words[3])
+        var pods: [EaasChild] = []
+        defer { pods.forEach { $0.stop() } }
+        var groups: [CPUControlGroup] = []
+        defer { groups.forEach { $0.remove() } }
+        var addresses: [String] = [], metricsAddresses: [String] = []
+        for replica in 0..<replicas {
+            var environment = ["EAAS_POOL_TOKEN": token]
+            var group: CPUControlGroup?
+            if let capacity, let cpuLimit {
+                if let made = try capacity.group("pod-\(replica)", cores: cpuLimit) {
+                    group = made
+                    groups.append(made)
+                } else {
+                    environment["EAAS_CPU_RATE_LIMIT"] = "\(cpuLimit)"
+                }
+            }
+            let pod = try EaasChild(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
+                                                "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning",
+                                                "--max-batch-tokens", "\(max(512, clients * requestTokens))"],
+                                    environment: environment, cpuGroup: group)
+            pods.append(pod)
+            let words = try pod.firstLine().split(separator: " ")
+            guard words.count == 4, words[0] == "listening" else { throw ValidationError("expert-pod did not start: \(words.joined(separator: " "))") }
+            addresses.append(String(words[1]))
+            metricsAddresses.append(String(words[3]))
+        }
+        let cpuBefore = pods.enumerated().map { podCPUSeconds($1, group: groups.indices.contains($0) ? groups[$0] : nil) }
         let children = try (0..<clients).map { client in
-            try EaasChild(arguments: ["bench", "pod-client", "--address", address, "--layer", "\(layer)",
-                                         "--experts", spec.experts.map(String.init).joined(separator: ","), "--top-k", "\(topK)",
-                                         "--hidden", "\(config.hiddenSize)", "--tokens", "\(requestTokens)", "--seconds", "\(seconds)",
-                                         "--client-id", "\(client + 1)", "--transport", transport],
-                             environment: ["EAAS_POOL_TOKEN": token])
+            try EaasChild(arguments: ["bench", "pod-client", "--address", addresses[client % replicas], "--layer", "\(layer)",
+                                      "--experts", spec.experts.map(String.init).joined(separator: ","), "--top-k", "\(topK)",
+                                      "--hidden", "\(config.hiddenSize)", "--tokens", "\(requestTokens)", "--seconds", "\(seconds)",
+                                      "--client-id", "\(client + 1)", "--transport", transport],
+                          environment: ["EAAS_POOL_TOKEN": token])
         }
         defer { children.forEach { $0.stop() } }
         var latencies: [Double] = []
@@ -111,30 +148,52 @@ struct PodBenchCommand: ParsableCommand {
             tokens += done
             elapsed = max(elapsed, time)
         }
-        let text = try Self.httpGet("http://\(metrics)/metrics")
-        let batches = Self.metric(text, "eaas_batch_tokens_count"), batchTokens = Self.metric(text, "eaas_batch_tokens_sum")
-        let busy = Self.metric(text, "eaas_busy_seconds_total")
-        let rss = Self.residentBytes(pid: pod.pid)
+        let cpuUsed = zip(pods.enumerated().map { podCPUSeconds($1, group: groups.indices.contains($0) ? groups[$0] : nil) }, cpuBefore)
+            .reduce(0.0) { $0 + (($1.0 ?? 0) - ($1.1 ?? 0)) }
+        var texts: [String] = []
+        for address in metricsAddresses { texts.append(try Self.httpGet("http://\(address)/metrics")) }
+        let batches = texts.reduce(0) { $0 + Self.metric($1, "eaas_batch_tokens_count") }
+        let batchTokens = texts.reduce(0) { $0 + Self.metric($1, "eaas_batch_tokens_sum") }
+        let busy = texts.reduce(0) { $0 + Self.metric($1, "eaas_busy_seconds_total") }
+        let rss = Self.residentBytes(pid: pods[0].pid)
         let meanBatch = batches > 0 ? batchTokens / batches : 0
-        pod.stop()  // the kernel gets the machine to itself, as the pod had
+        pods.forEach { $0.stop() }  // the kernel gets the machine to itself, as the pods had
         let shardWeights = try ExpertShard(directory: model, spec: spec)
-        // The kernel on the pod's own mix of batch sizes: each size timed, weighted by the tokens
-        // the pod computed in batches of that size.
-        var kernelSeconds = 0.0, kernelTokens = 0.0
-        for (size, count) in Self.batchSizes(text) {
-            let requests = max(1, Int((Double(size) / Double(requestTokens)).rounded()))
-            let rate = try Self.kernelTokensPerSecond(shard: shardWeights, layer: layer, requests: requests, requestTokens: requestTokens, topK: topK)
-            kernelTokens += Double(count * requests * requestTokens)
-            kernelSeconds += Double(count * requests * requestTokens) / rate
-        }
-        let kernel = kernelSeconds > 0 ? kernelTokens / kernelSeconds : 0
         latencies.sort()
         let podRate = Double(tokens) / elapsed
-        return ["shard": shard, "experts": shardWeights.hosted.count, "clients": clients, "request_tokens": requestTokens,
-                "mean_batch_tokens": meanBatch, "pod_tokens_per_s": podRate, "kernel_tokens_per_s": kernel,
-                "batching_efficiency": podRate / kernel, "pod_busy_fraction": busy / elapsed, "pod_tokens_per_busy_s": busy > 0 ? Double(tokens) / busy : 0,
-                "batches": Int(batches), "p50_us": latencies.percentile(0.5), "p99_us": latencies.percentile(0.99),
-                "rss_bytes": rss, "weight_bytes": shardWeights.weightBytes]
+        var row: [String: Any] = [
+            "shard": shard, "experts": shardWeights.hosted.count, "clients": clients, "request_tokens": requestTokens, "replicas": replicas,
+            "mean_batch_tokens": meanBatch, "pod_tokens_per_s": podRate, "pod_busy_fraction": busy / elapsed / Double(replicas),
+            "pod_tokens_per_busy_s": busy > 0 ? Double(tokens) / busy : 0, "pod_cpu_seconds": cpuUsed,
+            "tokens_per_cpu_second": cpuUsed > 0 ? Double(tokens) / cpuUsed : 0,
+            "batches": Int(batches), "p50_us": latencies.percentile(0.5), "p99_us": latencies.percentile(0.99),
+            "rss_bytes": rss, "weight_bytes": shardWeights.weightBytes,
+        ]
+        if let cpuLimit {
+            row["cpu_limit"] = cpuLimit
+            row["cpu_limit_fraction_used"] = cpuUsed / (elapsed * cpuLimit * Double(replicas))
+        } else {
+            // The kernel on the pods' own mix of batch sizes: each size timed, weighted by the
+            // tokens computed in batches of that size (a limited pod has no like-for-like kernel).
+            var kernelSeconds = 0.0, kernelTokens = 0.0
+            var sizes: [Int: Int] = [:]
+            for text in texts { for (size, count) in Self.batchSizes(text) { sizes[size, default: 0] += count } }
+            for (size, count) in sizes.sorted(by: { $0.key < $1.key }) {
+                let requests = max(1, Int((Double(size) / Double(requestTokens)).rounded()))
+                let rate = try Self.kernelTokensPerSecond(shard: shardWeights, layer: layer, requests: requests, requestTokens: requestTokens, topK: topK)
+                kernelTokens += Double(count * requests * requestTokens)
+                kernelSeconds += Double(count * requests * requestTokens) / rate
+            }
+            let kernel = kernelSeconds > 0 ? kernelTokens / kernelSeconds : 0
+            row["kernel_tokens_per_s"] = kernel
+            row["batching_efficiency"] = podRate / (kernel * Double(replicas))
+        }
+        return row
+    }
+
+    /// A pod's CPU seconds: its group's usage, or its process's from /proc.
+    private func podCPUSeconds(_ pod: EaasChild, group: CPUControlGroup?) -> Double? {
+        group?.cpuSeconds ?? ProcessCPUTime.seconds(pid: pod.pid)
     }
 
     /// Tokens per second of the bare kernel on batches like the pod's: `requests` client requests
@@ -271,6 +330,38 @@ struct PodClientCommand: ParsableCommand {
     }
 }
 
+/// Where `eaas bench pod --cpu-limit` puts its pods: a cgroup each where this machine lets us write
+/// one (as a kubelet would), else nowhere (the pods pace themselves, `EAAS_CPU_RATE_LIMIT`).
+final class PodBenchCapacity {
+    let root: CPUControllerRoot?
+    let reason: String?
+
+    init(cgroups: Bool) {
+        guard cgroups else {
+            root = nil
+            reason = "--cpu-enforcement rate-limit"
+            return
+        }
+        do {
+            root = try CPUControllerRoot.discover(name: "eaas-\(getpid())-bench")
+            reason = nil
+        } catch {
+            root = nil
+            reason = error.description
+        }
+    }
+
+    var enforcement: CPUEnforcement { root?.enforcement ?? .rateLimit }
+
+    /// A group limited to `cores`, or nil where pods must pace themselves.
+    func group(_ name: String, cores: Double) throws -> CPUControlGroup? {
+        guard let root else { return nil }
+        do { return try root.makeGroup(name, cores: cores) } catch { throw CommandFailure("cannot create the CPU cgroup \(name): \(error)") }
+    }
+
+    func close() { root?.remove() }
+}
+
 /// A child `eaas` process with its stdout read. It dies with this process (parent-death signal),
 /// so a benchmark stopped by SIGTERM or SIGKILL leaves no pod running.
 final class EaasChild {
@@ -280,7 +371,8 @@ final class EaasChild {
 
     /// Runs `eaas arguments…`; with `cpus` (a `taskset -c` list such as "1"), pinned to those CPUs
     /// from its first instruction, so that its compute threads are sized to them.
-    init(arguments: [String], environment: [String: String], cpus: String? = nil) throws {
+    /// With `cpuGroup`, it runs in that cgroup from its first instruction.
+    init(arguments: [String], environment: [String: String], cpus: String? = nil, cpuGroup: CPUControlGroup? = nil) throws {
         var executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         var arguments = arguments
         if let cpus {
@@ -290,7 +382,7 @@ final class EaasChild {
         }
         process = try Platform.ChildProcess(executable: executable, arguments: arguments,
                                             environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
-                                            standardOutput: .pipe(output))
+                                            standardOutput: .pipe(output), cpuGroup: cpuGroup)
     }
 
     var pid: Int32 { process.pid }

@@ -40,8 +40,10 @@ int eaas_sleep_unless_readable(int fd, int64_t timeout_ns);
 /// itself must not hand that on), whose descriptors are only 0, 1 and 2 (from `stdin_fd`,
 /// `stdout_fd`, `stderr_fd`; -1 keeps the parent's), and which receives `parent_death_signal`
 /// (0: none) when the calling thread's process dies, even by SIGKILL. Returns the child's pid, or
-/// -1 with errno set (also when exec failed: the child's errno is reported).
+/// -1 with errno set (also when exec failed: the child's errno is reported). Before exec the child
+/// writes "0" to each of `cgroup_fds` (open `cgroup.procs` files), joining those groups.
 pid_t eaas_spawn(const char *path, char *const argv[], char *const envp[],
-                 int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal);
+                 int stdin_fd, int stdout_fd, int stderr_fd, int parent_death_signal,
+                 const int *cgroup_fds, int cgroup_fd_count);
 
 #endif

@@ -1,6 +1,7 @@
 import Foundation
 import JSON
 import Kube
+import Platform
 
 /// The kubelet of the local runtime: each pod a process on a loopback address of its own, Secret
 /// volumes as files, readiness probes, preStop + SIGTERM + grace on deletion, failed pods replaced.
@@ -39,8 +40,16 @@ extension LocalRuntime {
         let directory = "\(configuration.directory)/\(name)"
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let local = try await localPod(pod, ip: ip, directory: directory)
-            let launched = try launcher.launch(local)
+            var local = try await localPod(pod, ip: ip, directory: directory)
+            let capacity = try cpu.prepare(pod)
+            local.cpuGroup = capacity.group
+            local.cpuLimit = capacity.cores
+            local.environment.merge(capacity.environment) { $1 }
+            let launched: any LaunchedContainer
+            do { launched = try launcher.launch(local) } catch {
+                cpu.retire(group: capacity.group, lastSeconds: nil)
+                throw error
+            }
             lock.withLock { containers[uid] = Container(pod: pod, ip: ip, launched: launched, local: local) }
             logger.info("pod started", metadata: ["pod": "\(name)", "ip": "\(ip)"])
             try await patchPodStatus(pod, phase: "Running", ip: ip, ready: false, message: nil)
@@ -55,6 +64,7 @@ extension LocalRuntime {
         if let status = container.launched.exitStatus {
             lock.withLock { containers[pod.uid ?? ""] = nil }
             container.launched.cleanUp()
+            cpu.retire(group: container.local.cpuGroup, lastSeconds: container.cpuSeconds)
             for directory in container.local.scratchDirectories { try? FileManager.default.removeItem(atPath: directory) }
             logger.warning("pod's container exited; replacing the pod", metadata: ["pod": "\(pod.name ?? "")", "status": "\(status)"])
             try? await patchPodStatus(pod, phase: "Failed", ip: container.ip, ready: false, message: "container exited with status \(status)")
@@ -63,6 +73,7 @@ extension LocalRuntime {
         }
         guard ContinuousClock.now - container.lastProbe >= configuration.probePeriod else { return }
         container.lastProbe = ContinuousClock.now
+        _ = container.currentCPUSeconds()
         guard let probe = Self.httpGet(pod, path: ["readinessProbe", "httpGet"]) else { return }
         let ready = (try? await PlainHTTP.get("http://\(container.ip):\(probe.port)\(probe.path)", timeout: .seconds(1)))?.status == 200
         if ready != container.ready {
@@ -90,6 +101,7 @@ extension LocalRuntime {
         let ip = container.ip
         let launcher = self.launcher
         let logger = self.logger
+        let cpu = self.cpu
         logger.info("pod stopping", metadata: ["pod": "\(pod.name ?? "")"])
         let task = Task {
             let start = ContinuousClock.now
@@ -104,8 +116,10 @@ extension LocalRuntime {
                     logger.warning("preStop hook failed", metadata: ["pod": "\(pod.name ?? "")", "status": "\(status.map(String.init) ?? "timed out")"])
                 }
             }
+            _ = container.currentCPUSeconds()
             await container.launched.terminate(grace: max(.seconds(1), grace - (ContinuousClock.now - start)))
             container.launched.cleanUp()
+            cpu.retire(group: container.local.cpuGroup, lastSeconds: container.cpuSeconds)
             for directory in container.local.scratchDirectories { try? FileManager.default.removeItem(atPath: directory) }
         }
         lock.withLock {
@@ -230,5 +244,16 @@ extension LocalRuntime {
         ]
         if let message { status["message"] = .string(message) }
         _ = try await client.patchStatus(.pods, pod.name ?? "", namespace: pod.namespace, .merge(["status": status]))
+    }
+}
+
+extension LocalRuntime.Container {
+    /// The pod's CPU seconds now (its cgroup's usage, or its process's from /proc), remembered
+    /// so that a pod whose process is gone is still counted.
+    func currentCPUSeconds() -> Double? {
+        if let seconds = local.cpuGroup?.cpuSeconds ?? launched.pid.flatMap({ ProcessCPUTime.seconds(pid: $0) }) {
+            cpuSeconds = max(cpuSeconds ?? 0, seconds)
+        }
+        return cpuSeconds
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import JSON
 import Kube
 import Logging
+import Platform
 import ServiceLifecycle
 
 /// What a cluster does for a pool's children, done on one machine against an API server (the
@@ -20,6 +21,10 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         public var period: Duration = .milliseconds(200)
         /// How often readiness probes run.
         public var probePeriod: Duration = .milliseconds(500)
+        /// Whether pods' `resources.limits.cpu` go into a cgroup of their own (CFS quota, as a
+        /// kubelet does) where this machine lets us write one; otherwise, and when false, pods with
+        /// a limit get `EAAS_CPU_RATE_LIMIT` and pace themselves.
+        public var cgroups = true
         public init(namespace: String, directory: String) {
             self.namespace = namespace
             self.directory = directory
@@ -30,6 +35,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
     let launcher: any PodLauncher
     let configuration: Configuration
     let logger: Logger
+    let cpu: PodCPU
     let lock = NSLock()
     var containers: [String: Container] = [:]
     /// Where address allocation goes on: a random start, so that two runtimes on one machine
@@ -54,6 +60,8 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         var ready = false
         var lastProbe = ContinuousClock.now - .seconds(3600)
         var stopping = false
+        /// The CPU time last read (for pods without a cgroup: from /proc while the process lives).
+        var cpuSeconds: Double?
         init(pod: KubeObject, ip: String, launched: any LaunchedContainer, local: LocalPod) {
             self.pod = pod
             self.ip = ip
@@ -67,6 +75,19 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         self.launcher = launcher
         self.configuration = configuration
         self.logger = logger
+        cpu = PodCPU(enabled: configuration.cgroups, logger: logger)
+    }
+
+    /// How pods' CPU limits are enforced here.
+    public var cpuEnforcement: CPUEnforcement { cpu.enforcement }
+
+    /// Why the kernel does not enforce them (nil when it does).
+    public var cgroupUnavailableReason: String? { cpu.unavailable }
+
+    /// CPU seconds every pod this runtime ran has used so far, the finished ones included.
+    public func cpuSeconds() -> Double {
+        let live = lock.withLock { Array(containers.values) }
+        return cpu.retired + live.reduce(0) { $0 + ($1.currentCPUSeconds() ?? 0) }
     }
 
     public func run() async throws {
@@ -96,6 +117,7 @@ public final class LocalRuntime: Service, @unchecked Sendable {
             group.cancelAll()
         }
         await stopAll()
+        cpu.close()
     }
 
     /// Returns when an informer saw a change, the period has passed, or shutdown began.

@@ -18,6 +18,10 @@ public struct LocalPod: Sendable {
     public var preStopCommand: [String]?
     /// emptyDir volumes' local directories, removed when the pod is gone.
     public var scratchDirectories: [String]
+    /// The cgroup the container runs in (its CPU limit as a CFS quota); nil where none is written.
+    public var cpuGroup: CPUControlGroup?
+    /// `resources.limits.cpu` in CPUs (nil: none), however it is enforced.
+    public var cpuLimit: Double?
 
     public init(name: String, namespace: String, ip: String, args: [String], environment: [String: String], directory: String,
                 preStopCommand: [String]? = nil, scratchDirectories: [String] = []) {
@@ -50,6 +54,8 @@ extension PodLauncher {
 public protocol LaunchedContainer: AnyObject, Sendable {
     /// The exit status once it has exited (a signal as 128 + its number).
     var exitStatus: Int32? { get }
+    /// Its process, where it is one (for CPU accounting without a cgroup).
+    var pid: Int32? { get }
     /// SIGTERM, then SIGKILL after `grace` if it is still running; returns once it has exited.
     func terminate(grace: Duration) async
     /// SIGKILL now.
@@ -61,6 +67,7 @@ public protocol LaunchedContainer: AnyObject, Sendable {
 
 extension LaunchedContainer {
     public func cleanUp() {}
+    public var pid: Int32? { nil }
 }
 
 /// Runs containers as child processes of an executable (the `eaas` binary itself). They get
@@ -78,7 +85,7 @@ public struct ProcessLauncher: PodLauncher {
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         defer { try? handle.close() }
         let child = try ChildProcess(executable: executable, arguments: pod.args, environment: environment,
-                                     standardOutput: .handle(handle), standardError: .handle(handle))
+                                     standardOutput: .handle(handle), standardError: .handle(handle), cpuGroup: pod.cpuGroup)
         return ChildContainer(process: child)
     }
 
@@ -107,6 +114,8 @@ final class ChildContainer: LaunchedContainer, @unchecked Sendable {
     init(process: ChildProcess) { self.process = process }
 
     var exitStatus: Int32? { process.exitStatus }
+
+    var pid: Int32? { process.pid }
 
     func terminate(grace: Duration) async {
         guard exitStatus == nil else { return }
