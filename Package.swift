@@ -90,7 +90,7 @@ let package = Package(
 
         .testTarget(name: "MoETests", dependencies: ["MoE", "JSON"]),
         // Tokenizers against `tokenizers`' ids on real files fetched with pip (scripts/tokenizer-references).
-        .testTarget(name: "TextTests", dependencies: ["Text", "GGUF", "JSON"]),
+        .testTarget(name: "TextTests", dependencies: ["Text", "GGUF", "JSON", "Platform"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "PlatformShimTests", dependencies: ["Transport", "Kube", "ExpertPod", "Platform", "MoE", "CPlatform"]),
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).

@@ -342,4 +342,10 @@ public enum ProcessCPUTime {
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
+
+    /// A pod's CPU seconds: its group's usage when it has one (children included), else its
+    /// process's own from /proc; nil when neither can be read.
+    public static func seconds(group: CPUControlGroup?, pid: Int32?) -> Double? {
+        group?.cpuSeconds ?? pid.flatMap { seconds(pid: $0) }
+    }
 }

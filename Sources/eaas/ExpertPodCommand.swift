@@ -45,8 +45,7 @@ struct ExpertPodCommand: AsyncParsableCommand {
         guard (1...65_536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be between 1 and 65536") }
         guard maxWaitUs >= 0, graceSeconds >= 0 else { throw ValidationError("--max-wait-us and --grace-seconds cannot be negative") }
         guard (1...4096).contains(slots) else { throw ValidationError("--slots must be between 1 and 4096") }
-        if let cpuRateLimit, !(cpuRateLimit > 0 && cpuRateLimit <= 1024) { throw ValidationError("--cpu-rate-limit \(cpuRateLimit) is not a number of CPUs between 0 and 1024") }
-        do { _ = try CPUPacer.limit(fromEnvironment: ProcessInfo.processInfo.environment) } catch { throw ValidationError("\(error)") }
+        _ = try paceLimit()
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
     }
 
@@ -59,6 +58,15 @@ struct ExpertPodCommand: AsyncParsableCommand {
 
     func shardSpec() throws -> ShardSpec {
         do { return try ShardSpec(parsing: shard) } catch { throw ValidationError("--shard: \(error)") }
+    }
+
+    /// CPUs to pace compute to: `--cpu-rate-limit`, else `$EAAS_CPU_RATE_LIMIT`; nil when neither is set.
+    func paceLimit() throws -> Double? {
+        if let cpuRateLimit {
+            guard cpuRateLimit > 0 && cpuRateLimit <= 1024 else { throw ValidationError("--cpu-rate-limit \(cpuRateLimit) is not a number of CPUs between 0 and 1024") }
+            return cpuRateLimit
+        }
+        do { return try CPUPacer.limit() } catch { throw ValidationError("\(error)") }
     }
 
     func wireType() -> WireDType? { ["f32": .f32, "bf16": .bf16, "f16": .f16][wireDtype] }
@@ -77,7 +85,7 @@ struct ExpertPodCommand: AsyncParsableCommand {
         configuration.maxWait = .microseconds(maxWaitUs)
         configuration.slots = slots
         configuration.gracePeriod = .milliseconds(Int64(graceSeconds * 1000))
-        configuration.cpuRateLimit = try cpuRateLimit ?? CPUPacer.limit()
+        configuration.cpuRateLimit = try paceLimit()
 
         let pod = try ExpertPod(configuration: configuration, logger: logger)
         // The drain control is local only (see DrainSocket); a drained pod then stops itself, the

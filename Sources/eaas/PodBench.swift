@@ -101,21 +101,22 @@ struct PodBenchCommand: ParsableCommand {
         let topK = min(config.router.topK, spec.experts.count)
         let token = "bench-\(getpid())"
         var pods: [EaasChild] = []
-        defer { pods.forEach { $0.stop() } }
-        var groups: [CPUControlGroup] = []
-        defer { groups.forEach { $0.remove() } }
+        var groups: [CPUControlGroup?] = []  // one per pod, nil where none limits it
+        defer {
+            pods.forEach { $0.stop() }  // a group is removed once its processes are gone
+            groups.forEach { $0?.remove() }
+        }
         var addresses: [String] = [], metricsAddresses: [String] = []
         for replica in 0..<replicas {
             var environment = ["EAAS_POOL_TOKEN": token]
             var group: CPUControlGroup?
             if let capacity, let cpuLimit {
-                if let made = try capacity.group("pod-\(replica)", cores: cpuLimit) {
-                    group = made
-                    groups.append(made)
-                } else {
+                group = try capacity.group("pod-\(replica)", cores: cpuLimit)
+                if group == nil {
                     environment["EAAS_CPU_RATE_LIMIT"] = "\(cpuLimit)"
                 }
             }
+            groups.append(group)  // before the pod starts, so that a failed start still removes it
             let pod = try EaasChild(arguments: ["expert-pod", "--model", model, "--shard", shard, "--listen", "127.0.0.1:0", "--transport", transport,
                                                 "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-level", "warning",
                                                 "--max-batch-tokens", "\(max(512, clients * requestTokens))"],
@@ -126,7 +127,8 @@ struct PodBenchCommand: ParsableCommand {
             addresses.append(String(words[1]))
             metricsAddresses.append(String(words[3]))
         }
-        let cpuBefore = pods.enumerated().map { podCPUSeconds($1, group: groups.indices.contains($0) ? groups[$0] : nil) }
+        let podsCPUSeconds = { zip(pods, groups).map { ProcessCPUTime.seconds(group: $1, pid: $0.pid) } }
+        let cpuBefore = podsCPUSeconds()
         let children = try (0..<clients).map { client in
             try EaasChild(arguments: ["bench", "pod-client", "--address", addresses[client % replicas], "--layer", "\(layer)",
                                       "--experts", spec.experts.map(String.init).joined(separator: ","), "--top-k", "\(topK)",
@@ -148,7 +150,7 @@ struct PodBenchCommand: ParsableCommand {
             tokens += done
             elapsed = max(elapsed, time)
         }
-        let cpuUsed = zip(pods.enumerated().map { podCPUSeconds($1, group: groups.indices.contains($0) ? groups[$0] : nil) }, cpuBefore)
+        let cpuUsed = zip(podsCPUSeconds(), cpuBefore)
             .reduce(0.0) { $0 + (($1.0 ?? 0) - ($1.1 ?? 0)) }
         var texts: [String] = []
         for address in metricsAddresses { texts.append(try Self.httpGet("http://\(address)/metrics")) }
@@ -189,11 +191,6 @@ struct PodBenchCommand: ParsableCommand {
             row["batching_efficiency"] = podRate / (kernel * Double(replicas))
         }
         return row
-    }
-
-    /// A pod's CPU seconds: its group's usage, or its process's from /proc.
-    private func podCPUSeconds(_ pod: EaasChild, group: CPUControlGroup?) -> Double? {
-        group?.cpuSeconds ?? ProcessCPUTime.seconds(pid: pod.pid)
     }
 
     /// Tokens per second of the bare kernel on batches like the pod's: `requests` client requests

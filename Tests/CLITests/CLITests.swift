@@ -205,6 +205,36 @@ struct CLITests {
         }
     }
 
+    @Test("Under a CPU limit per replica, doubling a shard's replicas (and its clients) roughly doubles what it serves", arguments: ["auto", "rate-limit"])
+    func benchPodReplicasAddCapacity(enforcement: String) throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "8", "--top-k", "2",
+                                 "--hidden", "256", "--ffn", "256", "--out", dir + "/m"])
+        #expect(made.status == 0, "\(made.stderr)")
+        func served(replicas: Int) throws -> (tokensPerSecond: Double, enforcement: String?, fractionUsed: Double) {
+            let result = try Self.run(["bench", "pod", "--model", dir + "/m", "--shard", "0-7@0", "--cpu-limit", "0.25", "--cpu-enforcement", enforcement,
+                                       "--replicas", "\(replicas)", "--clients", "\(4 * replicas)", "--seconds", "2", "--transport", "tcp", "--json"],
+                                      environment: ["EAAS_POOL_TOKEN": "cli-test-pool-token-0123456789"])
+            #expect(result.status == 0, "\(result.stderr)")
+            let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+            let row = (document?["results"] as? [[String: Any]])?.first
+            return (row?["pod_tokens_per_s"] as? Double ?? 0, document?["capacity_enforcement"] as? String,
+                    row?["cpu_limit_fraction_used"] as? Double ?? 0)
+        }
+        let one = try served(replicas: 1), two = try served(replicas: 2)
+        if enforcement == "rate-limit" {
+            #expect(one.enforcement == "rate-limit")
+        } else {
+            #expect(["cgroup-v1", "cgroup-v2", "rate-limit"].contains(one.enforcement ?? "none"))
+        }
+        // The limit is a ceiling: a replica never uses much more than its quota, whoever enforces it
+        // (the CPU window also holds the clients' start, which the elapsed time does not; unlimited, a pod would use ~4×).
+        #expect(one.fractionUsed <= 1.35 && two.fractionUsed <= 1.35, "quota used: \(one.fractionUsed), \(two.fractionUsed)")
+        let ratio = two.tokensPerSecond / max(one.tokensPerSecond, 1e-9)
+        #expect(ratio > 1.4 && ratio < 2.8, "1 replica \(one.tokensPerSecond) tok/s, 2 replicas \(two.tokensPerSecond) tok/s (×\(ratio))")
+    }
+
     @Test("generate prints the greedy tokens of a fixture, as transformers does")
     func generateFixture() throws {
         let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/qwen2-moe").path

@@ -251,7 +251,7 @@ extension LocalRuntime.Container {
     /// The pod's CPU seconds now (its cgroup's usage, or its process's from /proc), remembered
     /// so that a pod whose process is gone is still counted.
     func currentCPUSeconds() -> Double? {
-        if let seconds = local.cpuGroup?.cpuSeconds ?? launched.pid.flatMap({ ProcessCPUTime.seconds(pid: $0) }) {
+        if let seconds = ProcessCPUTime.seconds(group: local.cpuGroup, pid: launched.pid) {
             cpuSeconds = max(cpuSeconds ?? 0, seconds)
         }
         return cpuSeconds

@@ -90,6 +90,15 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         return cpu.retired + live.reduce(0) { $0 + ($1.currentCPUSeconds() ?? 0) }
     }
 
+    /// The cgroup directories of each running pod that has a group, by pod name.
+    public func cpuGroupDirectories() -> [String: [String]] {
+        lock.withLock {
+            Dictionary(containers.values.compactMap { container in
+                container.local.cpuGroup.map { (container.local.name, $0.directories) }
+            }, uniquingKeysWith: { first, _ in first })
+        }
+    }
+
     public func run() async throws {
         let namespace = configuration.namespace
         let deployments = Informer(client: client, type: .deployments, configuration: .init(namespace: namespace))
