@@ -5,6 +5,7 @@ import JSON
 public struct ExpertPoolSpec: SpecObject {
     public var model = ModelSource()
     public var shards = ShardPlanSpec()
+    public var placement = PlacementSpec()
     public var replicas = ReplicaBounds()
     public var autoscaling = AutoscalingSpec()
     public var transport = TransportSpec()
@@ -18,6 +19,7 @@ public struct ExpertPoolSpec: SpecObject {
         [
             .field("model", \.model, "The checkpoint every expert pod loads its shard from.", required: true),
             .field("shards", \.shards, "How the routed experts group into shards; each shard is one Deployment that scales on its own."),
+            .field("placement", \.placement, "static keeps the shards as given; loadAware regroups experts into shards from their measured load (hot experts in shards of their own), rolling the new grouping out beside the old."),
             .field("replicas", \.replicas, "Replicas per shard: the autoscaler stays within these bounds. `kubectl scale` sets `min`."),
             .field("autoscaling", \.autoscaling, "Per-shard autoscaling from the load the pods export, with the HorizontalPodAutoscaler's rules."),
             .field("transport", \.transport, "The data plane attention workers use to reach the pods."),
@@ -89,6 +91,38 @@ public struct ExplicitShard: SpecObject {
             .field("name", \.name, "Shard name (a DNS label); the Deployment is named <pool>-<name>.", required: true,
                    constraints: ["pattern": .string(SpecPatterns.dnsLabel), "maxLength": 30]),
             .field("experts", \.experts, "Expert indices this shard serves, in every MoE layer.", required: true, constraints: ["minItems": 1]),
+        ]
+    }
+}
+
+/// How experts are grouped into shards.
+public enum PlacementMode: String, SpecEnum {
+    /// The grouping `spec.shards` gives, always.
+    case `static`
+    /// `spec.shards` to start; then groupings the controller plans from each expert's measured
+    /// token rate (`PlacementPlanner`), rolled out make-before-break.
+    case loadAware
+}
+
+/// `spec.placement`.
+public struct PlacementSpec: SpecObject {
+    public var mode = PlacementMode.static
+    public var maxExpertsPerShard = 8
+    public var minImprovement = 0.2
+    public var minIntervalSeconds = 300
+    public var windowSeconds = 60
+    public init() {}
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("mode", \.mode, "static (spec.shards as given) or loadAware (regrouped from measured load)."),
+            .field("maxExpertsPerShard", \.maxExpertsPerShard, "The most experts one pod of a planned shard holds: the per-pod memory cap, in experts.",
+                   constraints: ["minimum": 1, "maximum": 65535]),
+            .field("minImprovement", \.minImprovement,
+                   "A new grouping is rolled out only when it lowers the peak load per replica (at the same pod count) by at least this fraction.",
+                   constraints: ["minimum": 0, "maximum": 1]),
+            .field("minIntervalSeconds", \.minIntervalSeconds, "Fewest seconds between two groupings.", constraints: ["minimum": 0, "maximum": 86400]),
+            .field("windowSeconds", \.windowSeconds, "Seconds of per-expert token rates averaged for planning.", constraints: ["minimum": 1, "maximum": 3600]),
         ]
     }
 }

@@ -11,6 +11,7 @@ public struct ExpertPoolStatus: SpecObject {
     public var load = 0.0
     public var selector = ""
     public var shards: [ShardStatus] = []
+    public var placement: PlacementStatus?
     public var conditions: [PoolCondition] = []
     public init() {}
 
@@ -26,6 +27,7 @@ public struct ExpertPoolStatus: SpecObject {
             .field("selector", \.selector, "Label selector of the pool's pods (for the scale subresource)."),
             .field("shards", \.shards, "Each shard's replicas and load.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]]),
+            .field("placement", \.placement, "With spec.placement.mode loadAware: the grouping running, the one it replaces while that rolls out, and why it changed."),
             .field("conditions", \.conditions, "Ready, Progressing, Degraded, ScalingLimited and ModelsAgree.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]]),
         ]
@@ -53,6 +55,50 @@ public struct ShardStatus: SpecObject {
             .field("readyReplicas", \.readyReplicas, "Ready pods."),
             .field("desiredReplicas", \.desiredReplicas, "What the autoscaler decided."),
             .field("load", \.load, "Measured load of the shard (sum over its ready pods)."),
+        ]
+    }
+}
+
+/// `status.placement`: the load-aware grouping (`PlacementPlanner`). Kept in status so that a
+/// restarted or newly elected controller serves the same grouping.
+public struct PlacementStatus: SpecObject {
+    public var revision = 0
+    public var shards: [PlacedShard] = []
+    public var retiring: [PlacedShard] = []
+    public var imbalance = 1.0
+    public var lastChangeTime = ""
+    public var reason = ""
+    public init() {}
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("revision", \.revision, "Groupings rolled out so far (0: spec.shards)."),
+            .field("shards", \.shards, "The grouping running now."),
+            .field("retiring", \.retiring, "The previous grouping, serving until every shard of the new one has a ready pod."),
+            .field("imbalance", \.imbalance, "Peak load per replica over the mean, for the running grouping at the current pod count (1 is perfect)."),
+            .field("lastChangeTime", \.lastChangeTime, "When the grouping last changed (RFC 3339)."),
+            .field("reason", \.reason, "Why it changed, or why the last proposal was not rolled out."),
+        ]
+    }
+}
+
+/// One shard of a planned grouping.
+public struct PlacedShard: SpecObject {
+    public var name = ""
+    public var experts: [Int] = []
+    public var replicas = 1
+    public init() {}
+    public init(name: String, experts: [Int], replicas: Int) {
+        self.name = name
+        self.experts = experts
+        self.replicas = replicas
+    }
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("name", \.name, "Shard name; its Deployment is <pool>-<name>."),
+            .field("experts", \.experts, "Expert indices, ascending."),
+            .field("replicas", \.replicas, "Replicas the plan gave it (where its autoscaler starts)."),
         ]
     }
 }

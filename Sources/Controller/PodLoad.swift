@@ -9,11 +9,15 @@ public struct PodCounters: Sendable, Equatable {
     public var busySeconds: Double
     /// The `digest` label of `eaas_model_info`: which checkpoint the pod serves.
     public var modelDigest: String?
+    /// `eaas_expert_tokens_total` by its `expert` label, summed over `layer`: what load-aware
+    /// placement plans from (a shard serves its experts in every layer).
+    public var expertTokens: [Int: Double]
 
-    public init(tokens: Double, busySeconds: Double, modelDigest: String? = nil) {
+    public init(tokens: Double, busySeconds: Double, modelDigest: String? = nil, expertTokens: [Int: Double] = [:]) {
         self.tokens = tokens
         self.busySeconds = busySeconds
         self.modelDigest = modelDigest
+        self.expertTokens = expertTokens
     }
 
     /// Reads the Prometheus text exposition; nil when the expert token counter is absent (not an
@@ -23,6 +27,7 @@ public struct PodCounters: Sendable, Equatable {
         var busy = 0.0
         var sawTokens = false
         var digest: String?
+        var byExpert: [Int: Double] = [:]
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) where !line.hasPrefix("#") {
             // name{labels} value [timestamp]
             let nameEnd = line.firstIndex { $0 == "{" || $0 == " " } ?? line.endIndex
@@ -33,6 +38,7 @@ public struct PodCounters: Sendable, Equatable {
             }
             guard name == "eaas_expert_tokens_total" || name == "eaas_busy_seconds_total" else { continue }
             var rest = line[nameEnd...]
+            let expert = name == "eaas_expert_tokens_total" ? Self.label("expert", in: rest).flatMap { Int($0) } : nil
             if rest.first == "{", let close = rest.lastIndex(of: "}") { rest = rest[rest.index(after: close)...] }
             guard let valueText = rest.split(separator: " ").first, let value = Double(valueText), value.isFinite else { continue }
             if name == "eaas_busy_seconds_total" {
@@ -40,10 +46,11 @@ public struct PodCounters: Sendable, Equatable {
             } else {
                 sawTokens = true
                 tokens += value
+                if let expert, (0...65_535).contains(expert) { byExpert[expert, default: 0] += value }
             }
         }
         guard sawTokens else { return nil }
-        self.init(tokens: tokens, busySeconds: busy, modelDigest: digest)
+        self.init(tokens: tokens, busySeconds: busy, modelDigest: digest, expertTokens: byExpert)
     }
 
     /// The value of label `name` in `{a="x",b="y"} …`, when it is a plain hex or word value (a
@@ -68,6 +75,8 @@ public struct PodLoad: Sendable, Equatable {
     public var tokensPerSecond: Double
     /// Fraction of wall time spent computing, 0…1 (above 1 only with parallel compute).
     public var busyFraction: Double
+    /// Tokens per second by expert index (summed over layers).
+    public var expertTokensPerSecond: [Int: Double] = [:]
 
     public func value(of metric: LoadMetric) -> Double {
         switch metric {
@@ -103,7 +112,12 @@ public final class LoadTracker: @unchecked Sendable {
             let elapsed = now - previous.at
             let tokens = counters.tokens >= previous.counters.tokens ? counters.tokens - previous.counters.tokens : counters.tokens
             let busy = counters.busySeconds >= previous.counters.busySeconds ? counters.busySeconds - previous.counters.busySeconds : counters.busySeconds
-            let load = PodLoad(tokensPerSecond: tokens / elapsed, busyFraction: busy / elapsed)
+            var byExpert: [Int: Double] = [:]
+            for (expert, count) in counters.expertTokens {
+                let before = previous.counters.expertTokens[expert] ?? 0
+                byExpert[expert] = (count >= before ? count - before : count) / elapsed
+            }
+            let load = PodLoad(tokensPerSecond: tokens / elapsed, busyFraction: busy / elapsed, expertTokensPerSecond: byExpert)
             readings[uid] = Reading(counters: counters, at: now, load: load)
             return load
         }

@@ -56,6 +56,8 @@ public final class PoolReconciler: @unchecked Sendable {
     /// What this controller last wrote to each child (`type/namespace/name`): the desired object's
     /// hash, and the generation (Deployments) or resourceVersion (others) the write produced.
     var written: [String: Written] = [:]
+    /// Per-expert token rates of each load-aware pool (by uid), for its placement.
+    var placementWindows: [String: ExpertLoadWindow] = [:]
 
     struct Written {
         /// The key of the pool the child belongs to.
@@ -99,7 +101,7 @@ public final class PoolReconciler: @unchecked Sendable {
 
         // A spec the schema let through but that cannot be served is reported; what runs stays.
         let spec: ExpertPoolSpec
-        let plan: ShardPlan
+        var plan: ShardPlan
         do {
             spec = try ExpertPoolSpec(pool: pool.json)
         } catch {
@@ -111,6 +113,19 @@ public final class PoolReconciler: @unchecked Sendable {
             try await publishProblem(problem, pool: pool, status: &status, generation: generation)
             return .awaitChange
         case .success(let resolved): plan = resolved
+        }
+        var retiring = Set<String>()
+        var initialReplicas: [String: Int] = [:]
+        var placementEvent: (reason: String, message: String)?
+        if spec.placement.mode == .loadAware {
+            let outcome = placement(pool: pool, spec: spec, staticPlan: plan, previous: status.placement)
+            plan = outcome.plan
+            retiring = outcome.retiring
+            initialReplicas = outcome.initialReplicas
+            status.placement = outcome.status
+            placementEvent = outcome.event
+        } else {
+            status.placement = nil
         }
         if let problem = try await secretProblem(spec: spec, namespace: namespace) {
             try await publishProblem(problem, pool: pool, status: &status, generation: generation)
@@ -127,7 +142,7 @@ public final class PoolReconciler: @unchecked Sendable {
         for shard in plan.shards {
             let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name)
             let existing = deployments.get(namespace: namespace, name: deploymentName)
-            var current = existing?.json[path: ["spec", "replicas"]]?.int ?? spec.replicas.min
+            var current = existing?.json[path: ["spec", "replicas"]]?.int ?? initialReplicas[shard.name] ?? spec.replicas.min
             // The cache may not show our last write yet: then our write is the current count.
             if let existing, let mine = lock.withLock({ written[Self.writtenKey(.deployments, existing)] }), let generation = mine.generation,
                let replicas = mine.replicas, (existing.generation ?? 0) < generation {
@@ -135,7 +150,9 @@ public final class PoolReconciler: @unchecked Sendable {
             }
             // A shard scaled to 0 by hand leaves experts unserved: it counts as at the minimum.
             if current == 0 { current = spec.replicas.min }
-            let (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
+            var (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
+            // A retiring shard keeps what it has until the new grouping serves; then it is removed.
+            if retiring.contains(shard.name) { decision = ScaleDecision(replicas: current, stabilized: current, reason: "DesiredWithinRange") }
             if decision.limited { limited.append((shard.name, decision)) }
             try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas, pool: key)
             if existing != nil, decision.replicas != current {
@@ -159,6 +176,10 @@ public final class PoolReconciler: @unchecked Sendable {
             }
         }
         try await deleteRemovedShards(pool: pool, plan: plan)
+        if let placementEvent {
+            logger.info("placement", metadata: ["pool": "\(pool.key)", "reason": "\(placementEvent.reason)", "message": "\(placementEvent.message)"])
+            await recordEvent(pool: pool, reason: placementEvent.reason, message: placementEvent.message)
+        }
 
         // Status.
         status.observedGeneration = generation

@@ -49,6 +49,13 @@ extension ExpertPoolSpec {
         if transport.port == transport.metricsPort {
             return .failure(SpecProblem(reason: "InvalidTransport", message: "transport.port and transport.metricsPort are both \(transport.port)"))
         }
+        if placement.mode == .loadAware && !autoscaling.enabled {
+            return .failure(SpecProblem(reason: "InvalidPlacement", message: "placement.mode loadAware plans from scraped load; autoscaling.enabled is false"))
+        }
+        if placement.mode == .loadAware && autoscaling.metric != .tokensPerSecond {
+            return .failure(SpecProblem(reason: "InvalidPlacement",
+                                        message: "placement.mode loadAware plans from tokens per second; autoscaling.metric is \(autoscaling.metric.rawValue)"))
+        }
         let count = model.experts
         var plan: [ShardPlan.Shard] = []
         switch (shards.expertsPerShard, shards.explicit) {

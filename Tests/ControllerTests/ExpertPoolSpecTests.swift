@@ -96,6 +96,23 @@ struct ExpertPoolSpecTests {
         }
     }
 
+    @Test("loadAware placement needs the scraped token rates it plans from", arguments: [
+        (["mode": "loadAware"] as JSONValue, ["metric": "busyFraction", "target": 0.7] as JSONValue,
+         "InvalidPlacement: placement.mode loadAware plans from tokens per second; autoscaling.metric is busyFraction"),
+        (["mode": "loadAware"], ["enabled": false], "InvalidPlacement: placement.mode loadAware plans from scraped load; autoscaling.enabled is false"),
+        (["mode": "loadAware"], [:], "ok"),
+        (["mode": "static"], ["metric": "busyFraction", "target": 0.7], "ok"),
+    ] as [(JSONValue, JSONValue, String)])
+    func placementProblems(placement: JSONValue, autoscaling: JSONValue, expected: String) throws {
+        var spec = try ExpertPoolSpec(pool: poolJSON(minimalSpec))
+        spec.placement = try PlacementSpec(specJSON: placement, path: "spec.placement")
+        spec.autoscaling = try AutoscalingSpec(specJSON: autoscaling, path: "spec.autoscaling")
+        switch spec.plan(poolName: "tiny") {
+        case .success: #expect(expected == "ok")
+        case .failure(let problem): #expect(problem.description == expected)
+        }
+    }
+
     @Test("a shard's Deployment: owner, labels, anti-affinity, probes, preStop drain, grace beyond the drain, hardening")
     func deploymentShape() throws {
         var specJSON = minimalSpec
@@ -183,5 +200,41 @@ struct ExpertPoolSpecTests {
         #expect(load.tokensPerSecond == 100)
         #expect(load.busyFraction == 0.5)
         #expect(tracker.record(pod: "p", counters: PodCounters(tokens: 40, busySeconds: 0.2), now: 14)?.tokensPerSecond == 20)
+    }
+
+    @Test("Per-expert counters are summed over layers by expert; their rates come per expert, a reset from zero")
+    func perExpertLoad() throws {
+        let text = """
+        eaas_expert_tokens_total{layer="0",expert="3"} 100
+        eaas_expert_tokens_total{layer="1",expert="3"} 60
+        eaas_expert_tokens_total{layer="1",expert="7"} 40
+        eaas_expert_tokens_total{layer="1",expert="x"} 5
+        eaas_expert_tokens_total{layer="1",expert="99999999"} 5
+        eaas_busy_seconds_total 0
+        """
+        let counters = try #require(PodCounters(prometheusText: text))
+        #expect(counters.expertTokens == [3: 160, 7: 40], "unreadable or out-of-range expert labels count in the total only")
+        #expect(counters.tokens == 210)
+        let tracker = LoadTracker()
+        tracker.record(pod: "p", counters: counters, now: 0)
+        let load = try #require(tracker.record(pod: "p", counters: PodCounters(tokens: 0, busySeconds: 0, expertTokens: [3: 360, 7: 10]), now: 2))
+        #expect(load.expertTokensPerSecond == [3: 100, 7: 5])
+    }
+
+    @Test("The placement window averages per-expert rates over time and forgets what is older than its length")
+    func expertLoadWindow() {
+        var window = ExpertLoadWindow()
+        #expect(window.mean(experts: 2) == [0, 0])
+        window.add(at: 0, rates: [100, 0], seconds: 10)
+        #expect(window.mean(experts: 2) == [100, 0])
+        window.add(at: 1, rates: [100, 0], seconds: 10)
+        window.add(at: 4, rates: [0, 40], seconds: 10)   // 100 held for 1 s + 3 s, then 40 for 3 s
+        #expect(window.mean(experts: 2) == [400.0 / 7, 120.0 / 7])
+        #expect(window.span == 4)
+        window.add(at: 13, rates: [10, 10], seconds: 10)  // 0 and 1 fall out
+        #expect(window.count == 2)
+        #expect(window.span == 9)
+        window.add(at: 13, rates: [20, 20], seconds: 10)  // the same instant again replaces it
+        #expect(window.count == 2)
     }
 }
