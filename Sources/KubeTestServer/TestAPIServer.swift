@@ -141,6 +141,15 @@ public final class TestAPIServer: Sendable {
         return (try? state.get(resource, namespace: type.namespaced ? namespace : nil, name: name)).map(KubeObject.init)
     }
 
+    /// The stored objects of a type in a namespace (no HTTP).
+    public func objects(_ type: ResourceType, namespace: String? = "default") -> [KubeObject] {
+        guard let resource = state.resource(group: type.group, version: type.version, plural: type.plural),
+              let labels = try? LabelSelector(parsing: ""), let fields = try? FieldSelector(parsing: "", kind: type.kind),
+              let list = try? state.list(resource, namespace: type.namespaced ? namespace : nil, labels: labels, fields: fields, limit: nil, continueToken: nil)
+        else { return [] }
+        return (list["items"]?.array ?? []).map(KubeObject.init)
+    }
+
     // MARK: Inspection and faults
 
     /// The last revision written.

@@ -35,6 +35,8 @@ public struct RandomModelSpec: Sendable {
     public var seed: UInt64 = 0
     /// Standard deviation of the weights (uniformly distributed, like transformers' `initializer_range`).
     public var weightStd: Double = 0.02
+    /// Topics (`TopicRouting`): 0 for none; else at least 2, with at least top-k experts each.
+    public var topics = 0
 
     /// A spec with the four required sizes; the rest take their defaults.
     public init(architecture: Architecture, layers: Int, experts: Int, topK: Int, hidden: Int) {
@@ -64,9 +66,15 @@ public struct RandomModelSpec: Sendable {
         guard hidden % heads == 0 else {
             throw ModelConfigError(source: "model init", reason: "--hidden \(hidden) must be a multiple of --heads \(heads)")
         }
+        if topics != 0 {
+            guard topics >= 2, experts / topics >= topK, vocab >= topics else {
+                throw ModelConfigError(source: "model init", reason: "--topics \(topics) needs at least 2 topics, --top-k \(topK) experts per topic (--experts \(experts) / topics) and a token per topic")
+            }
+        }
         let kvHeads = keyValueHeads ?? max(1, heads / 4)
         let headDim = hidden / heads
-        var c: [String: JSONValue] = [
+        var c: [String: JSONValue] = topics > 0 ? ["eaas_topics": .int(topics)] : [:]
+        c.merge([
             "architectures": [.string(architecture.rawValue)], "model_type": .string(architecture.modelType),
             "hidden_size": .int(hidden), "num_hidden_layers": .int(layers), "vocab_size": .int(vocab),
             "num_attention_heads": .int(heads), "num_key_value_heads": .int(kvHeads), "hidden_act": "silu",
@@ -74,7 +82,7 @@ public struct RandomModelSpec: Sendable {
             "tie_word_embeddings": false, "initializer_range": .double(weightStd),
             "torch_dtype": .string(dtype.torchName), "bos_token_id": 1, "eos_token_id": 2,
             "num_experts_per_tok": .int(topK), "attention_dropout": 0.0,
-        ]
+        ]) { $1 }
         let dense = JSONValue.array((0..<denseLayers).map { .int($0) })
         switch architecture {
         case .mixtral:
@@ -164,8 +172,11 @@ public enum RandomModel {
         let entries = CheckpointLayout.entries(for: config, dtype: spec.dtype, experts: storage)
         let writer = try CheckpointWriter(directory: directory, entries: entries, maxShardBytes: maxShardBytes,
                                           metadata: ["format": "pt", "generator": "eaas model init", "seed": String(spec.seed)])
+        let topics = spec.topics > 0 ? TopicRouting(topics: spec.topics, vocab: spec.vocab, experts: spec.experts) : nil
         for entry in entries {
-            try writer.append(entry.name, floats: values(for: entry, spec: spec, config: config))
+            var floats = values(for: entry, spec: spec, config: config)
+            topics?.shape(entry.name, values: &floats, shape: entry.shape)
+            try writer.append(entry.name, floats: floats)
         }
         try writer.finish()
         return config

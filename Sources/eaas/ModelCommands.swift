@@ -29,6 +29,8 @@ struct ModelInitCommand: ParsableCommand {
     @Option(help: "Expert groups for group-limited routing (DeepSeek).") var groups: Int?
     @Option(help: "Weight dtype: f32, f16 or bf16.") var dtype: String = "bf16"
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "Topics: the vocabulary in N ranges whose tokens the router sends to experts e ≡ topic (mod N) in every MoE layer, and whose decoding stays in the topic, so skewed traffic comes through the gate (0: none).")
+    var topics: Int = 0
     @Option(name: .customLong("expert-layout"), help: "How routed experts are stored: per-expert (as save_pretrained writes) or fused (3-D tensors).")
     var expertLayout: String = "per-expert"
     @Option(name: .customLong("max-shard-size"), help: "Split the weights into shards of at most this size (e.g. 4GB, 500MB, 40KB).")
@@ -62,13 +64,15 @@ struct ModelInitCommand: ParsableCommand {
         spec.groups = groups
         spec.dtype = DType(userSpelling: dtype)!
         spec.seed = seed
+        spec.topics = topics
         // --force: the old weight files go first, so that no stale shard or index outlives the new
         // checkpoint. They are unlinked, never truncated: a process that has them mapped keeps them.
         for name in Checkpoint.weightFiles(in: out) { try FileManager.default.removeItem(atPath: out + "/" + name) }
         let config = try RandomModel.write(spec, to: out, experts: CheckpointLayout.ExpertStorage(rawValue: expertLayout)!,
                                            maxShardBytes: try ByteSize.parse(maxShardSize))
         let checkpoint = try Checkpoint(directory: out)
-        print("wrote \(config.architecture.rawValue) to \(out): \(config.layerCount) layers (\(config.moeLayers.count) MoE), \(config.expertCount) experts, top-\(config.router.topK), hidden \(config.hiddenSize), expert FFN \(config.expertFFNSize), \(spec.dtype.rawValue), \(ByteSize.format(checkpoint.totalBytes)) in \(checkpoint.files.count) file(s)")
+        print("wrote \(config.architecture.rawValue) to \(out): \(config.layerCount) layers (\(config.moeLayers.count) MoE), \(config.expertCount) experts, top-\(config.router.topK), hidden \(config.hiddenSize), expert FFN \(config.expertFFNSize), \(spec.dtype.rawValue), \(ByteSize.format(checkpoint.totalBytes)) in \(checkpoint.files.count) file(s)"
+              + (topics > 0 ? ", \(topics) topics" : ""))
     }
 }
 

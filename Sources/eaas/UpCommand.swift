@@ -145,7 +145,8 @@ struct UpCommand: AsyncParsableCommand {
         let onDemoModel = file == nil && Self.demoModel()?.path == spec.model.path
         let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(onDemoModel: onDemoModel), requestTokens: requestTokens, vocabulary: config.vocabSize,
                                           maxInFlight: maxInFlight, chatPrompts: chatPrompts,
-                                          stopTokenIDs: (text?.stopTokenIDs ?? []).union(config.eosTokenIDs))
+                                          stopTokenIDs: (text?.stopTokenIDs ?? []).union(config.eosTokenIDs),
+                                          topics: try TopicRouting.load(directory: spec.model.path).map { TopicMix(routing: $0) })
         var apiLogger = logger
         apiLogger.logLevel = .warning
         let api = WorkerServer.application(engine: engine, tokenizer: text, host: "127.0.0.1", port: port, logger: apiLogger) { channel in
@@ -213,13 +214,15 @@ struct UpCommand: AsyncParsableCommand {
         return (path, config.router.experts)
     }
 
-    /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2.
+    /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2,
+    /// 4 topics (so its synthetic load routes unevenly, and drifts, through the router).
     static func seededModel(directory: String) throws -> (path: String, experts: Int) {
         let model = directory + "/model"
         if !FileManager.default.fileExists(atPath: model + "/config.json") {
             var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 256)
             spec.expertFFN = 512
             spec.seed = 7
+            spec.topics = 4
             try RandomModel.write(spec, to: model)
         }
         return (model, 8)

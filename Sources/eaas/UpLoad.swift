@@ -4,6 +4,7 @@ import Foundation
 import JSON
 import Kube
 import KubeTestServer
+import MoE
 import ServiceLifecycle
 
 /// `eaas up`'s synthetic load: requests arrive at the current phase's rate (evenly spaced), each
@@ -20,13 +21,19 @@ final class SyntheticLoad: Service, @unchecked Sendable {
     let maxInFlight: Int
     let chatPrompts: [[Int]]
     let stopTokenIDs: Set<Int>
+    /// A model with topics: prompts drawn from a drifting Zipf mix of them.
+    let topics: TopicMix?
     private let lock = NSLock()
     private var counts = (tokens: 0, finished: 0, failed: 0, shed: 0, inFlight: 0)
     private var failures: [String] = []
     private var started = ContinuousClock.now
+    /// Recent finished requests: when, time to first token, mean time per later token (seconds).
+    private var latencies: [(at: ContinuousClock.Instant, ttft: Double, tpot: Double?)] = []
+    static let latencyWindow: Duration = .seconds(30)
 
     init(engine: GenerationEngine, phases: [(start: Double, rate: Double)], requestTokens: Int, vocabulary: Int, maxInFlight: Int,
-         chatPrompts: [[Int]] = [], stopTokenIDs: Set<Int> = []) {
+         chatPrompts: [[Int]] = [], stopTokenIDs: Set<Int> = [], topics: TopicMix? = nil) {
+        self.topics = topics
         self.chatPrompts = chatPrompts
         self.stopTokenIDs = stopTokenIDs
         self.engine = engine
@@ -40,6 +47,22 @@ final class SyntheticLoad: Service, @unchecked Sendable {
     var totals: (tokens: Int, finished: Int, failed: Int, shed: Int, inFlight: Int) { lock.withLock { counts } }
     /// The first few failure messages.
     var failureMessages: [String] { lock.withLock { failures } }
+
+    /// p50 and p99 of time to first token and of time per output token (milliseconds) over the
+    /// requests that finished in the last 30 s; nil when none did.
+    var recentLatency: (ttft: (p50: Double, p99: Double), tpot: (p50: Double, p99: Double)?)? {
+        let recent = lock.withLock {
+            latencies.removeAll { ContinuousClock.now - $0.at > Self.latencyWindow }
+            return latencies
+        }
+        guard !recent.isEmpty else { return nil }
+        func percentiles(_ values: [Double]) -> (p50: Double, p99: Double) {
+            let sorted = values.sorted()
+            return (sorted[min(sorted.count - 1, sorted.count / 2)] * 1000, sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))] * 1000)
+        }
+        let tpots = recent.compactMap(\.tpot)
+        return (percentiles(recent.map(\.ttft)), tpots.isEmpty ? nil : percentiles(tpots))
+    }
 
     /// Requests per second the current phase asks for.
     var rate: Double {
@@ -73,7 +96,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
                         return true
                     }
                     guard admitted else { continue }
-                    let prompt = self.chatPrompts.randomElement() ?? (0..<8).map { _ in Int.random(in: 0..<self.vocabulary) }
+                    let prompt = self.nextPrompt()
                     group.addTask {
                         await self.one(prompt: prompt)
                         self.lock.withLock { self.counts.inFlight -= 1 }
@@ -83,6 +106,17 @@ final class SyntheticLoad: Service, @unchecked Sendable {
         } onGracefulShutdown: {
             _ = stopping.setOnce()
         }
+    }
+
+    /// A chat prompt, or 8 ids from the current topic mix, or 8 random ids.
+    private func nextPrompt() -> [Int] {
+        if let chat = chatPrompts.randomElement() { return chat }
+        var generator = SystemRandomNumberGenerator()
+        if let topics {
+            let seconds = (ContinuousClock.now - lock.withLock { started }).seconds
+            return topics.prompt(topic: topics.topic(at: seconds, draw: Double.random(in: 0..<1)), length: 8, using: &generator)
+        }
+        return (0..<8).map { _ in Int.random(in: 0..<vocabulary, using: &generator) }
     }
 
     /// One request to its end; a request the engine refuses or fails counts as failed.
@@ -96,10 +130,24 @@ final class SyntheticLoad: Service, @unchecked Sendable {
             record(failure: "refused: \(error)")
             return
         }
+        let sent = ContinuousClock.now
+        var first: ContinuousClock.Instant?
+        var tokens = 0
         for await event in events {
             switch event {
-            case .token: lock.withLock { counts.tokens += 1 }
-            case .finished: lock.withLock { counts.finished += 1 }
+            case .token:
+                tokens += 1
+                if first == nil { first = .now }
+                lock.withLock { counts.tokens += 1 }
+            case .finished:
+                let now = ContinuousClock.now
+                lock.withLock {
+                    counts.finished += 1
+                    if let first {
+                        if latencies.count >= 4096 { latencies.removeFirst(latencies.count - 4095) }
+                        latencies.append((now, (first - sent).seconds, tokens > 1 ? (now - first).seconds / Double(tokens - 1) : nil))
+                    }
+                }
             case .failed(let failure): record(failure: failure.description)
             }
         }
@@ -154,15 +202,39 @@ final class UpTable: Service, @unchecked Sendable {
         lastTokens = totals.tokens
         lastAt = now
         var lines = ["t=\(elapsed)s  load: \(String(format: "%g", load.rate)) requests/s  worker: \(Int(rate)) tokens/s  requests: \(totals.finished) done, \(totals.inFlight) running, \(totals.failed) failed, \(totals.shed) shed"]
-        lines.append("SHARD  EXPERTS  REPLICAS  READY  LOAD(tokens/s)")
-        let status = server.object(ExpertPoolCRD.resource, pool, namespace: namespace)?.json["status"].flatMap { try? ExpertPoolStatus(specJSON: $0, path: "status") }
+        if let latency = load.recentLatency {
+            lines.append(String(format: "latency (last 30 s): time to first token p50 %.0f ms p99 %.0f ms", latency.ttft.p50, latency.ttft.p99)
+                         + (latency.tpot.map { String(format: "; per output token p50 %.1f ms p99 %.1f ms", $0.p50, $0.p99) } ?? ""))
+        }
+        let object = server.object(ExpertPoolCRD.resource, pool, namespace: namespace)
+        let status = object?.json["status"].flatMap { try? ExpertPoolStatus(specJSON: $0, path: "status") }
+        let target = object.flatMap { try? ExpertPoolSpec(pool: $0.json) }?.autoscaling.target ?? 0
+        lines.append("SHARD    EXPERTS   REPLICAS(now/desired)  READY  LOAD/TARGET per replica (tokens/s)")
         for shard in status?.shards ?? [] {
-            lines.append([shard.name.padding(toLength: 6, withPad: " ", startingAt: 0), shard.experts.padding(toLength: 8, withPad: " ", startingAt: 0),
-                          "\(shard.replicas)/\(shard.desiredReplicas)".padding(toLength: 9, withPad: " ", startingAt: 0),
-                          "\(shard.readyReplicas)".padding(toLength: 6, withPad: " ", startingAt: 0), String(format: "%.0f", shard.load)].joined(separator: " "))
+            let perReplica = shard.load / Double(max(1, shard.readyReplicas))
+            lines.append([shard.name.padding(toLength: 8, withPad: " ", startingAt: 0), shard.experts.padding(toLength: 9, withPad: " ", startingAt: 0),
+                          "\(shard.replicas)/\(shard.desiredReplicas)".padding(toLength: 22, withPad: " ", startingAt: 0),
+                          "\(shard.readyReplicas)".padding(toLength: 6, withPad: " ", startingAt: 0),
+                          String(format: "%.0f/%.0f (%.2f)", perReplica, target, target > 0 ? perReplica / target : 0)].joined(separator: " "))
+        }
+        if let placement = status?.placement {
+            lines.append("placement revision \(placement.revision), imbalance \(String(format: "%.2f", placement.imbalance))"
+                         + (placement.retiring.isEmpty ? "" : ", rolling out (\(placement.retiring.count) old shards still serving)"))
         }
         if let limited = status?.condition("ScalingLimited"), limited.status == .true { lines.append("ScalingLimited: \(limited.message)") }
+        if let event = lastEvent() { lines.append("last event: \(event)") }
         return lines.joined(separator: "\n") + "\n" + (redraw ? "" : "\n")
+    }
+
+    /// The pool's newest scaling or placement Event: when, reason, message.
+    func lastEvent() -> String? {
+        let events = server.objects(.events, namespace: namespace).filter {
+            $0.json[path: ["involvedObject", "name"]]?.string == pool
+                && ["ScaledUp", "ScaledDown", "Replanned", "PlacementRolledOut"].contains($0.json["reason"]?.string ?? "")
+        }
+        guard let newest = events.max(by: { ($0.json["lastTimestamp"]?.string ?? "") < ($1.json["lastTimestamp"]?.string ?? "") }) else { return nil }
+        let time = newest.json["lastTimestamp"]?.string.map { String($0.dropFirst(11).prefix(8)) } ?? ""
+        return "\(time) \(newest.json["reason"]?.string ?? "") \(newest.json["message"]?.string ?? "")"
     }
 
     func printSummary() {

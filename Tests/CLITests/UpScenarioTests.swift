@@ -28,7 +28,7 @@ struct UpScenarioTests {
                 continue
             }
             let fields = line.split(separator: " ")
-            guard fields.count == 5, fields[0].hasPrefix("s"), let ready = Int(fields[3]) else { continue }
+            guard fields.count >= 5, fields[0].hasPrefix("s"), let ready = Int(fields[3]) else { continue }
             let counts = fields[2].split(separator: "/").compactMap { Int($0) }
             guard counts.count == 2 else { continue }
             current[String(fields[0])] = Row(replicas: counts[0], desired: counts[1], ready: ready)
