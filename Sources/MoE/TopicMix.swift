@@ -19,10 +19,15 @@ public struct TopicMix: Sendable {
 
     /// Each topic's share of requests at `seconds` into the run; sums to 1.
     public func weights(at seconds: Double) -> [Double] {
-        let shift = driftSeconds > 0 ? Int((seconds / driftSeconds).rounded(.down)) : 0
-        var weights = [Double](repeating: 0, count: routing.topics)
-        for rank in 0..<routing.topics {
-            weights[(rank + shift) % routing.topics] = 1 / Double(rank + 1).pow(exponent)
+        Self.zipf(topics: routing.topics, exponent: exponent, shift: driftSeconds > 0 ? Int((seconds / driftSeconds).rounded(.down)) : 0)
+    }
+
+    /// Zipf shares of `topics` topics, the most popular being topic `shift mod topics`, the next
+    /// one after it, and so on; sums to 1.
+    public static func zipf(topics: Int, exponent: Double, shift: Int) -> [Double] {
+        var weights = [Double](repeating: 0, count: topics)
+        for rank in 0..<topics {
+            weights[(rank + shift) % topics] = 1 / Double(rank + 1).pow(exponent)
         }
         let total = weights.reduce(0, +)
         return weights.map { $0 / total }
@@ -30,8 +35,12 @@ public struct TopicMix: Sendable {
 
     /// The topic a request arriving at `seconds` asks about, for a uniform draw `u` in [0, 1).
     public func topic(at seconds: Double, draw u: Double) -> Int {
+        Self.topic(weights: weights(at: seconds), draw: u)
+    }
+
+    /// The topic for a uniform draw `u` in [0, 1) from shares `weights`.
+    public static func topic(weights: [Double], draw u: Double) -> Int {
         var sum = 0.0
-        let weights = weights(at: seconds)
         for (topic, weight) in weights.enumerated() {
             sum += weight
             if u < sum { return topic }

@@ -75,67 +75,9 @@ struct UpCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let logger = try Self.fileLogger(path: directory + "/eaas.log", level: Logger.Level(rawValue: logLevel) ?? .info)
         let (pool, extraObjects) = try manifests(directory: directory)
-        let spec: ExpertPoolSpec
-        do { spec = try ExpertPoolSpec(pool: pool.json) } catch { throw ValidationError("\(file ?? "embedded pool"): \(error)") }
-        if case .failure(let problem) = spec.plan(poolName: pool.name ?? "") { throw ValidationError("\(file ?? "embedded pool"): \(problem.message)") }
-        guard spec.transport.backend != .verbs || !((try? RDMADevices.names()) ?? []).isEmpty else {
-            throw ValidationError("\(file ?? "pool"): transport.backend verbs needs an RDMA device, and this machine has none; use shm or tcp")
-        }
-        let config: ModelConfig
-        do { config = try ModelConfig.load(directory: spec.model.path) } catch {
-            throw ValidationError("spec.model.path \(spec.model.path): \(error)")
-        }
-        let namespace = pool.namespace ?? "default"
-        let name = pool.name ?? "local"
-
-        // The API server, with the CRD, the pool token Secret and the pool.
-        // It listens on loopback, where any local user could reach it: every request must carry a
-        // bearer token that only the kubeconfig written here (mode 0600, this user's) holds.
-        var serverConfiguration = TestAPIServer.Configuration()
-        serverConfiguration.port = apiPort
-        serverConfiguration.requiredBearerToken = (0..<4).map { _ in String(format: "%016llx", UInt64.random(in: 0...UInt64.max)) }.joined()
-        let server = try await TestAPIServer(configuration: serverConfiguration)
-        let kubeconfigPath = directory + "/kubeconfig"
-        unlink(kubeconfigPath)
-        guard FileManager.default.createFile(atPath: kubeconfigPath, contents: Data(server.kubeconfig(namespace: namespace).utf8),
-                                             attributes: [.posixPermissions: 0o600]) else {
-            throw CommandFailure("cannot write \(kubeconfigPath)")
-        }
-        let client = KubeClient(connection: server.connection)
-        _ = try await client.create(.customResourceDefinitions, KubeObject(ExpertPoolCRD.definition))
-        if namespace != "default" { _ = try? await client.create(.namespaces, KubeObject(.namespaces, name: namespace)) }
-        for object in extraObjects { _ = try await client.create(.secrets, object, namespace: namespace) }
-        let tokenSecret = spec.poolTokenSecret
-        let token: [UInt8]
-        if let existing = try? await client.get(.secrets, tokenSecret.name, namespace: namespace),
-           let encoded = existing.json[path: ["data", tokenSecret.key]]?.string, let data = Data(base64Encoded: encoded) {
-            // The Secret's bytes, as the pods read them from their token file.
-            token = PoolToken.trimmed(Array(data))
-            do { try PoolToken.validate(token, source: "Secret \(namespace)/\(tokenSecret.name) key \(tokenSecret.key)") } catch {
-                throw CommandFailure("\(error)")
-            }
-        } else {
-            token = Array((0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined().utf8)
-            _ = try await client.create(.secrets, KubeObject(.secrets, name: tokenSecret.name, namespace: namespace,
-                                                             fields: ["data": .object([tokenSecret.key: .string(Data(token).base64EncodedString())])]))
-        }
-        _ = try await client.create(ExpertPoolCRD.resource, pool, namespace: namespace)
-
-        // The same controller as in a cluster, and the runtime standing in for the cluster.
-        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        let runtime = LocalRuntime(client: client, launcher: ProcessLauncher(executable: executable),
-                                   configuration: .init(namespace: namespace, directory: directory + "/pods"), logger: logger)
-        var controllerConfiguration = ControllerConfiguration()
-        controllerConfiguration.namespace = namespace
-        let controller = ExpertPoolController(client: client, configuration: controllerConfiguration, logger: logger)
-        var dispatcher = Dispatcher.Configuration(poolToken: token, clientID: UInt64.random(in: 1...UInt64.max))
-        dispatcher.backend = spec.transport.backend == .tcp ? .tcp : .shm
-        dispatcher.modelDigest = try ModelDigest.compute(directory: spec.model.path).bytes
-        let probe = dispatcher
-        let membership = KubernetesMembership(client: client, pool: name, namespace: namespace, layers: config.moeLayers,
-                                              verify: KubernetesMembership.handshakeVerifier(configuration: probe, logger: logger), logger: logger)
-        _ = await membership.start()
-        let engine = try GenerationEngine(modelDirectory: spec.model.path, experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .bf16))
+        let system = try await LocalSystem.start(pool: pool, secrets: extraObjects, source: file ?? "embedded pool", directory: directory,
+                                                 apiPort: apiPort, logger: logger)
+        let (spec, config, engine, server, name, namespace) = (system.spec, system.config, system.engine, system.server, system.name, system.namespace)
         let text: ModelTokenizer?
         do {
             text = try ModelTokenizer.load(modelDirectory: spec.model.path)
@@ -143,7 +85,7 @@ struct UpCommand: AsyncParsableCommand {
         } catch { throw ValidationError("spec.model.path \(spec.model.path): \(error)") }
         let chatPrompts = (text?.chatTemplate == nil ? [] : UpQuestions.all).compactMap { try? text?.chatPrompt([.init(role: "user", content: $0)]) }
         let onDemoModel = file == nil && Self.demoModel()?.path == spec.model.path
-        let loadGenerator = SyntheticLoad(engine: engine, phases: try phases(onDemoModel: onDemoModel), requestTokens: requestTokens, vocabulary: config.vocabSize,
+        let loadGenerator = SyntheticLoad(engine: engine, trace: try LoadTrace.phases(try phases(onDemoModel: onDemoModel)), requestTokens: requestTokens, vocabulary: config.vocabSize,
                                           maxInFlight: maxInFlight, chatPrompts: chatPrompts,
                                           stopTokenIDs: (text?.stopTokenIDs ?? []).union(config.eosTokenIDs),
                                           topics: try TopicRouting.load(directory: spec.model.path).map { TopicMix(routing: $0) })
@@ -161,9 +103,7 @@ struct UpCommand: AsyncParsableCommand {
             logs in \(directory); Ctrl-C stops everything.\n
             """.utf8))
 
-        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: runtime), .init(service: controller),
-            .init(service: EngineService(engine: engine)),
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = system.services + [
             .init(service: api),
             .init(service: loadGenerator, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: table),
@@ -179,8 +119,7 @@ struct UpCommand: AsyncParsableCommand {
             groupError = error
             logger.error("stopped with an error", metadata: ["error": "\(error)"])
         }
-        membership.stop()
-        await server.shutdown()
+        await system.shutdown()
         table.printSummary()
         // Exit 0 only when the run's own check held: no request failed and nothing stopped it early.
         let totals = loadGenerator.totals

@@ -7,7 +7,7 @@ import KubeTestServer
 import MoE
 import ServiceLifecycle
 
-/// `eaas up`'s synthetic load: requests arrive at the current phase's rate (evenly spaced), each
+/// `eaas up`'s and `eaas bench elastic`'s synthetic load: requests arrive at the trace's rate (evenly spaced), each
 /// generating `requestTokens` tokens, so the load in tokens/s is the same on any machine that keeps
 /// up. At most `maxInFlight` run at once; an arrival beyond that is shed (counted, not sent), as a
 /// load balancer in front of a full worker would. With `chatPrompts` (a model with a tokenizer and
@@ -15,13 +15,13 @@ import ServiceLifecycle
 /// turn or at `requestTokens`; otherwise it is 8 random ids generating exactly `requestTokens`.
 final class SyntheticLoad: Service, @unchecked Sendable {
     let engine: GenerationEngine
-    let phases: [(start: Double, rate: Double)]
+    let trace: LoadTrace
     let requestTokens: Int
     let vocabulary: Int
     let maxInFlight: Int
     let chatPrompts: [[Int]]
     let stopTokenIDs: Set<Int>
-    /// A model with topics: prompts drawn from a drifting Zipf mix of them.
+    /// A model with topics: prompts drawn from the trace's topic weights, else a drifting Zipf mix.
     let topics: TopicMix?
     private let lock = NSLock()
     private var counts = (tokens: 0, finished: 0, failed: 0, shed: 0, inFlight: 0)
@@ -30,14 +30,30 @@ final class SyntheticLoad: Service, @unchecked Sendable {
     /// Recent finished requests: when, time to first token, mean time per later token (seconds).
     private var latencies: [(at: ContinuousClock.Instant, ttft: Double, tpot: Double?)] = []
     static let latencyWindow: Duration = .seconds(30)
+    /// Every finished request of the run (up to a million): seconds after the start it was sent,
+    /// time to first token, mean time per later token (seconds); shed requests as `shedAt`.
+    private var finishedRequests: [FinishedRequest] = []
+    private var shedAt: [Double] = []
 
-    init(engine: GenerationEngine, phases: [(start: Double, rate: Double)], requestTokens: Int, vocabulary: Int, maxInFlight: Int,
-         chatPrompts: [[Int]] = [], stopTokenIDs: Set<Int> = [], topics: TopicMix? = nil) {
+    /// One request's outcome, for SLO accounting.
+    struct FinishedRequest {
+        var sentAt: Double
+        var ttft: Double
+        var tpot: Double?
+    }
+
+    /// Whether arrivals stop at the trace's end (`run` returns once the requests sent have
+    /// finished) rather than at graceful shutdown.
+    let endsWithTrace: Bool
+
+    init(engine: GenerationEngine, trace: LoadTrace, requestTokens: Int, vocabulary: Int, maxInFlight: Int,
+         chatPrompts: [[Int]] = [], stopTokenIDs: Set<Int> = [], topics: TopicMix? = nil, endsWithTrace: Bool = false) {
+        self.endsWithTrace = endsWithTrace
         self.topics = topics
         self.chatPrompts = chatPrompts
         self.stopTokenIDs = stopTokenIDs
         self.engine = engine
-        self.phases = phases
+        self.trace = trace
         self.requestTokens = requestTokens
         self.vocabulary = vocabulary
         self.maxInFlight = maxInFlight
@@ -64,11 +80,14 @@ final class SyntheticLoad: Service, @unchecked Sendable {
         return (percentiles(recent.map(\.ttft)), tpots.isEmpty ? nil : percentiles(tpots))
     }
 
-    /// Requests per second the current phase asks for.
-    var rate: Double {
-        let seconds = (ContinuousClock.now - lock.withLock { started }).seconds
-        return phases.last { $0.start <= seconds }?.rate ?? 0
-    }
+    /// Seconds since the load started.
+    var elapsed: Double { (ContinuousClock.now - lock.withLock { started }).seconds }
+
+    /// Requests per second the trace asks for now.
+    var rate: Double { trace.rate(at: elapsed) }
+
+    /// The finished requests and the times of shed arrivals, so far.
+    var outcomes: (finished: [FinishedRequest], shed: [Double]) { lock.withLock { (finishedRequests, shedAt) } }
 
     func run() async throws {
         lock.withLock { started = .now }
@@ -77,7 +96,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
             // On shutdown arrivals stop and the requests already sent finish (the engine stops after this).
             await withTaskGroup(of: Void.self) { group in
                 var next = ContinuousClock.now
-                while !Task.isCancelled, !stopping.isSet {
+                while !Task.isCancelled, !stopping.isSet, !(self.endsWithTrace && self.elapsed >= self.trace.duration) {
                     let rate = self.rate
                     guard rate > 0 else {
                         try? await Task.sleep(for: .milliseconds(100))
@@ -90,6 +109,7 @@ final class SyntheticLoad: Service, @unchecked Sendable {
                     let admitted: Bool = self.lock.withLock {
                         guard self.counts.inFlight < self.maxInFlight else {
                             self.counts.shed += 1
+                            if self.shedAt.count < 1_000_000 { self.shedAt.append((ContinuousClock.now - self.started).seconds) }
                             return false
                         }
                         self.counts.inFlight += 1
@@ -113,8 +133,10 @@ final class SyntheticLoad: Service, @unchecked Sendable {
         if let chat = chatPrompts.randomElement() { return chat }
         var generator = SystemRandomNumberGenerator()
         if let topics {
-            let seconds = (ContinuousClock.now - lock.withLock { started }).seconds
-            return topics.prompt(topic: topics.topic(at: seconds, draw: Double.random(in: 0..<1)), length: 8, using: &generator)
+            let seconds = elapsed
+            let draw = Double.random(in: 0..<1)
+            let topic = trace.topicWeights(at: seconds).map { TopicMix.topic(weights: $0, draw: draw) } ?? topics.topic(at: seconds, draw: draw)
+            return topics.prompt(topic: topic, length: 8, using: &generator)
         }
         return (0..<8).map { _ in Int.random(in: 0..<vocabulary, using: &generator) }
     }
@@ -145,7 +167,11 @@ final class SyntheticLoad: Service, @unchecked Sendable {
                     counts.finished += 1
                     if let first {
                         if latencies.count >= 4096 { latencies.removeFirst(latencies.count - 4095) }
-                        latencies.append((now, (first - sent).seconds, tokens > 1 ? (now - first).seconds / Double(tokens - 1) : nil))
+                        let tpot = tokens > 1 ? (now - first).seconds / Double(tokens - 1) : nil
+                        latencies.append((now, (first - sent).seconds, tpot))
+                        if finishedRequests.count < 1_000_000 {
+                            finishedRequests.append(FinishedRequest(sentAt: (sent - started).seconds, ttft: (first - sent).seconds, tpot: tpot))
+                        }
                     }
                 }
             case .failed(let failure): record(failure: failure.description)
