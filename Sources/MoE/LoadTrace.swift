@@ -96,10 +96,12 @@ public struct LoadTrace: Sendable, Equatable {
     /// The mean rate over the trace's duration (exact for both interpolations).
     public var meanRate: Double {
         var area = 0.0
-        let ends = points.map(\.seconds).filter { $0 < duration } + [duration]
-        for index in 0..<(ends.count - 1) {
-            let (t0, t1) = (ends[index], ends[index + 1])
-            area += interpolation == .step ? rate(at: t0) * (t1 - t0) : (rate(at: t0) + rate(at: t1.nextDown)) / 2 * (t1 - t0)
+        for (index, point) in points.enumerated() where point.seconds < duration {
+            let next = index + 1 < points.count ? points[index + 1] : nil
+            let end = min(duration, next?.seconds ?? duration)
+            let endRate = interpolation == .step || next == nil ? point.rate
+                : point.rate + (next!.rate - point.rate) * (end - point.seconds) / (next!.seconds - point.seconds)
+            area += (point.rate + endRate) / 2 * (end - point.seconds)
         }
         return area / duration
     }

@@ -24,6 +24,6 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks; each prints ratios against its reference measured in the same run.",
-        subcommands: [ExpertsBenchCommand.self, TransportBenchCommand.self, PodBenchCommand.self, E2EBenchCommand.self, InformerBenchCommand.self, TokenizerBenchCommand.self, PodClientCommand.self, OverlapWorkerCommand.self]
+        subcommands: [ExpertsBenchCommand.self, TransportBenchCommand.self, PodBenchCommand.self, E2EBenchCommand.self, ElasticBenchCommand.self, InformerBenchCommand.self, TokenizerBenchCommand.self, PodClientCommand.self, OverlapWorkerCommand.self]
     )
 }

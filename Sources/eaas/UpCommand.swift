@@ -156,15 +156,20 @@ struct UpCommand: AsyncParsableCommand {
     /// The seeded model `eaas up` writes when none is given: Qwen3-MoE, 2 layers, 8 experts, top-2,
     /// 4 topics (so its synthetic load routes unevenly, and drifts, through the router).
     static func seededModel(directory: String) throws -> (path: String, experts: Int) {
-        let model = directory + "/model"
-        if !FileManager.default.fileExists(atPath: model + "/config.json") {
-            var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: 256)
-            spec.expertFFN = 512
-            spec.seed = 7
+        (try topicModel(at: directory + "/model", hidden: 256, expertFFN: 512, seed: 7), 8)
+    }
+
+    /// Writes (unless it is there) a Qwen3-MoE checkpoint of 2 layers, 8 experts top-2 and 4
+    /// topics at `path`.
+    static func topicModel(at path: String, hidden: Int, expertFFN: Int, seed: UInt64) throws -> String {
+        if !FileManager.default.fileExists(atPath: path + "/config.json") {
+            var spec = RandomModelSpec(architecture: .qwen3Moe, layers: 2, experts: 8, topK: 2, hidden: hidden)
+            spec.expertFFN = expertFFN
+            spec.seed = seed
             spec.topics = 4
-            try RandomModel.write(spec, to: model)
+            try RandomModel.write(spec, to: path)
         }
-        return (model, 8)
+        return path
     }
 
     /// The pool (and Secrets) to create: from -f, or the embedded default on a seeded model.

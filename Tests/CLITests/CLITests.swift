@@ -235,6 +235,50 @@ struct CLITests {
         #expect(ratio > 1.4 && ratio < 2.8, "1 replica \(one.tokensPerSecond) tok/s, 2 replicas \(two.tokensPerSecond) tok/s (×\(ratio))")
     }
 
+    @Test("bench elastic, one minute of the compressed day under load-aware placement: nothing fails, pods follow the demand, the plan gives the hottest expert the most replicas, the picture is written")
+    func benchElasticShort() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let result = try Self.run(["bench", "elastic", "--duration", "60", "--calibration-seconds", "10", "--policies", "load-aware",
+                                   "--min-improvement", "0.05", "--workdir", dir, "--json"], environment: ["EAAS_POOL_TOKEN": "cli-test-pool-token-0123456789"])
+        #expect(result.status == 0, "\(result.stderr.suffix(3000))")
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout.prefix(2000))")
+        let policies = try #require(document["policies"] as? [[String: Any]])
+        let summary = try #require(document["summary"] as? [String: Any])
+        #expect(policies.map { $0["name"] as? String } == ["load-aware"])
+        let run = try #require(policies.first)
+        #expect(run["failed_requests"] as? Int == 0)
+        #expect((run["requests"] as? Int ?? 0) > 100)
+        #expect((run["pod_seconds"] as? Double ?? 0) > 60 && (run["cpu_seconds"] as? Double ?? 0) > 0)
+        // The trace's own arithmetic: a night at 0.2 of the peak rising to 0.85, two bursts.
+        let ideal = summary["ideal_saving"] as? Double ?? 0
+        #expect(ideal > 0.35 && ideal < 0.6, "ideal saving \(ideal)")
+        #expect(["cgroup-v1", "cgroup-v2", "rate-limit"].contains(summary["capacity_enforcement"] as? String ?? "none"))
+        let top5 = summary["top5_expert_share"] as? Double ?? 0
+        #expect(top5 > 0.625 && top5 <= 1, "4 topics, Zipf 1.2: the five busiest of 8 experts take more than 5/8 (\(top5))")
+        // Replicas follow the trace: up from the night's count towards the afternoon's peak, and down again before the night.
+        let ready = (run["series"] as? [[String: Any]] ?? []).compactMap { $0["ready_pods"] as? Int }
+        let most = ready.max() ?? 0
+        #expect(ready.count > 50 && ready.first! < most && ready.last! < most, "ready pods each second: \(ready)")
+        // The plan from measured load gives the expert that was hottest over its window the most replicas.
+        let placement = try #require(summary["placement"] as? [String: Any], "no placement was planned: \(summary)")
+        let replicas = placement["expert_replicas"] as? [Int] ?? []
+        #expect(placement["hottest_expert_replicas"] as? Int == replicas.max(), "\(placement)")
+        let picture = try String(contentsOfFile: try #require(summary["picture"] as? String), encoding: .utf8)
+        #expect(picture.hasPrefix("<svg") && picture.contains("load-aware"))
+    }
+
+    @Test("bench elastic refuses an unknown policy and a trace it cannot read, naming what is wrong")
+    func benchElasticRefusesBadInput() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let policy = try Self.run(["bench", "elastic", "--policies", "static,autoscale"])
+        #expect(policy.status != 0 && policy.stderr.contains("'autoscale' is not one of static, shard-hpa, load-aware"), "\(policy.stderr)")
+        try "seconds,rps\n0,2\n30,abc\n".write(toFile: dir + "/trace.csv", atomically: true, encoding: .utf8)
+        let trace = try Self.run(["bench", "elastic", "--trace", dir + "/trace.csv", "--workdir", dir])
+        #expect(trace.status != 0 && trace.stderr.contains("line 3"), "\(trace.stderr)")
+    }
+
     @Test("generate prints the greedy tokens of a fixture, as transformers does")
     func generateFixture() throws {
         let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/qwen2-moe").path
