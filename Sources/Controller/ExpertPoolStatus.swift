@@ -12,6 +12,7 @@ public struct ExpertPoolStatus: SpecObject {
     public var selector = ""
     public var shards: [ShardStatus] = []
     public var placement: PlacementStatus?
+    public var model: ModelRolloutStatus?
     public var conditions: [PoolCondition] = []
     public init() {}
 
@@ -28,6 +29,7 @@ public struct ExpertPoolStatus: SpecObject {
             .field("shards", \.shards, "Each shard's replicas and load.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]]),
             .field("placement", \.placement, "With spec.placement.mode loadAware: the grouping running, the one it replaces while that rolls out, and why it changed."),
+            .field("model", \.model, "The revision of spec.model serving and older revisions still draining: a change of spec.model brings new Deployments up beside the old."),
             .field("conditions", \.conditions, "Ready, Progressing, Degraded, ScalingLimited and ModelsAgree.",
                    constraints: ["x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]]),
         ]
@@ -148,5 +150,74 @@ extension [PoolCondition] {
             condition.lastTransitionTime = now
             append(condition)
         }
+    }
+}
+
+/// `status.model`: which revision of `spec.model` the pool's shards serve, and the older revisions
+/// still up for the attention workers that have not moved yet. Kept in status so that a restarted
+/// or newly elected controller names the same Deployments.
+public struct ModelRolloutStatus: SpecObject {
+    public var revision = 0
+    public var path = ""
+    public var fingerprint = ""
+    public var retiring: [RetiringModel] = []
+    public var lastChangeTime = ""
+    public var reason = ""
+    public init() {}
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("revision", \.revision, "Changes of spec.model so far; revision n > 0 runs Deployments <pool>-<shard>-m<n>."),
+            .field("path", \.path, "spec.model.path of the revision serving."),
+            .field("fingerprint", \.fingerprint, "Hash of the spec.model the revision was made from."),
+            .field("retiring", \.retiring, "Older revisions, serving until the new one is ready and none of their pods has a worker connected."),
+            .field("lastChangeTime", \.lastChangeTime, "When spec.model last changed (RFC 3339)."),
+            .field("reason", \.reason, "What the rollout waits for, or what it last did."),
+        ]
+    }
+}
+
+/// One older model revision in `status.model.retiring`.
+public struct RetiringModel: SpecObject {
+    public var revision = 0
+    public var path = ""
+    public var shards: [RetiringShard] = []
+    /// Workers connected to its ready pods at the last look (-1: not all of them read yet).
+    public var clients = -1
+    public init() {}
+    public init(revision: Int, path: String, shards: [RetiringShard]) {
+        self.revision = revision
+        self.path = path
+        self.shards = shards
+    }
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("revision", \.revision, "The revision."),
+            .field("path", \.path, "The spec.model.path it serves."),
+            .field("shards", \.shards, "Its shards, with their Deployments (left as they were: the old model's template)."),
+            .field("clients", \.clients, "Attention workers connected to its ready pods at the last scrape (-1: not every pod read yet)."),
+        ]
+    }
+}
+
+/// A shard of a retiring model revision.
+public struct RetiringShard: SpecObject {
+    public var name = ""
+    public var deployment = ""
+    public var experts: [Int] = []
+    public init() {}
+    public init(name: String, deployment: String, experts: [Int]) {
+        self.name = name
+        self.deployment = deployment
+        self.experts = experts
+    }
+
+    public static var fields: [SpecField<Self>] {
+        [
+            .field("name", \.name, "Shard name."),
+            .field("deployment", \.deployment, "Its Deployment."),
+            .field("experts", \.experts, "Expert indices, ascending."),
+        ]
     }
 }

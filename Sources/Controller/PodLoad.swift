@@ -12,12 +12,15 @@ public struct PodCounters: Sendable, Equatable {
     /// `eaas_expert_tokens_total` by its `expert` label, summed over `layer`: what load-aware
     /// placement plans from (a shard serves its experts in every layer).
     public var expertTokens: [Int: Double]
+    /// `eaas_clients`: attention workers connected now (nil: a pod that does not report it).
+    public var clients: Int?
 
-    public init(tokens: Double, busySeconds: Double, modelDigest: String? = nil, expertTokens: [Int: Double] = [:]) {
+    public init(tokens: Double, busySeconds: Double, modelDigest: String? = nil, expertTokens: [Int: Double] = [:], clients: Int? = nil) {
         self.tokens = tokens
         self.busySeconds = busySeconds
         self.modelDigest = modelDigest
         self.expertTokens = expertTokens
+        self.clients = clients
     }
 
     /// Reads the Prometheus text exposition; nil when the expert token counter is absent (not an
@@ -28,12 +31,20 @@ public struct PodCounters: Sendable, Equatable {
         var sawTokens = false
         var digest: String?
         var byExpert: [Int: Double] = [:]
+        var clients: Int?
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) where !line.hasPrefix("#") {
             // name{labels} value [timestamp]
             let nameEnd = line.firstIndex { $0 == "{" || $0 == " " } ?? line.endIndex
             let name = line[..<nameEnd]
             if name == "eaas_model_info" {
                 digest = Self.label("digest", in: line[nameEnd...])
+                continue
+            }
+            if name == "eaas_clients" {
+                // A gauge without labels: `eaas_clients 3`.
+                if let value = line[nameEnd...].split(separator: " ").first.flatMap({ Double($0) }), value.isFinite, value >= 0, value < 1e9 {
+                    clients = Int(value)
+                }
                 continue
             }
             guard name == "eaas_expert_tokens_total" || name == "eaas_busy_seconds_total" else { continue }
@@ -50,7 +61,7 @@ public struct PodCounters: Sendable, Equatable {
             }
         }
         guard sawTokens else { return nil }
-        self.init(tokens: tokens, busySeconds: busy, modelDigest: digest, expertTokens: byExpert)
+        self.init(tokens: tokens, busySeconds: busy, modelDigest: digest, expertTokens: byExpert, clients: clients)
     }
 
     /// The value of label `name` in `{a="x",b="y"} …`, when it is a plain hex or word value (a
@@ -128,6 +139,9 @@ public final class LoadTracker: @unchecked Sendable {
 
     /// The checkpoint digest the pod reported in its last reading, if any.
     public func modelDigest(of uid: String) -> String? { lock.withLock { readings[uid]?.counters.modelDigest } }
+
+    /// The clients the pod said were connected in its last reading, if it said.
+    public func clients(of uid: String) -> Int? { lock.withLock { readings[uid]?.counters.clients } }
 
     /// Marks a failed scrape: the pod's metric is missing until two readings succeed again.
     public func markMissing(pod uid: String) { _ = lock.withLock { readings.removeValue(forKey: uid) } }

@@ -6,6 +6,8 @@ public enum PoolLabels {
     public static let pool = "eaas.dev/pool"
     public static let shard = "eaas.dev/shard"
     public static let experts = "eaas.dev/experts"
+    /// The revision of `spec.model` a pod serves (absent: revision 0).
+    public static let modelRevision = "eaas.dev/model-revision"
     public static let name = "app.kubernetes.io/name"
     public static let component = "app.kubernetes.io/component"
     public static let managedBy = "app.kubernetes.io/managed-by"
@@ -13,8 +15,10 @@ public enum PoolLabels {
 
     /// The shard plan ConfigMap of a pool.
     public static func planConfigMap(pool: String) -> String { "\(pool)-shard-plan" }
-    /// The Deployment of a shard.
-    public static func deployment(pool: String, shard: String) -> String { "\(pool)-\(shard)" }
+    /// The Deployment of a shard: `<pool>-<shard>` for revision 0 of spec.model, `-m<n>` after.
+    public static func deployment(pool: String, shard: String, modelRevision: Int = 0) -> String {
+        modelRevision == 0 ? "\(pool)-\(shard)" : "\(pool)-\(shard)-m\(modelRevision)"
+    }
     /// Where the pool token Secret is mounted in expert pods.
     public static let tokenDirectory = "/var/run/eaas/pool-token"
 }
@@ -29,20 +33,33 @@ public struct PoolChildren: Sendable {
     public var plan: ShardPlan
     /// Image for pods whose template gives none.
     public var defaultImage: String
+    /// The revision of spec.model the Deployments are for (`status.model.revision`).
+    public var modelRevision: Int
+    /// Shards of older model revisions still serving: listed in the workers' plan beside the
+    /// current ones (a worker of the old model uses them), never written (their template stays).
+    public var retiringShards: [RetiringShard]
     /// Seconds the kubelet waits after the drain before it kills a pod.
     public static let graceBeyondDrain = 15
 
-    public init(pool: KubeObject, spec: ExpertPoolSpec, plan: ShardPlan, defaultImage: String) {
+    public init(pool: KubeObject, spec: ExpertPoolSpec, plan: ShardPlan, defaultImage: String, modelRevision: Int = 0, retiringShards: [RetiringShard] = []) {
         poolName = pool.name ?? ""
         namespace = pool.namespace ?? "default"
         ownerReference = pool.controllerReference()
         self.spec = spec
         self.plan = plan
         self.defaultImage = defaultImage
+        self.modelRevision = modelRevision
+        self.retiringShards = retiringShards
     }
 
-    /// The labels selecting one shard's pods.
-    public func selector(shard: String) -> [String: String] { [PoolLabels.pool: poolName, PoolLabels.shard: shard] }
+    /// The labels selecting one shard's pods. After a model change the revision is part of it, so
+    /// that the Deployments of two revisions of a shard never select each other's pods (a
+    /// selector cannot change: revision 0 keeps the one it was created with).
+    public func selector(shard: String) -> [String: String] {
+        var labels = [PoolLabels.pool: poolName, PoolLabels.shard: shard]
+        if modelRevision > 0 { labels[PoolLabels.modelRevision] = "\(modelRevision)" }
+        return labels
+    }
 
     private func metadata(name: String, labels: [String: String], annotations: [String: String] = [:]) -> JSONValue {
         var all = labels
@@ -151,7 +168,7 @@ public struct PoolChildren: Sendable {
         return [
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": metadata(name: PoolLabels.deployment(pool: poolName, shard: shard.name),
+            "metadata": metadata(name: PoolLabels.deployment(pool: poolName, shard: shard.name, modelRevision: modelRevision),
                                  labels: selector.merging([PoolLabels.component: "expert-shard"]) { a, _ in a },
                                  annotations: [PoolLabels.experts: shard.expertRanges]),
             "spec": [
@@ -214,7 +231,9 @@ public struct PoolChildren: Sendable {
     /// The plan as `ShardPlanDocument` JSON.
     public var planDocument: JSONValue {
         ShardPlanDocument(pool: poolName, experts: spec.model.experts, port: spec.transport.port, backend: spec.transport.backend.rawValue,
-                          shards: plan.shards.map { .init(name: $0.name, deployment: PoolLabels.deployment(pool: poolName, shard: $0.name), experts: $0.experts) })
+                          shards: plan.shards.map { .init(name: $0.name, deployment: PoolLabels.deployment(pool: poolName, shard: $0.name, modelRevision: modelRevision),
+                                                          experts: $0.experts) }
+                              + retiringShards.map { .init(name: $0.name, deployment: $0.deployment, experts: $0.experts) })
             .json
     }
 }

@@ -19,7 +19,7 @@ extension PoolReconciler {
     }
 
     /// The grouping for `pool` now. `staticPlan` is spec.shards, the grouping of revision 0.
-    func placement(pool: KubeObject, spec: ExpertPoolSpec, staticPlan: ShardPlan, previous: PlacementStatus?) -> PlacementOutcome {
+    func placement(pool: KubeObject, spec: ExpertPoolSpec, staticPlan: ShardPlan, previous: PlacementStatus?, modelRevision: Int) -> PlacementOutcome {
         let experts = spec.model.experts
         var status = previous ?? PlacementStatus()
         var event: (reason: String, message: String)?
@@ -29,7 +29,7 @@ extension PoolReconciler {
             status.shards = staticPlan.shards.map { PlacedShard(name: $0.name, experts: $0.experts, replicas: spec.replicas.min) }
             status.reason = "revision 0: the grouping spec.shards gives"
         }
-        let rates = windowedRates(pool: pool, spec: spec, shards: status.shards + status.retiring)
+        let rates = windowedRates(pool: pool, spec: spec, shards: status.shards + status.retiring, modelRevision: modelRevision)
         let bounds = spec.replicas.min...max(spec.replicas.min, spec.replicas.max)
         let target = spec.autoscaling.target
         status.imbalance = (PlacementPlanner.imbalance(shardLoads: PlacementPlanner.shardLoads(status.shards.map(\.experts), loads: rates),
@@ -40,7 +40,7 @@ extension PoolReconciler {
             // was scraped twice while ready, so workers (which watch EndpointSlices) have had a
             // scrape interval to see and verify it.
             let waiting = status.shards.filter { shard in
-                !podsOf(pool: pool, shard: shard.name).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
+                !podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
             }
             if waiting.isEmpty {
                 event = ("PlacementRolledOut", "revision \(status.revision) serving; removing the \(status.retiring.count) shards of the previous grouping")
@@ -75,14 +75,14 @@ extension PoolReconciler {
     }
 
     /// Each expert's token rate over the window, from the ready pods of every shard serving.
-    private func windowedRates(pool: KubeObject, spec: ExpertPoolSpec, shards: [PlacedShard]) -> [Double] {
+    private func windowedRates(pool: KubeObject, spec: ExpertPoolSpec, shards: [PlacedShard], modelRevision: Int) -> [Double] {
         var rates = [Double](repeating: 0, count: spec.model.experts)
         // A sample only when every ready pod has a rate: a pod just started (one reading, no rate
         // yet) would make its experts look colder than they are.
         var measured = true
         var any = false
         for shard in shards {
-            for pod in podsOf(pool: pool, shard: shard.name) where Self.isReady(pod) {
+            for pod in podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision) where Self.isReady(pod) {
                 guard let load = pod.uid.flatMap(loads.load(of:)) else {
                     measured = false
                     continue

@@ -47,9 +47,9 @@ extension PoolReconciler {
         return String(hash, radix: 16)
     }
 
-    func deleteRemovedShards(pool: KubeObject, plan: ShardPlan) async throws {
-        guard let uid = pool.uid, let name = pool.name else { return }
-        let wanted = Set(plan.shards.map { PoolLabels.deployment(pool: name, shard: $0.name) })
+    /// Removes the pool's Deployments not in `wanted` (shards gone from the plan, model revisions retired).
+    func deleteRemovedShards(pool: KubeObject, keeping wanted: Set<String>) async throws {
+        guard let uid = pool.uid else { return }
         for deployment in deployments.byIndex(InformerStore.ownerIndex.name, uid) where !wanted.contains(deployment.name ?? "") {
             logger.info("removing shard", metadata: ["pool": "\(pool.key)", "deployment": "\(deployment.name ?? "")"])
             do {

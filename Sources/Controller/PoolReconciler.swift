@@ -117,8 +117,9 @@ public final class PoolReconciler: @unchecked Sendable {
         var retiring = Set<String>()
         var initialReplicas: [String: Int] = [:]
         var placementEvent: (reason: String, message: String)?
+        let servingRevision = status.model?.revision ?? 0
         if spec.placement.mode == .loadAware {
-            let outcome = placement(pool: pool, spec: spec, staticPlan: plan, previous: status.placement)
+            let outcome = placement(pool: pool, spec: spec, staticPlan: plan, previous: status.placement, modelRevision: servingRevision)
             plan = outcome.plan
             retiring = outcome.retiring
             initialReplicas = outcome.initialReplicas
@@ -127,12 +128,17 @@ public final class PoolReconciler: @unchecked Sendable {
         } else {
             status.placement = nil
         }
+        let rollout = modelRollout(pool: pool, spec: spec, plan: plan, previous: status.model)
+        status.model = rollout.status
+        let modelRevision = rollout.status.revision
+        let retiringShards = rollout.status.retiring.flatMap(\.shards)
         if let problem = try await secretProblem(spec: spec, namespace: namespace) {
             try await publishProblem(problem, pool: pool, status: &status, generation: generation)
             return .requeue(after: configuration.secretRecheck)
         }
 
-        let children = PoolChildren(pool: pool, spec: spec, plan: plan, defaultImage: configuration.expertImage)
+        let children = PoolChildren(pool: pool, spec: spec, plan: plan, defaultImage: configuration.expertImage,
+                                    modelRevision: modelRevision, retiringShards: retiringShards)
         try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)), pool: key)
         try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name), pool: key)
 
@@ -140,7 +146,7 @@ public final class PoolReconciler: @unchecked Sendable {
         var limited: [(String, ScaleDecision)] = []
         var progressing: [String] = []
         for shard in plan.shards {
-            let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name)
+            let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name, modelRevision: modelRevision)
             let existing = deployments.get(namespace: namespace, name: deploymentName)
             var current = existing?.json[path: ["spec", "replicas"]]?.int ?? initialReplicas[shard.name] ?? spec.replicas.min
             // The cache may not show our last write yet: then our write is the current count.
@@ -150,7 +156,7 @@ public final class PoolReconciler: @unchecked Sendable {
             }
             // A shard scaled to 0 by hand leaves experts unserved: it counts as at the minimum.
             if current == 0 { current = spec.replicas.min }
-            var (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current)
+            var (decision, load) = decide(pool: pool, spec: spec, shard: shard, current: current, modelRevision: modelRevision)
             // A retiring shard keeps what it has until the new grouping serves; then it is removed.
             if retiring.contains(shard.name) { decision = ScaleDecision(replicas: current, stabilized: current, reason: "DesiredWithinRange") }
             if decision.limited { limited.append((shard.name, decision)) }
@@ -175,11 +181,13 @@ public final class PoolReconciler: @unchecked Sendable {
                 progressing.append(shard.name)
             }
         }
-        try await deleteRemovedShards(pool: pool, plan: plan)
-        if let placementEvent {
-            logger.info("placement", metadata: ["pool": "\(pool.key)", "reason": "\(placementEvent.reason)", "message": "\(placementEvent.message)"])
-            await recordEvent(pool: pool, reason: placementEvent.reason, message: placementEvent.message)
+        let wanted = plan.shards.map { PoolLabels.deployment(pool: name, shard: $0.name, modelRevision: modelRevision) } + retiringShards.map(\.deployment)
+        try await deleteRemovedShards(pool: pool, keeping: Set(wanted))
+        for event in (placementEvent.map { [$0] } ?? []) + rollout.events {
+            logger.info("rollout", metadata: ["pool": "\(pool.key)", "reason": "\(event.reason)", "message": "\(event.message)"])
+            await recordEvent(pool: pool, reason: event.reason, message: event.message)
         }
+        if !rollout.status.retiring.isEmpty { progressing.append(contentsOf: rollout.status.retiring.map { "(model revision \($0.revision))" }) }
 
         // Status.
         status.observedGeneration = generation
@@ -196,11 +204,14 @@ public final class PoolReconciler: @unchecked Sendable {
         status.conditions.set(unserved.isEmpty
             ? condition("Ready", .true, "AllShardsServing", "\(plan.shards.count) shard\(plan.shards.count == 1 ? "" : "s"), \(status.readyReplicas) ready pods", generation)
             : condition("Ready", .false, "ShardsUnavailable", "no ready pod in shard\(unserved.count == 1 ? "" : "s") \(Self.list(unserved))", generation), now: timestamp)
+        let shardsBehind = progressing.filter { !$0.hasPrefix("(") }
         status.conditions.set(progressing.isEmpty
             ? condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation)
-            : condition("Progressing", .true, "RollingOut", "shard\(progressing.count == 1 ? "" : "s") \(Self.list(progressing)) not yet at the current spec and desired replicas", generation), now: timestamp)
+            : !shardsBehind.isEmpty
+            ? condition("Progressing", .true, "RollingOut", "shard\(shardsBehind.count == 1 ? "" : "s") \(Self.list(shardsBehind)) not yet at the current spec and desired replicas", generation)
+            : condition("Progressing", .true, "ModelRollingOut", rollout.status.reason, generation), now: timestamp)
         status.conditions.set(condition("Degraded", .false, "AsExpected", "the spec is valid and its Secret exists", generation), now: timestamp)
-        let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name) }.filter(Self.isReady)
+        let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: modelRevision) }.filter(Self.isReady)
             .map { ModelAgreement.Pod(name: $0.name ?? "?", digest: $0.uid.flatMap(loads.modelDigest(of:))) }
         let models = ModelAgreement.verdict(servingPods)
         status.conditions.set(condition("ModelsAgree", models.status, models.reason, models.message, generation), now: timestamp)
@@ -220,8 +231,8 @@ public final class PoolReconciler: @unchecked Sendable {
     // MARK: Autoscaling
 
     /// The shard's replicas for now, and its measured load.
-    private func decide(pool: KubeObject, spec: ExpertPoolSpec, shard: ShardPlan.Shard, current: Int) -> (ScaleDecision, Double) {
-        let shardPods = podsOf(pool: pool, shard: shard.name)
+    private func decide(pool: KubeObject, spec: ExpertPoolSpec, shard: ShardPlan.Shard, current: Int, modelRevision: Int) -> (ScaleDecision, Double) {
+        let shardPods = podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision)
         let metric = spec.autoscaling.metric
         var load = 0.0
         let samples = shardPods.map { pod -> ReplicaCalculator.PodSample in
@@ -271,10 +282,12 @@ public final class PoolReconciler: @unchecked Sendable {
         }
     }
 
-    /// The pods of one shard that count: not being deleted, not finished.
-    func podsOf(pool: KubeObject, shard: String) -> [KubeObject] {
+    /// The pods of one shard of model revision `modelRevision` that count: not being deleted,
+    /// not finished.
+    func podsOf(pool: KubeObject, shard: String, modelRevision: Int) -> [KubeObject] {
         pods.byIndex(InformerStore.namespaceIndex.name, pool.namespace ?? "").filter { pod in
-            pod.labels[PoolLabels.pool] == pool.name && pod.labels[PoolLabels.shard] == shard && pod.deletionTimestamp == nil
+            pod.labels[PoolLabels.pool] == pool.name && pod.labels[PoolLabels.shard] == shard && Self.modelRevision(of: pod) == modelRevision
+                && pod.deletionTimestamp == nil
                 && !["Succeeded", "Failed"].contains(Self.phase(pod))
         }
     }

@@ -38,6 +38,7 @@ public final class ExpertPod: @unchecked Sendable {
                                                 metrics.record(refusal: reason)
                                                 refusals.note(reason)
                                             })
+        metrics.countClients { [weak dataPlane] in dataPlane?.clientCount ?? 0 }
         service = ExpertPodService(server: dataPlane, status: status, gracePeriod: configuration.gracePeriod, logger: logger)
         logger.info("shard loaded", metadata: ["shard": "\(configuration.shard)", "experts": "\(shard.hosted.count)", "weight_bytes": "\(shard.weightBytes)",
                                                "model_digest": "\(shard.digest)", "matmul": "\(MatmulPrecision.process.summary)",

@@ -1,3 +1,4 @@
+import Foundation
 import CoreMetrics
 import Prometheus
 import Transport
@@ -15,7 +16,9 @@ import Transport
 /// - `eaas_handshake_refusals_total{reason}`: connections turned away before they became
 ///   clients (wrong token, malformed, timeout, caps, draining);
 /// - `eaas_model_info{digest}` (always 1): the `ModelDigest` of the checkpoint served, so that
-///   the controller can say when a pool's pods serve different checkpoints.
+///   the controller can say when a pool's pods serve different checkpoints;
+/// - `eaas_clients`: data-plane clients (attention workers) connected now, read at each scrape:
+///   a model rollout retires the old revision's pods once no worker uses them.
 public final class PodMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let requests: CoreMetrics.Counter
@@ -28,6 +31,9 @@ public final class PodMetrics: @unchecked Sendable {
     private let refusals: [HandshakeRefusal: CoreMetrics.Counter]
 
     private let modelInfo: CoreMetrics.Gauge?
+    private let clients: CoreMetrics.Gauge
+    private let clientLock = NSLock()
+    nonisolated(unsafe) private var clientCount: (@Sendable () -> Int)?
 
     public init(hosted: [HostedExpert], modelDigest: String? = nil) {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -63,7 +69,12 @@ public final class PodMetrics: @unchecked Sendable {
         self.refusals = refusals
         modelInfo = modelDigest.map { CoreMetrics.Gauge(label: "eaas_model_info", dimensions: [("digest", $0)], factory: factory) }
         modelInfo?.record(1)
+        clients = CoreMetrics.Gauge(label: "eaas_clients", factory: factory)
+        clients.record(0)
     }
+
+    /// Where `eaas_clients` is read from (the data-plane server, once it exists).
+    public func countClients(with count: @escaping @Sendable () -> Int) { clientLock.withLock { clientCount = count } }
 
     /// Counts a connection turned away before it became a client.
     public func record(refusal reason: HandshakeRefusal) { refusals[reason]?.increment() }
@@ -87,5 +98,8 @@ public final class PodMetrics: @unchecked Sendable {
     public func record(expert: HostedExpert, tokens: Int) { expertTokens[expert]?.increment(by: tokens) }
 
     /// The Prometheus text exposition.
-    public func text() -> String { registry.emitToString() }
+    public func text() -> String {
+        if let count = clientLock.withLock({ clientCount }) { clients.record(count()) }
+        return registry.emitToString()
+    }
 }
