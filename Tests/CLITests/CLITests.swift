@@ -25,7 +25,18 @@ struct CLITests {
         let stderr: String
     }
 
-    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
+    /// Runs `eaas arguments` to its end. The waiting happens on a thread of its own, never on
+    /// the test pool's: a bench that runs a minute must not hold one of the few threads the
+    /// other tests' timers need (on two cores, two such waits starved every scenario test).
+    static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> Result {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                continuation.resume(with: Swift.Result<CLITests.Result, Error> { try runBlocking(arguments, environment: environment) })
+            }.start()
+        }
+    }
+
+    private static func runBlocking(_ arguments: [String], environment: [String: String]) throws -> Result {
         let out = Pipe(), err = Pipe()
         let process = try ChildProcess(executable: binary, arguments: arguments, environment: ProcessInfo.processInfo.environment.merging(environment) { $1 },
                                        standardOutput: .pipe(out), standardError: .pipe(err))
@@ -47,40 +58,40 @@ struct CLITests {
     }
 
     @Test("model init writes a checkpoint that model inspect reads and checks")
-    func initThenInspect() throws {
+    func initThenInspect() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let made = try Self.run(["model", "init", "--arch", "deepseek-v3", "--layers", "3", "--experts", "16", "--top-k", "4",
+        let made = try await Self.run(["model", "init", "--arch", "deepseek-v3", "--layers", "3", "--experts", "16", "--top-k", "4",
                                  "--hidden", "64", "--dense-layers", "1", "--max-shard-size", "64KB", "--out", dir + "/m"])
         #expect(made.status == 0, "\(made.stderr)")
         #expect(made.stdout.contains("wrote DeepseekV3ForCausalLM"))
         #expect(FileManager.default.fileExists(atPath: dir + "/m/model.safetensors.index.json"))
-        let inspected = try Self.run(["model", "inspect", dir + "/m"])
+        let inspected = try await Self.run(["model", "inspect", dir + "/m"])
         #expect(inspected.status == 0, "\(inspected.stderr)")
         for fragment in ["DeepseekV3ForCausalLM", "moe layers     1-2 of 0-2", "16 routed", "top-4", "sigmoid scores + correction bias",
                          "router, experts and shared experts are present"] {
             #expect(inspected.stdout.contains(fragment), "inspect output lacks '\(fragment)':\n\(inspected.stdout)")
         }
         // Nothing already written is lost: a second init into the same place is refused without --force.
-        let again = try Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir + "/m"])
+        let again = try await Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir + "/m"])
         #expect(again.status != 0 && again.stderr.contains("already holds a checkpoint") && again.stderr.contains("--force"))
         #expect(again.stderr.contains("model.safetensors.index.json"))
         // --force replaces the sharded checkpoint with a single file and leaves no stale shard or index.
-        let forced = try Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32",
+        let forced = try await Self.run(["model", "init", "--arch", "mixtral", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32",
                                    "--out", dir + "/m", "--force"])
         #expect(forced.status == 0, "\(forced.stderr)")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/m").sorted()
         #expect(files == ["config.json", "model.safetensors"])
-        let inspectedAgain = try Self.run(["model", "inspect", dir + "/m"])
+        let inspectedAgain = try await Self.run(["model", "inspect", dir + "/m"])
         #expect(inspectedAgain.stdout.contains("MixtralForCausalLM") && inspectedAgain.stdout.contains("shapes"))
     }
 
     @Test("Weights without a config.json are not overwritten either")
-    func bareWeightsAreKept() throws {
+    func bareWeightsAreKept() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir + "/model.safetensors"))
-        let result = try Self.run(["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir])
+        let result = try await Self.run(["model", "init", "--arch", "olmoe", "--layers", "1", "--experts", "2", "--top-k", "1", "--hidden", "32", "--out", dir])
         #expect(result.status != 0 && result.stderr.contains("model.safetensors"))
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/model.safetensors")) == Data([1, 2, 3]))
     }
@@ -111,15 +122,15 @@ struct CLITests {
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--micro-batches", "3"], "--micro-batches must be 1, 2 or auto (got '3')"),
         (["generate", "--model", "/tmp/x", "--prompt-ids", "1", "--micro-batches", "2"], "--micro-batches 2 needs --experts remote"),
     ])
-    func refusesBadArguments(arguments: [String], fragment: String) throws {
-        let result = try Self.run(arguments)
+    func refusesBadArguments(arguments: [String], fragment: String) async throws {
+        let result = try await Self.run(arguments)
         #expect(result.status != 0)
         #expect(result.stderr.contains(fragment), "stderr: \(result.stderr)")
     }
 
     @Test("bench transport --json prints one document with the fields the issue names, for shm and tcp", arguments: ["shm", "tcp"])
-    func transportBenchJSON(backend: String) throws {
-        let result = try Self.run(["bench", "transport", "--backend", backend, "--tokens", "1,4", "--hidden", "64", "--seconds", "0.01", "--json"])
+    func transportBenchJSON(backend: String) async throws {
+        let result = try await Self.run(["bench", "transport", "--backend", backend, "--tokens", "1,4", "--hidden", "64", "--seconds", "0.01", "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         #expect(document?["bench"] as? String == "transport")
@@ -134,10 +145,10 @@ struct CLITests {
     }
 
     @Test("bench e2e --json on a tiny model prints the throughput, ratio and failure fields the issue names, and the failure run keeps every token")
-    func e2eBenchJSON() throws {
+    func e2eBenchJSON() async throws {
         let cache = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: cache) }
-        let result = try Self.run(["bench", "e2e", "--hidden", "64", "--expert-ffn", "32", "--experts", "8", "--top-k", "2", "--layers", "2",
+        let result = try await Self.run(["bench", "e2e", "--hidden", "64", "--expert-ffn", "32", "--experts", "8", "--top-k", "2", "--layers", "2",
                                    "--heads", "4", "--kv-heads", "2", "--vocab", "256", "--batch-sizes", "1,4", "--decode-tokens", "4",
                                    "--prefill-tokens", "40", "--prefill-batch-sizes", "1,3", "--prefill-batch-tokens", "64",
                                    "--failure-seconds", "2", "--failure-pairs", "2", "--cache-dir", cache, "--json"])
@@ -206,14 +217,14 @@ struct CLITests {
     }
 
     @Test("Under a CPU limit per replica, doubling a shard's replicas (and its clients) roughly doubles what it serves", arguments: ["auto", "rate-limit"])
-    func benchPodReplicasAddCapacity(enforcement: String) throws {
+    func benchPodReplicasAddCapacity(enforcement: String) async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "8", "--top-k", "2",
+        let made = try await Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "8", "--top-k", "2",
                                  "--hidden", "256", "--ffn", "256", "--out", dir + "/m"])
         #expect(made.status == 0, "\(made.stderr)")
-        func served(replicas: Int) throws -> (tokensPerSecond: Double, enforcement: String?, fractionUsed: Double) {
-            let result = try Self.run(["bench", "pod", "--model", dir + "/m", "--shard", "0-7@0", "--cpu-limit", "0.25", "--cpu-enforcement", enforcement,
+        func served(replicas: Int) async throws -> (tokensPerSecond: Double, enforcement: String?, fractionUsed: Double) {
+            let result = try await Self.run(["bench", "pod", "--model", dir + "/m", "--shard", "0-7@0", "--cpu-limit", "0.25", "--cpu-enforcement", enforcement,
                                        "--replicas", "\(replicas)", "--clients", "\(4 * replicas)", "--seconds", "2", "--transport", "tcp", "--json"],
                                       environment: ["EAAS_POOL_TOKEN": "cli-test-pool-token-0123456789"])
             #expect(result.status == 0, "\(result.stderr)")
@@ -222,7 +233,7 @@ struct CLITests {
             return (row?["pod_tokens_per_s"] as? Double ?? 0, document?["capacity_enforcement"] as? String,
                     row?["cpu_limit_fraction_used"] as? Double ?? 0)
         }
-        let one = try served(replicas: 1), two = try served(replicas: 2)
+        let one = try await served(replicas: 1), two = try await served(replicas: 2)
         if enforcement == "rate-limit" {
             #expect(one.enforcement == "rate-limit")
         } else {
@@ -236,13 +247,13 @@ struct CLITests {
     }
 
     @Test("bench elastic, a day squeezed into 70 s under load-aware placement: nothing fails, pods follow the demand, the plan gives the hottest expert the most replicas, the picture is written")
-    func benchElasticShort() throws {
+    func benchElasticShort() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // A day squeezed into 70 s: night, a rise to the peak from 20 s to 35 s, night again from 40 s,
         // so that scale-down (10 s stabilization) has time to show. Light enough to share the machine with the suite.
         try "seconds,requests_per_second\n0,1.5\n15,1.5\n20,6\n35,6\n40,1.5\n70,1.5\n".write(toFile: dir + "/day.csv", atomically: true, encoding: .utf8)
-        let result = try Self.run(["bench", "elastic", "--trace", dir + "/day.csv", "--calibration-seconds", "10", "--policies", "load-aware",
+        let result = try await Self.run(["bench", "elastic", "--trace", dir + "/day.csv", "--calibration-seconds", "10", "--policies", "load-aware",
                                    "--min-improvement", "0", "--workdir", dir, "--json"],
                                   environment: ["EAAS_POOL_TOKEN": "cli-test-pool-token-0123456789"])
         #expect(result.status == 0, "\(result.stderr.suffix(3000))")
@@ -273,20 +284,20 @@ struct CLITests {
     }
 
     @Test("bench elastic refuses an unknown policy and a trace it cannot read, naming what is wrong")
-    func benchElasticRefusesBadInput() throws {
+    func benchElasticRefusesBadInput() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let policy = try Self.run(["bench", "elastic", "--policies", "static,autoscale"])
+        let policy = try await Self.run(["bench", "elastic", "--policies", "static,autoscale"])
         #expect(policy.status != 0 && policy.stderr.contains("'autoscale' is not one of static, shard-hpa, load-aware"), "\(policy.stderr)")
         try "seconds,rps\n0,2\n30,abc\n".write(toFile: dir + "/trace.csv", atomically: true, encoding: .utf8)
-        let trace = try Self.run(["bench", "elastic", "--trace", dir + "/trace.csv", "--workdir", dir])
+        let trace = try await Self.run(["bench", "elastic", "--trace", dir + "/trace.csv", "--workdir", dir])
         #expect(trace.status != 0 && trace.stderr.contains("line 3"), "\(trace.stderr)")
     }
 
     @Test("generate prints the greedy tokens of a fixture, as transformers does")
-    func generateFixture() throws {
+    func generateFixture() async throws {
         let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/qwen2-moe").path
-        let result = try Self.run(["generate", "--model", fixture, "--prompt-ids", "54,20,20,61,49,39,26", "--max-tokens", "16", "--ignore-eos", "--json"])
+        let result = try await Self.run(["generate", "--model", fixture, "--prompt-ids", "54,20,20,61,49,39,26", "--max-tokens", "16", "--ignore-eos", "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         let sequence = (document?["sequences"] as? [[String: Any]])?.first
@@ -296,8 +307,8 @@ struct CLITests {
     }
 
     @Test("bench experts --json prints one document with the fields the issue names")
-    func benchJSON() throws {
-        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,16,128", "--dtypes", "f32,bf16", "--seconds", "0.01", "--json"])
+    func benchJSON() async throws {
+        let result = try await Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,16,128", "--dtypes", "f32,bf16", "--seconds", "0.01", "--json"])
         #expect(result.status == 0, "\(result.stderr)")
         let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         #expect(document?["bench"] as? String == "experts")
@@ -315,8 +326,8 @@ struct CLITests {
     }
 
     @Test("bench experts as a table prints every summary line, the matmul precision among them, and exits 0")
-    func benchTable() throws {
-        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,128", "--dtypes", "bf16", "--seconds", "0.01"],
+    func benchTable() async throws {
+        let result = try await Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1,128", "--dtypes", "bf16", "--seconds", "0.01"],
                                   environment: ["EAAS_MATMUL": "exact"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("matmul: exact"), "\(result.stdout)")
@@ -324,18 +335,18 @@ struct CLITests {
     }
 
     @Test("EAAS_MATMUL that is neither bf16 nor exact stops a command that multiplies, naming the value")
-    func refusesBadMatmul() throws {
-        let result = try Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1", "--dtypes", "bf16", "--seconds", "0.01"],
+    func refusesBadMatmul() async throws {
+        let result = try await Self.run(["bench", "experts", "--shapes", "64x48x4x2", "--tokens", "1", "--dtypes", "bf16", "--seconds", "0.01"],
                                   environment: ["EAAS_MATMUL": "fast"])
         #expect(result.status == 2)
         #expect(result.stderr.contains("EAAS_MATMUL='fast' is not 'bf16' or 'exact'"), "\(result.stderr)")
     }
 
     @Test("expert-pod refuses bad options, shards the model cannot serve, and a missing pool token, each by name")
-    func expertPodRefusals() throws {
+    func expertPodRefusals() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
+        let made = try await Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
         #expect(made.status == 0, "\(made.stderr)")
         try Data("secret\n".utf8).write(to: URL(fileURLWithPath: dir + "/token"))
         let cases: [([String], String)] = [
@@ -346,16 +357,16 @@ struct CLITests {
             (["--shard", "0", "--pool-token-file", dir + "/missing"], "--pool-token-file \(dir)/missing cannot be read"),
         ]
         for (options, message) in cases {
-            let result = try Self.run(["expert-pod", "--model", dir + "/m", "--listen", "127.0.0.1:0", "--metrics-port", "0"] + options)
+            let result = try await Self.run(["expert-pod", "--model", dir + "/m", "--listen", "127.0.0.1:0", "--metrics-port", "0"] + options)
             #expect(result.status != 0 && result.stderr.contains(message), "\(options): \(result.stderr)")
         }
     }
 
     @Test("model inspect exits 1 when an expert tensor is missing, and says why on its last line")
-    func inspectFailsOnMissingExpert() throws {
+    func inspectFailsOnMissingExpert() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let made = try Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
+        let made = try await Self.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32", "--out", dir + "/m"])
         #expect(made.status == 0, "\(made.stderr)")
         // Rename one expert tensor in the header (same length, so every offset stays right): the
         // checkpoint still parses, but expert 1 of layer 0 has no down projection.
@@ -366,7 +377,7 @@ struct CLITests {
         bytes.replaceSubrange(range, with: Data("model.layers.0.mlp.experts.1.down_proj.weighx".utf8))
         try bytes.write(to: URL(fileURLWithPath: path))
 
-        let inspected = try Self.run(["model", "inspect", dir + "/m"])
+        let inspected = try await Self.run(["model", "inspect", dir + "/m"])
         #expect(inspected.status == 1, "exit \(inspected.status): \(inspected.stdout)")
         let last = inspected.stdout.split(separator: "\n").last.map(String.init) ?? ""
         #expect(last.contains("failed the check") && last.contains("experts.1.down_proj"), "last line: \(last)")

@@ -208,7 +208,7 @@ struct UpScenarioTests {
     func upExitsOneWhenRequestsFail() async throws {
         let directory = try CLITests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let made = try CLITests.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32",
+        let made = try await CLITests.run(["model", "init", "--arch", "qwen3-moe", "--layers", "1", "--experts", "4", "--top-k", "2", "--hidden", "32",
                                      "--dtype", "f32", "--out", directory + "/model"])
         #expect(made.status == 0, "\(made.stderr)")
         // Every embedding NaN: every request's hidden states are refused by the pods (and none

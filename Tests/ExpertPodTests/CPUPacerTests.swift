@@ -32,7 +32,8 @@ struct CPUPacerTests {
             return (Self.threadCPUSeconds() - cpuStart, CPUPacer.wallSeconds() - wallStart, pacer.throttledSeconds)
         }
         #expect(used <= 0.2 * wall + 0.02 + 0.05, "used \(used) CPU-s in \(wall) s under a 0.2 CPU limit")
-        #expect(used > 0.01, "the paced thread did some work")
+        // Only that it ran at all: on a loaded machine the thread may get little of its 0.2 CPU.
+        #expect(used > 0.001, "the paced thread did some work")
         #expect(throttled > 0.3, "most of the second was spent paying back")
     }
 
