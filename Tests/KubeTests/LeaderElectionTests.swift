@@ -64,23 +64,24 @@ struct LeaderElectionTests {
         let api = try await APIFixture.start()
         defer { Task { await api.close() } }
         let leadership = Leadership()
-        let first = LeaderElector(client: api.client, configuration: Self.configuration("a", release: false, lease: .seconds(10)))
-        let second = LeaderElector(client: api.client, configuration: Self.configuration("b", release: false, lease: .seconds(10)))
+        let first = LeaderElector(client: api.client, configuration: Self.configuration("a", release: false, lease: .seconds(15)))
+        let second = LeaderElector(client: api.client, configuration: Self.configuration("b", release: false, lease: .seconds(15)))
         let runA = Task { try await first.run(leadership.work("a")) }
         #expect(await eventually { leadership.leader == "a" })
         let runB = Task { try await second.run(leadership.work("b")) }
         // More than a lease duration: "a" keeps renewing, "b" waits. The lease is long enough (renew
-        // deadline 6.7 s) that a renewal on a machine loaded by the rest of the suite still makes it.
-        try await Task.sleep(for: .milliseconds(10500))
+        // deadline 10 s) that a renewal on a machine loaded by the rest of the suite still makes it
+        // (with 10 s, one renewal missing 6.7 s made "a" step down, as it should, and the test fail).
+        try await Task.sleep(for: .milliseconds(15500))
         #expect(leadership.leader == "a")
         #expect(!second.isLeader)
 
         runA.cancel()  // "a" dies (no release)
         _ = await runA.result
         let died = ContinuousClock.now
-        #expect(await eventually(timeout: .seconds(20)) { leadership.leader == "b" })
+        #expect(await eventually(timeout: .seconds(25)) { leadership.leader == "b" })
         let takeover = ContinuousClock.now - died
-        #expect(takeover < .milliseconds(10000 + 400 + 3000))  // the lease duration, a retry period, and slack for a loaded machine
+        #expect(takeover < .milliseconds(15000 + 400 + 3000))  // the lease duration, a retry period, and slack for a loaded machine
         let lease = try await api.client.get(.leases, "eaas-controller")
         #expect(lease[path: "spec", "holderIdentity"]?.string == "b")
         #expect(lease[path: "spec", "leaseTransitions"]?.int == 1)
