@@ -24,9 +24,9 @@ struct ElasticBenchCommand: AsyncParsableCommand {
         """
     )
 
-    @Option(help: "Seconds the built-in trace (a compressed day) lasts.") var duration: Double = 600
+    @Option(help: "Seconds the built-in trace (a compressed day) lasts (default 600; a --trace file's last time is its length).") var duration: Double?
     @Option(help: "Trace CSV: seconds,requests_per_second[,one weight per topic]; replaces the built-in trace.") var trace: String?
-    @Option(help: "Peak requests per second of the built-in trace.") var peakRate: Double = 12
+    @Option(help: "Peak requests per second of the built-in trace (default 12; a --trace file gives its own rates).") var peakRate: Double?
     @Option(help: "CPU limit of every expert pod, in CPUs.") var cpuLimit: Double = 0.2
     @Option(help: "Replicas per shard when provisioned for the peak (static), and the autoscalers' maximum.") var maxReplicas = 3
     @Option(help: "Tokens each request generates.") var requestTokens = 16
@@ -41,8 +41,12 @@ struct ElasticBenchCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document instead of the table.") var json = false
 
     func validate() throws {
-        guard duration >= 30, duration <= 86_400 else { throw ValidationError("--duration must be between 30 and 86400 seconds") }
-        guard peakRate > 0, peakRate <= 1000 else { throw ValidationError("--peak-rate must be above 0 and at most 1000 requests/s") }
+        if let trace, duration != nil || peakRate != nil {
+            // Said rather than ignored: the file's own times and rates are what is replayed.
+            throw ValidationError("--\(duration != nil ? "duration" : "peak-rate") shapes the built-in trace; --trace \(trace) gives its own length and rates, so leave it out")
+        }
+        if let duration, !(30...86_400).contains(duration) { throw ValidationError("--duration must be between 30 and 86400 seconds") }
+        if let peakRate, !(peakRate > 0 && peakRate <= 1000) { throw ValidationError("--peak-rate must be above 0 and at most 1000 requests/s") }
         guard cpuLimit >= 0.01, cpuLimit <= 64 else { throw ValidationError("--cpu-limit \(cpuLimit) is not between 0.01 and 64 CPUs") }
         guard (1...16).contains(maxReplicas) else { throw ValidationError("--max-replicas must be between 1 and 16") }
         guard (2...1024).contains(requestTokens) else { throw ValidationError("--request-tokens must be between 2 and 1024") }
@@ -76,7 +80,7 @@ struct ElasticBenchCommand: AsyncParsableCommand {
             do { text = try String(contentsOfFile: trace, encoding: .utf8) } catch { throw ValidationError("--trace \(trace): cannot read (\(error.localizedDescription))") }
             do { loadTrace = try LoadTrace.csv(text, topics: routing?.topics ?? 0) } catch { throw ValidationError("--trace \(trace): \(error)") }
         } else {
-            loadTrace = try LoadTrace.diurnal(duration: duration, peakRate: peakRate, topics: routing?.topics ?? 0)
+            loadTrace = try LoadTrace.diurnal(duration: duration ?? 600, peakRate: peakRate ?? 12, topics: routing?.topics ?? 0)
         }
         let runner = ElasticRunner(model: model, directory: directory, trace: loadTrace, cpuLimit: cpuLimit, maxReplicas: maxReplicas,
                                    requestTokens: requestTokens, minImprovement: minImprovement, cgroups: cpuEnforcement == "auto", logger: logger, quiet: json)

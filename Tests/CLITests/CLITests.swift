@@ -283,7 +283,7 @@ struct CLITests {
         #expect(picture.hasPrefix("<svg") && picture.contains("load-aware"))
     }
 
-    @Test("bench elastic refuses an unknown policy and a trace it cannot read, naming what is wrong")
+    @Test("bench elastic refuses an unknown policy, a trace it cannot read, --duration beside --trace and a day too short, naming what is wrong")
     func benchElasticRefusesBadInput() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -292,6 +292,11 @@ struct CLITests {
         try "seconds,rps\n0,2\n30,abc\n".write(toFile: dir + "/trace.csv", atomically: true, encoding: .utf8)
         let trace = try await Self.run(["bench", "elastic", "--trace", dir + "/trace.csv", "--workdir", dir])
         #expect(trace.status != 0 && trace.stderr.contains("line 3"), "\(trace.stderr)")
+        // A file gives its own length: --duration beside it is refused, not ignored.
+        let both = try await Self.run(["bench", "elastic", "--trace", dir + "/trace.csv", "--duration", "120", "--workdir", dir])
+        #expect(both.status != 0 && both.stderr.contains("--duration shapes the built-in trace"), "\(both.stderr)")
+        let short = try await Self.run(["bench", "elastic", "--duration", "5", "--workdir", dir])
+        #expect(short.status != 0 && short.stderr.contains("--duration must be between 30 and 86400 seconds"), "\(short.stderr)")
     }
 
     @Test("generate prints the greedy tokens of a fixture, as transformers does")
