@@ -23,9 +23,7 @@ extension PoolReconciler {
                 $0.deployment == PoolLabels.deployment(pool: name, shard: $0.name, modelRevision: revision) && deployments.get(namespace: namespace, name: $0.deployment) != nil
             }.map { RetiringShard(name: $0.name, deployment: $0.deployment, experts: $0.experts) }
         }
-        let newServing = !plan.shards.isEmpty && plan.shards.allSatisfy { shard in
-            podsOf(pool: pool, shard: shard.name, modelRevision: revision).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
-        }
+        let newServing = !plan.shards.isEmpty && plan.shards.allSatisfy { serves(pool: pool, shard: $0.name, modelRevision: revision) }
         var uses: [Int: [ModelRollout.PodUse]] = [:]
         for old in previous?.retiring ?? [] {
             uses[old.revision] = old.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: old.revision) }.map { pod in

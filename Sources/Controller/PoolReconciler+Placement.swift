@@ -39,9 +39,7 @@ extension PoolReconciler {
             // The old grouping goes once every shard of the new one serves: has a ready pod that
             // was scraped twice while ready, so workers (which watch EndpointSlices) have had a
             // scrape interval to see and verify it.
-            let waiting = status.shards.filter { shard in
-                !podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
-            }
+            let waiting = status.shards.filter { !serves(pool: pool, shard: $0.name, modelRevision: modelRevision) }
             if waiting.isEmpty {
                 event = ("PlacementRolledOut", "revision \(status.revision) serving; removing the \(status.retiring.count) shards of the previous grouping")
                 status.retiring = []

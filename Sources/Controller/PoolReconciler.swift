@@ -187,7 +187,6 @@ public final class PoolReconciler: @unchecked Sendable {
             logger.info("rollout", metadata: ["pool": "\(pool.key)", "reason": "\(event.reason)", "message": "\(event.message)"])
             await recordEvent(pool: pool, reason: event.reason, message: event.message)
         }
-        if !rollout.status.retiring.isEmpty { progressing.append(contentsOf: rollout.status.retiring.map { "(model revision \($0.revision))" }) }
 
         // Status.
         status.observedGeneration = generation
@@ -204,12 +203,12 @@ public final class PoolReconciler: @unchecked Sendable {
         status.conditions.set(unserved.isEmpty
             ? condition("Ready", .true, "AllShardsServing", "\(plan.shards.count) shard\(plan.shards.count == 1 ? "" : "s"), \(status.readyReplicas) ready pods", generation)
             : condition("Ready", .false, "ShardsUnavailable", "no ready pod in shard\(unserved.count == 1 ? "" : "s") \(Self.list(unserved))", generation), now: timestamp)
-        let shardsBehind = progressing.filter { !$0.hasPrefix("(") }
-        status.conditions.set(progressing.isEmpty
-            ? condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation)
-            : !shardsBehind.isEmpty
-            ? condition("Progressing", .true, "RollingOut", "shard\(shardsBehind.count == 1 ? "" : "s") \(Self.list(shardsBehind)) not yet at the current spec and desired replicas", generation)
-            : condition("Progressing", .true, "ModelRollingOut", rollout.status.reason, generation), now: timestamp)
+        let modelDraining = !rollout.status.retiring.isEmpty
+        status.conditions.set(!progressing.isEmpty
+            ? condition("Progressing", .true, "RollingOut", "shard\(progressing.count == 1 ? "" : "s") \(Self.list(progressing)) not yet at the current spec and desired replicas", generation)
+            : modelDraining
+            ? condition("Progressing", .true, "ModelRollingOut", rollout.status.reason, generation)
+            : condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation), now: timestamp)
         status.conditions.set(condition("Degraded", .false, "AsExpected", "the spec is valid and its Secret exists", generation), now: timestamp)
         let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: modelRevision) }.filter(Self.isReady)
             .map { ModelAgreement.Pod(name: $0.name ?? "?", digest: $0.uid.flatMap(loads.modelDigest(of:))) }
@@ -224,7 +223,8 @@ public final class PoolReconciler: @unchecked Sendable {
         try await publish(status: status, pool: pool)
 
         var recheck: Duration? = spec.autoscaling.enabled ? .seconds(spec.autoscaling.scrapeIntervalSeconds) : nil
-        if !progressing.isEmpty { recheck = min(recheck ?? configuration.progressRecheck, configuration.progressRecheck) }
+        // Clients leaving an old revision's pods are no event: look again while one drains.
+        if !progressing.isEmpty || modelDraining { recheck = min(recheck ?? configuration.progressRecheck, configuration.progressRecheck) }
         return recheck.map { .requeue(after: $0) } ?? .awaitChange
     }
 
@@ -293,6 +293,12 @@ public final class PoolReconciler: @unchecked Sendable {
     }
 
     static func phase(_ pod: KubeObject) -> String { pod.json[path: ["status", "phase"]]?.string ?? "Pending" }
+
+    /// Whether `shard` of `modelRevision` serves as workers see it: a ready pod that has been
+    /// scraped twice (so a scrape interval passed in which workers could see and verify it).
+    func serves(pool: KubeObject, shard: String, modelRevision: Int) -> Bool {
+        podsOf(pool: pool, shard: shard, modelRevision: modelRevision).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
+    }
 
     /// Running with the Ready condition true.
     public static func isReady(_ pod: KubeObject) -> Bool {
