@@ -233,17 +233,26 @@ struct CLITests {
             return (row?["pod_tokens_per_s"] as? Double ?? 0, document?["capacity_enforcement"] as? String,
                     row?["cpu_limit_fraction_used"] as? Double ?? 0)
         }
-        let one = try await served(replicas: 1), two = try await served(replicas: 2)
-        if enforcement == "rate-limit" {
-            #expect(one.enforcement == "rate-limit")
-        } else {
-            #expect(["cgroup-v1", "cgroup-v2", "rate-limit"].contains(one.enforcement ?? "none"))
+        // Up to three pairs (1 replica, then 2): the rest of the suite shares the two cores, and a
+        // pair measured while it is busy can come out low. Replicas that add no capacity give
+        // about ×1 in every pair, so one pair in range is what the claim needs; the quota
+        // ceiling is checked on every measurement.
+        var pairs: [String] = []
+        for _ in 0..<3 {
+            let one = try await served(replicas: 1), two = try await served(replicas: 2)
+            if enforcement == "rate-limit" {
+                #expect(one.enforcement == "rate-limit")
+            } else {
+                #expect(["cgroup-v1", "cgroup-v2", "rate-limit"].contains(one.enforcement ?? "none"))
+            }
+            // The limit is a ceiling: a replica never uses much more than its quota, whoever enforces it
+            // (the CPU window also holds the clients' start, which the elapsed time does not; unlimited, a pod would use ~4×).
+            #expect(one.fractionUsed <= 1.35 && two.fractionUsed <= 1.35, "quota used: \(one.fractionUsed), \(two.fractionUsed)")
+            let ratio = two.tokensPerSecond / max(one.tokensPerSecond, 1e-9)
+            pairs.append("1 replica \(one.tokensPerSecond) tok/s, 2 replicas \(two.tokensPerSecond) tok/s (×\(ratio))")
+            if ratio > 1.4 && ratio < 2.8 { return }
         }
-        // The limit is a ceiling: a replica never uses much more than its quota, whoever enforces it
-        // (the CPU window also holds the clients' start, which the elapsed time does not; unlimited, a pod would use ~4×).
-        #expect(one.fractionUsed <= 1.35 && two.fractionUsed <= 1.35, "quota used: \(one.fractionUsed), \(two.fractionUsed)")
-        let ratio = two.tokensPerSecond / max(one.tokensPerSecond, 1e-9)
-        #expect(ratio > 1.4 && ratio < 2.8, "1 replica \(one.tokensPerSecond) tok/s, 2 replicas \(two.tokensPerSecond) tok/s (×\(ratio))")
+        Issue.record("no pair of measurements had 2 replicas serve 1.4–2.8× one: \(pairs.joined(separator: "; "))")
     }
 
     @Test("bench elastic, a day squeezed into 70 s under load-aware placement: nothing fails, pods follow the demand, the plan gives the hottest expert the most replicas, the picture is written")
