@@ -233,12 +233,16 @@ struct CLITests {
             return (row?["pod_tokens_per_s"] as? Double ?? 0, document?["capacity_enforcement"] as? String,
                     row?["cpu_limit_fraction_used"] as? Double ?? 0)
         }
-        // Up to three pairs (1 replica, then 2): the rest of the suite shares the two cores, and a
-        // pair measured while it is busy can come out low. Replicas that add no capacity give
-        // about ×1 in every pair, so one pair in range is what the claim needs; the quota
-        // ceiling is checked on every measurement.
+        // Pairs (1 replica, then 2) until one is measured with every replica running on most of
+        // its quota. The rest of the suite shares the two cores: a pair measured while it is busy
+        // starves the pods below their limit (or the clients that load them), and then the machine,
+        // not the quota, sets the rate. Replicas that add no capacity (one shared quota, clients
+        // all on one replica) use at most about half of it each and never make such a pair, so
+        // this still fails on them, once the deadline passes; the quota ceiling is checked on
+        // every measurement.
         var pairs: [String] = []
-        for _ in 0..<3 {
+        let deadline = ContinuousClock.now + .seconds(240)
+        repeat {
             let one = try await served(replicas: 1), two = try await served(replicas: 2)
             if enforcement == "rate-limit" {
                 #expect(one.enforcement == "rate-limit")
@@ -249,10 +253,13 @@ struct CLITests {
             // (the CPU window also holds the clients' start, which the elapsed time does not; unlimited, a pod would use ~4×).
             #expect(one.fractionUsed <= 1.35 && two.fractionUsed <= 1.35, "quota used: \(one.fractionUsed), \(two.fractionUsed)")
             let ratio = two.tokensPerSecond / max(one.tokensPerSecond, 1e-9)
-            pairs.append("1 replica \(one.tokensPerSecond) tok/s, 2 replicas \(two.tokensPerSecond) tok/s (×\(ratio))")
-            if ratio > 1.4 && ratio < 2.8 { return }
-        }
-        Issue.record("no pair of measurements had 2 replicas serve 1.4–2.8× one: \(pairs.joined(separator: "; "))")
+            let starved = min(one.fractionUsed, two.fractionUsed) < 0.7
+            pairs.append("1 replica \(one.tokensPerSecond) tok/s on \(one.fractionUsed) of its quota, 2 replicas \(two.tokensPerSecond) tok/s on "
+                         + "\(two.fractionUsed) of theirs (×\(ratio))\(starved ? ", starved" : "")")
+            if !starved && ratio > 1.4 && ratio < 2.8 { return }
+            try await Task.sleep(for: .seconds(2))
+        } while ContinuousClock.now < deadline
+        Issue.record("no pair of measurements with every replica on at least 0.7 of its quota had 2 replicas serve 1.4–2.8× one: \(pairs.joined(separator: "; "))")
     }
 
     @Test("bench elastic, a day squeezed into 70 s under load-aware placement: nothing fails, pods follow the demand, the plan gives the hottest expert the most replicas, the picture is written")

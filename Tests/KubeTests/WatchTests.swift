@@ -45,10 +45,12 @@ struct WatchTests {
         _ = try await client.create(.configMaps, configMap("before"))
         let list = try await client.list(.configMaps, namespace: "default")
 
+        // The server ends both watches after 10 s: long enough for the changes below on a loaded
+        // machine (with 2 s, the fresh watch once ended before the delete reached it).
         let fresh = Recorder(), resumed = Recorder()
-        let freshTask = fresh.consume(client.watch(.configMaps, namespace: "default", options: WatchOptions(timeoutSeconds: 2)))
+        let freshTask = fresh.consume(client.watch(.configMaps, namespace: "default", options: WatchOptions(timeoutSeconds: 10)))
         let resumedTask = resumed.consume(client.watch(.configMaps, namespace: "default",
-                                                       options: WatchOptions(resourceVersion: list.resourceVersion, timeoutSeconds: 2)))
+                                                       options: WatchOptions(resourceVersion: list.resourceVersion, timeoutSeconds: 10)))
         #expect(await eventually { fresh.changes == ["ADDED before"] })
         _ = try await client.create(.configMaps, configMap("after"))
         _ = try await client.patch(.configMaps, "after", .merge(["data": ["k": "v"]]))
