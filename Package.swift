@@ -102,9 +102,11 @@ let package = Package(
                     exclude: ["python_client_check.py", "tls_server.py"]),
         // The operator against the test API server with the local runtime (pods as in-process HTTP
         // servers): children, status, scaling, rollout, GC, leader election; the spec, CRD and plan
-        // tables; the chart against Manifests; kubectl applying Manifests with `eaas controller` processes.
+        // tables; the chart against Manifests; kubectl applying Manifests with `eaas controller` processes;
+        // rollouts (a new grouping, a new checkpoint) under load with real `eaas expert-pod` processes
+        // and attention workers, tokens compared.
         .testTarget(name: "ControllerTests", dependencies: [
-            "Controller", "Kube", "KubeTestServer", "JSON", "Transport", "Platform", "eaas",
+            "Controller", "Kube", "KubeTestServer", "JSON", "Transport", "Platform", "AttentionWorker", "MoE", "eaas",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),

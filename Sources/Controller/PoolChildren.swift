@@ -128,7 +128,11 @@ public struct PoolChildren: Sendable {
                 ["name": "metrics", "containerPort": .int(transport.metricsPort), "protocol": "TCP"],
             ],
             // Ready only while it serves: a draining pod leaves the EndpointSlices at once.
-            "readinessProbe": ["httpGet": ["path": "/readyz", "port": "metrics"], "periodSeconds": 2, "failureThreshold": 1],
+            // Readiness is what keeps a pod in every worker's membership: one slow answer on a
+            // busy node must not take the last replica of an expert out (a stall for every
+            // worker); a pod that is really gone fails its data-plane connections long before the
+            // third probe, and a deleted pod leaves the EndpointSlice at once.
+            "readinessProbe": ["httpGet": ["path": "/readyz", "port": "metrics"], "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3],
             "livenessProbe": ["httpGet": ["path": "/healthz", "port": "metrics"], "periodSeconds": 10, "failureThreshold": 3],
             // The metrics port opens only once the shard is loaded (mapped and prefaulted): up to
             // 10 minutes for a large shard before liveness is checked at all.

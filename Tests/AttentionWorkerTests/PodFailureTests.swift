@@ -48,6 +48,8 @@ struct PodFailureTests {
         // Then the same requests on a running engine, a pod killed once a fifth of the tokens are out.
         let engine = try GenerationEngine(modelDirectory: WorkerFixture.directory,
                                           experts: .remote(membership: membership, dispatcher: dispatcher, wireDType: .f32))
+        // What the calm run's engine (another client, with its own sticky replicas) had them serve.
+        let servedBefore = try pods[0..<2].map { pod in try Self.requestsServed(metrics: pod.announcement[3]) }
         let collected = Collected(count: Self.requests.count)
         engine.start()
         defer { engine.shutdown(drain: false) }
@@ -56,8 +58,9 @@ struct PodFailureTests {
         }
         let total = Self.requests.map(\.maxTokens).reduce(0, +)
         #expect(collected.wait(untilTokens: total / 5, timeout: 60), "generation did not progress")
-        // The worker keeps to the replicas it used last: kill the one of experts 0-3 that serves.
-        let served = try pods[0..<2].map { pod in try Self.requestsServed(metrics: pod.announcement[3]) }
+        // The worker keeps to the replicas it used last: kill the one of experts 0-3 that serves
+        // this engine (counted since it started; the calm run's choices say nothing about it).
+        let served = try zip(pods[0..<2], servedBefore).map { pod, before in try Self.requestsServed(metrics: pod.announcement[3]) - before }
         let victim = served[0] >= served[1] ? pods[0] : pods[1]
         #expect(served.max()! > 0)
         victim.signal(SIGKILL)

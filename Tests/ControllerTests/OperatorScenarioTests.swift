@@ -162,7 +162,9 @@ struct OperatorScenarioTests {
 
         func track(_ task: Task<Void, Never>) { lock.withLock { tasks.append(task) } }
 
-        static func start(controllers: Int = 1) async throws -> Rig {
+        /// With `launcher`, pods run as it launches them (real `eaas expert-pod` processes, say);
+        /// by default as the fake HTTP servers above, loaded from `load`.
+        static func start(controllers: Int = 1, launcher: (any PodLauncher)? = nil) async throws -> Rig {
             let server = try await TestAPIServer()
             var configuration = KubeClient.Configuration()
             configuration.qps = 0
@@ -173,7 +175,7 @@ struct OperatorScenarioTests {
             let rig = Rig(server: server, client: client)
             var runtimeConfiguration = configuration
             runtimeConfiguration.userAgent = "eaas-local-runtime/1"
-            let runtime = LocalRuntime(client: KubeClient(connection: server.connection, configuration: runtimeConfiguration), launcher: FakeExpertLauncher(load: rig.load),
+            let runtime = LocalRuntime(client: KubeClient(connection: server.connection, configuration: runtimeConfiguration), launcher: launcher ?? FakeExpertLauncher(load: rig.load),
                                        configuration: .init(namespace: namespace, directory: NSTemporaryDirectory() + "eaas-operator-test-\(UUID().uuidString)"),
                                        logger: { var logger = Logger(label: "runtime"); logger.logLevel = .warning; return logger }())
             rig.track(Task { try? await runtime.run() })

@@ -75,10 +75,10 @@ extension LocalRuntime {
         container.lastProbe = ContinuousClock.now
         _ = container.currentCPUSeconds()
         guard let probe = Self.httpGet(pod, path: ["readinessProbe", "httpGet"]) else { return }
-        let ready = (try? await PlainHTTP.get("http://\(container.ip):\(probe.port)\(probe.path)", timeout: .seconds(1)))?.status == 200
-        if ready != container.ready {
-            container.ready = ready
-            try? await patchPodStatus(pod, phase: "Running", ip: container.ip, ready: ready, message: nil)
+        let thresholds = ProbeThresholds(pod: pod, probe: "readinessProbe")
+        let passed = (try? await PlainHTTP.get("http://\(container.ip):\(probe.port)\(probe.path)", timeout: thresholds.timeout))?.status == 200
+        if container.readiness.record(passed: passed, thresholds: thresholds) {
+            try? await patchPodStatus(pod, phase: "Running", ip: container.ip, ready: container.ready, message: nil)
         }
     }
 

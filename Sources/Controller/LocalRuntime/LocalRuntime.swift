@@ -19,7 +19,9 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         public var directory: String
         /// How often everything is looked at (events also wake it).
         public var period: Duration = .milliseconds(200)
-        /// How often readiness probes run.
+        /// How often readiness probes run (in place of the probe's `periodSeconds`: one machine
+        /// has no reason to wait as long as a node does). Its `timeoutSeconds`,
+        /// `failureThreshold` and `successThreshold` are honoured as a kubelet does.
         public var probePeriod: Duration = .milliseconds(500)
         /// Whether pods' `resources.limits.cpu` go into a cgroup of their own (CFS quota, as a
         /// kubelet does) where this machine lets us write one; otherwise, and when false, pods with
@@ -57,7 +59,8 @@ public final class LocalRuntime: Service, @unchecked Sendable {
         let launched: any LaunchedContainer
         /// The pod as launched (its preStop `exec` command with local paths).
         let local: LocalPod
-        var ready = false
+        var ready: Bool { readiness.ready }
+        var readiness = ReadinessState()
         var lastProbe = ContinuousClock.now - .seconds(3600)
         var stopping = false
         /// The CPU time last read (for pods without a cgroup: from /proc while the process lives).
