@@ -1,9 +1,10 @@
 import Kube
 import Transport
 
-/// The EaaS operator: reconciles `ExpertPool` resources into one replica set per expert shard and
-/// scales each from per-expert load. So far it holds the autoscaler's arithmetic
-/// (`ReplicaCalculator`, `ShardAutoscaler`); the reconciler arrives with the controller issue.
+/// The EaaS operator: reconciles `ExpertPool` resources into one Deployment per expert shard
+/// (`PoolReconciler`, run by `ExpertPoolController` on Kube's `KubeController`), scales each from
+/// per-expert load (`ReplicaCalculator`, `ShardAutoscaler`), places experts from measured load
+/// (`PlacementPlanner`) and rolls out new groupings and checkpoints beside what serves.
 public enum Controller {
     /// The API group of the `ExpertPool` custom resource.
     public static let apiGroup = "eaas.dev"

@@ -12,27 +12,27 @@ struct LoadScraper: Sendable {
     let timeout: Duration
     let metrics: ControllerMetrics
     let logger: Logger
-    /// Called with a pool's key after its pods were scraped.
-    let scraped: @Sendable (String) async -> Void
+    /// Called with the pool after its pods were scraped.
+    let scraped: @Sendable (ObjectRef) async -> Void
 
     func run() async {
-        var last: [String: ContinuousClock.Instant] = [:]
+        var last: [ObjectRef: ContinuousClock.Instant] = [:]
         while !Task.isCancelled {
             let now = ContinuousClock.now
             var alive = Set<String>()
             for pool in pools.list() {
-                guard pool.deletionTimestamp == nil, let spec = try? ExpertPoolSpec(pool: pool.json), spec.autoscaling.enabled else { continue }
+                guard pool.deletionTimestamp == nil, let ref = ObjectRef(pool), let spec = try? ExpertPoolSpec(pool: pool.json), spec.autoscaling.enabled else { continue }
                 let poolPods = pods.byIndex(InformerStore.namespaceIndex.name, pool.namespace ?? "").filter {
                     $0.labels[PoolLabels.pool] == pool.name
                 }
                 alive.formUnion(poolPods.compactMap(\.uid))
-                if let previous = last[pool.key], now - previous < .seconds(spec.autoscaling.scrapeIntervalSeconds) { continue }
-                last[pool.key] = now
+                if let previous = last[ref], now - previous < .seconds(spec.autoscaling.scrapeIntervalSeconds) { continue }
+                last[ref] = now
                 await scrape(poolPods.filter(PoolReconciler.isReady), port: spec.transport.metricsPort)
-                await scraped(pool.key)
+                await scraped(ref)
             }
             loads.retain(alive)
-            last = last.filter { key, _ in pools.get(key) != nil }
+            last = last.filter { ref, _ in pools.get(ref) != nil }
             try? await Task.sleep(for: .milliseconds(250))
         }
     }

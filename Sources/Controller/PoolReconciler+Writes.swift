@@ -8,10 +8,10 @@ extension PoolReconciler {
 
     /// Server-side applies `desired` unless this controller wrote the same desired object last and
     /// nobody changed it since (the same generation for Deployments — status writes do not count —
-    /// the same resourceVersion for the rest, and the same replicas). `pool` is the owning pool's key,
+    /// the same resourceVersion for the rest, and the same replicas). `pool` is the owning pool,
     /// so that forgetting one pool forgets exactly its children's writes. An edit by hand is put back on
     /// the next reconcile; a restarted controller applies every child once (a no-op apply changes nothing).
-    func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil, pool: String) async throws {
+    func applyIfChanged(_ type: ResourceType, _ desired: JSONValue, existing: KubeObject?, replicas: Int? = nil, pool: ObjectRef) async throws {
         let hash = Self.hash(desired)
         if let existing, let mine = lock.withLock({ written[Self.writtenKey(type, existing)] }), mine.hash == hash, mine.replicas == replicas {
             if type == .deployments {

@@ -3,14 +3,6 @@ import JSON
 import Kube
 import Logging
 
-/// What a reconcile asks of the loop that called it (kube-rs' `Action`).
-public enum ReconcileAction: Sendable, Equatable {
-    /// Nothing to do until something changes.
-    case awaitChange
-    /// Look again after this long even if nothing changes (scraped load, a rollout in progress).
-    case requeue(after: Duration)
-}
-
 /// How the controller runs, with documented defaults.
 public struct ControllerConfiguration: Sendable {
     /// Watch only this namespace (nil: all namespaces).
@@ -51,7 +43,8 @@ public final class PoolReconciler: @unchecked Sendable {
     let start = ContinuousClock.now
 
     let lock = NSLock()
-    private var autoscalers: [String: ShardAutoscaler] = [:]
+    private var autoscalers: [ShardKey: ShardAutoscaler] = [:]
+    /// Secret lookups by reference (`namespace/name#key`; pools naming one Secret share it).
     var secretChecks: [String: (problem: SpecProblem?, at: ContinuousClock.Instant)] = [:]
     /// What this controller last wrote to each child (`type/namespace/name`): the desired object's
     /// hash, and the generation (Deployments) or resourceVersion (others) the write produced.
@@ -60,8 +53,8 @@ public final class PoolReconciler: @unchecked Sendable {
     var placementWindows: [String: ExpertLoadWindow] = [:]
 
     struct Written {
-        /// The key of the pool the child belongs to.
-        var pool: String
+        /// The pool the child belongs to.
+        var pool: ObjectRef
         var hash: String
         var generation: Int?
         var resourceVersion: String?
@@ -88,13 +81,14 @@ public final class PoolReconciler: @unchecked Sendable {
         (ContinuousClock.now - start).seconds
     }
 
-    /// Reconciles the pool `namespace/name`.
-    public func reconcile(key: String) async throws -> ReconcileAction {
-        guard let pool = pools.get(key), pool.deletionTimestamp == nil, let name = pool.name else {
+    /// Reconciles the pool `ref` names.
+    public func reconcile(_ ref: ObjectRef) async throws -> ReconcileAction {
+        guard let pool = pools.get(ref), pool.deletionTimestamp == nil, let name = pool.name else {
             // Gone (or going): the garbage collector removes the children through their owner references.
-            forget(key: key)
+            forget(ref)
             return .awaitChange
         }
+        let key = ref
         let namespace = pool.namespace ?? "default"
         var status = (try? pool.json["status"].map { try ExpertPoolStatus(specJSON: $0, path: "status") } ?? ExpertPoolStatus()) ?? ExpertPoolStatus()
         let generation = pool.generation ?? 0
@@ -143,7 +137,7 @@ public final class PoolReconciler: @unchecked Sendable {
         try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name), pool: key)
 
         var shardStatuses: [ShardStatus] = []
-        var limited: [(String, ScaleDecision)] = []
+        var limited: [(shard: String, decision: ScaleDecision)] = []
         var progressing: [String] = []
         for shard in plan.shards {
             let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name, modelRevision: modelRevision)
@@ -188,38 +182,12 @@ public final class PoolReconciler: @unchecked Sendable {
             await recordEvent(pool: pool, reason: event.reason, message: event.message)
         }
 
-        // Status.
-        status.observedGeneration = generation
-        status.shards = shardStatuses
-        status.shardCount = plan.shards.count
-        status.replicas = shardStatuses.reduce(0) { $0 + $1.replicas }
-        status.shardReplicas = shardStatuses.map(\.replicas).min() ?? 0
-        status.readyReplicas = shardStatuses.reduce(0) { $0 + $1.readyReplicas }
-        status.desiredReplicas = shardStatuses.reduce(0) { $0 + $1.desiredReplicas }
-        status.load = (shardStatuses.reduce(0) { $0 + $1.load } * 10).rounded() / 10
-        status.selector = "\(PoolLabels.pool)=\(name)"
-        let timestamp = Self.timestamp()
-        let unserved = shardStatuses.filter { $0.readyReplicas == 0 }.map(\.name)
-        status.conditions.set(unserved.isEmpty
-            ? condition("Ready", .true, "AllShardsServing", "\(plan.shards.count) shard\(plan.shards.count == 1 ? "" : "s"), \(status.readyReplicas) ready pods", generation)
-            : condition("Ready", .false, "ShardsUnavailable", "no ready pod in shard\(unserved.count == 1 ? "" : "s") \(Self.list(unserved))", generation), now: timestamp)
-        let modelDraining = !rollout.status.retiring.isEmpty
-        status.conditions.set(!progressing.isEmpty
-            ? condition("Progressing", .true, "RollingOut", "shard\(progressing.count == 1 ? "" : "s") \(Self.list(progressing)) not yet at the current spec and desired replicas", generation)
-            : modelDraining
-            ? condition("Progressing", .true, "ModelRollingOut", rollout.status.reason, generation)
-            : condition("Progressing", .false, "UpToDate", "every shard runs the current spec at its desired replicas", generation), now: timestamp)
-        status.conditions.set(condition("Degraded", .false, "AsExpected", "the spec is valid and its Secret exists", generation), now: timestamp)
         let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: modelRevision) }.filter(Self.isReady)
             .map { ModelAgreement.Pod(name: $0.name ?? "?", digest: $0.uid.flatMap(loads.modelDigest(of:))) }
-        let models = ModelAgreement.verdict(servingPods)
-        status.conditions.set(condition("ModelsAgree", models.status, models.reason, models.message, generation), now: timestamp)
-        if let (shard, decision) = limited.first {
-            status.conditions.set(condition("ScalingLimited", .true, decision.reason,
-                                            "shard \(shard): recommended \(decision.stabilized), held at \(decision.replicas)" + (limited.count > 1 ? " (and \(limited.count - 1) more shards)" : ""), generation), now: timestamp)
-        } else {
-            status.conditions.set(condition("ScalingLimited", .false, "DesiredWithinRange", "every shard's recommendation is within its bounds and rate limits", generation), now: timestamp)
-        }
+        let modelDraining = !rollout.status.retiring.isEmpty
+        status = status.assembled(from: PoolObservation(pool: name, generation: generation, shards: shardStatuses, progressing: progressing,
+                                                        modelDraining: modelDraining ? rollout.status.reason : nil,
+                                                        models: ModelAgreement.verdict(servingPods), limited: limited), now: Self.timestamp())
         try await publish(status: status, pool: pool)
 
         var recheck: Duration? = spec.autoscaling.enabled ? .seconds(spec.autoscaling.scrapeIntervalSeconds) : nil
@@ -269,16 +237,21 @@ public final class PoolReconciler: @unchecked Sendable {
         await recordEvent(pool: pool, reason: to > from ? "ScaledUp" : "ScaledDown", message: message)
     }
 
-    private func autoscalerKey(pool: KubeObject, shard: String) -> String { "\(pool.uid ?? pool.key)/\(shard)" }
+    /// One shard of one pool (by uid: a pool deleted and made again starts over).
+    struct ShardKey: Hashable {
+        var pool: String
+        var shard: String
+    }
 
-    private func forget(key: String) {
+    private func autoscalerKey(pool: KubeObject, shard: String) -> ShardKey { ShardKey(pool: pool.uid ?? pool.key, shard: shard) }
+
+    private func forget(_ pool: ObjectRef) {
         lock.withLock {
-            secretChecks[key] = nil
             // By owner, not by name: pool `a`'s children share a prefix with pool `a-b`'s.
-            written = written.filter { $0.value.pool != key }
+            written = written.filter { $0.value.pool != pool }
             // Autoscalers are keyed by uid; drop those of pools no longer in the store.
             let live = Set(pools.list().compactMap(\.uid))
-            autoscalers = autoscalers.filter { live.contains(String($0.key.split(separator: "/").first ?? "")) }
+            autoscalers = autoscalers.filter { live.contains($0.key.pool) }
         }
     }
 

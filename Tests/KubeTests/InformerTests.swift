@@ -108,7 +108,7 @@ struct InformerTests {
         let truth = try await KubeClient(connection: api.server.connection, configuration: patient)
             .list(.configMaps, namespace: "default").items
         let expected = Dictionary(uniqueKeysWithValues: truth.map { ($0.key, $0.resourceVersion ?? "") })
-        #expect(await eventually(timeout: .seconds(20)) { log.snapshot.view == expected })
+        #expect(await eventually { log.snapshot.view == expected })
         let snapshot = log.snapshot
         #expect(snapshot.problems.isEmpty, "\(snapshot.problems)")
         // No object was reported deleted twice.

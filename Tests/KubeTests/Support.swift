@@ -68,8 +68,10 @@ func widget(_ name: String, replicas: Int = 1) -> KubeObject {
     KubeObject(widgets, name: name, namespace: "default", fields: ["spec": ["replicas": .int(replicas), "color": "blue"]])
 }
 
-/// Polls `condition` until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+/// Polls `condition` until it holds or `timeout` passes. The default is long on purpose: the
+/// whole suite shares two cores, and CPU-bound tests can keep this task from running for tens of
+/// seconds; a condition that holds returns at once however long the timeout.
+func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
