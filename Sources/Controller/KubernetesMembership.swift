@@ -176,16 +176,14 @@ public final class KubernetesMembership: MembershipSource, @unchecked Sendable {
     public static func servers(slices: [KubeObject], plan: ShardPlanDocument, layers: [UInt16]) -> [ServerInfo] {
         let byDeployment = Dictionary(plan.shards.map { ($0.deployment, $0) }, uniquingKeysWith: { a, _ in a })
         var servers: [String: ServerInfo] = [:]
-        for slice in slices {
-            let port = slice.json["ports"]?.array?.first { $0["name"]?.string == "data" }?["port"]?.int ?? plan.port
-            for endpoint in slice.json["endpoints"]?.array ?? [] {
-                guard let podName = endpoint[path: ["targetRef", "name"]]?.string, let address = endpoint["addresses"]?.array?.first?.string,
+        for slice in slices.map(EndpointSliceView.init) {
+            let port = slice.port(named: "data") ?? plan.port
+            for endpoint in slice.endpoints {
+                guard let podName = endpoint.podName, let address = endpoint.addresses.first,
                       let shard = byDeployment[deployment(ofPod: podName)] else { continue }
-                // Absent `ready` means ready (the EndpointSlice API's rule).
-                let ready = endpoint[path: ["conditions", "ready"]]?.bool ?? true
                 let host = address.contains(":") ? "[\(address)]" : address
                 let experts = layers.flatMap { layer in shard.experts.map { HostedExpert(layer: layer, expert: UInt16($0)) } }
-                servers[podName] = ServerInfo(id: podName, address: "\(host):\(port)", experts: experts, ready: ready)
+                servers[podName] = ServerInfo(id: podName, address: "\(host):\(port)", experts: experts, ready: endpoint.ready)
             }
         }
         return Array(servers.values)

@@ -28,7 +28,7 @@ struct LoadScraper: Sendable {
                 alive.formUnion(poolPods.compactMap(\.uid))
                 if let previous = last[ref], now - previous < .seconds(spec.autoscaling.scrapeIntervalSeconds) { continue }
                 last[ref] = now
-                await scrape(poolPods.filter(PoolReconciler.isReady), port: spec.transport.metricsPort)
+                await scrape(poolPods.filter { PodView($0).isReady }, port: spec.transport.metricsPort)
                 await scraped(ref)
             }
             loads.retain(alive)
@@ -41,7 +41,7 @@ struct LoadScraper: Sendable {
     func scrape(_ pods: [KubeObject], port: Int) async {
         await withTaskGroup(of: Void.self) { group in
             for pod in pods {
-                guard let ip = pod.json[path: ["status", "podIP"]]?.string, let uid = pod.uid else { continue }
+                guard let ip = PodView(pod).podIP, let uid = pod.uid else { continue }
                 let host = ip.contains(":") ? "[\(ip)]" : ip
                 group.addTask {
                     do {

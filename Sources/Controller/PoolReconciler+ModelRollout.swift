@@ -27,7 +27,7 @@ extension PoolReconciler {
         var uses: [Int: [ModelRollout.PodUse]] = [:]
         for old in previous?.retiring ?? [] {
             uses[old.revision] = old.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: old.revision) }.map { pod in
-                ModelRollout.PodUse(ready: Self.isReady(pod), clients: pod.uid.flatMap(loads.clients(of:)))
+                ModelRollout.PodUse(ready: PodView(pod).isReady, clients: pod.uid.flatMap(loads.clients(of:)))
             }
         }
         let outcome = ModelRollout.step(previous: previous, fingerprint: fingerprint, path: spec.model.path, serving: serving,

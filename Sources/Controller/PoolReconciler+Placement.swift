@@ -80,7 +80,7 @@ extension PoolReconciler {
         var measured = true
         var any = false
         for shard in shards {
-            for pod in podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision) where Self.isReady(pod) {
+            for pod in podsOf(pool: pool, shard: shard.name, modelRevision: modelRevision) where PodView(pod).isReady {
                 guard let load = pod.uid.flatMap(loads.load(of:)) else {
                     measured = false
                     continue

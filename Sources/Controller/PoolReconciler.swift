@@ -142,7 +142,8 @@ public final class PoolReconciler: @unchecked Sendable {
         for shard in plan.shards {
             let deploymentName = PoolLabels.deployment(pool: name, shard: shard.name, modelRevision: modelRevision)
             let existing = deployments.get(namespace: namespace, name: deploymentName)
-            var current = existing?.json[path: ["spec", "replicas"]]?.int ?? initialReplicas[shard.name] ?? spec.replicas.min
+            let view = existing.map(DeploymentView.init)
+            var current = view?.specReplicas ?? initialReplicas[shard.name] ?? spec.replicas.min
             // The cache may not show our last write yet: then our write is the current count.
             if let existing, let mine = lock.withLock({ written[Self.writtenKey(.deployments, existing)] }), let generation = mine.generation,
                let replicas = mine.replicas, (existing.generation ?? 0) < generation {
@@ -159,21 +160,16 @@ public final class PoolReconciler: @unchecked Sendable {
                 try await recordScaling(pool: pool, shard: shard.name, from: current, to: decision.replicas, load: load, spec: spec)
             }
 
-            let observed = existing?.json["status"]
+            let observed = view?.observed ?? DeploymentView.Observed()
             var entry = ShardStatus()
             entry.name = shard.name
             entry.experts = shard.expertRanges
-            entry.replicas = observed?["replicas"]?.int ?? 0
-            entry.readyReplicas = observed?["readyReplicas"]?.int ?? 0
+            entry.replicas = observed.replicas
+            entry.readyReplicas = observed.readyReplicas
             entry.desiredReplicas = decision.replicas
             entry.load = (load * 10).rounded() / 10
             shardStatuses.append(entry)
-            let updated = observed?["updatedReplicas"]?.int ?? 0
-            let upToDate = existing != nil && (observed?["observedGeneration"]?.int ?? 0) >= (existing?.generation ?? 1)
-                && existing?.json[path: ["spec", "replicas"]]?.int == decision.replicas
-            if !upToDate || updated < decision.replicas || entry.replicas != decision.replicas || entry.readyReplicas < decision.replicas {
-                progressing.append(shard.name)
-            }
+            if view?.isRolledOut(to: decision.replicas) != true { progressing.append(shard.name) }
         }
         let wanted = plan.shards.map { PoolLabels.deployment(pool: name, shard: $0.name, modelRevision: modelRevision) } + retiringShards.map(\.deployment)
         try await deleteRemovedShards(pool: pool, keeping: Set(wanted))
@@ -182,7 +178,7 @@ public final class PoolReconciler: @unchecked Sendable {
             await recordEvent(pool: pool, reason: event.reason, message: event.message)
         }
 
-        let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: modelRevision) }.filter(Self.isReady)
+        let servingPods = plan.shards.flatMap { podsOf(pool: pool, shard: $0.name, modelRevision: modelRevision) }.filter { PodView($0).isReady }
             .map { ModelAgreement.Pod(name: $0.name ?? "?", digest: $0.uid.flatMap(loads.modelDigest(of:))) }
         let modelDraining = !rollout.status.retiring.isEmpty
         status = status.assembled(from: PoolObservation(pool: name, generation: generation, shards: shardStatuses, progressing: progressing,
@@ -205,9 +201,9 @@ public final class PoolReconciler: @unchecked Sendable {
         var load = 0.0
         let samples = shardPods.map { pod -> ReplicaCalculator.PodSample in
             let uid = pod.uid ?? ""
-            let value = Self.isReady(pod) ? loads.load(of: uid)?.value(of: metric) : nil
+            let value = PodView(pod).isReady ? loads.load(of: uid)?.value(of: metric) : nil
             load += value ?? 0
-            return ReplicaCalculator.PodSample(pending: Self.phase(pod) == "Pending", value: value)
+            return ReplicaCalculator.PodSample(pending: PodView(pod).isPending, value: value)
         }
         let bounds = spec.replicas
         // Without autoscaling a shard simply runs replicas.min (no window holds it elsewhere).
@@ -260,23 +256,14 @@ public final class PoolReconciler: @unchecked Sendable {
     func podsOf(pool: KubeObject, shard: String, modelRevision: Int) -> [KubeObject] {
         pods.byIndex(InformerStore.namespaceIndex.name, pool.namespace ?? "").filter { pod in
             pod.labels[PoolLabels.pool] == pool.name && pod.labels[PoolLabels.shard] == shard && Self.modelRevision(of: pod) == modelRevision
-                && pod.deletionTimestamp == nil
-                && !["Succeeded", "Failed"].contains(Self.phase(pod))
+                && !PodView(pod).isTerminating && !PodView(pod).hasFinished
         }
     }
-
-    static func phase(_ pod: KubeObject) -> String { pod.json[path: ["status", "phase"]]?.string ?? "Pending" }
 
     /// Whether `shard` of `modelRevision` serves as workers see it: a ready pod that has been
     /// scraped twice (so a scrape interval passed in which workers could see and verify it).
     func serves(pool: KubeObject, shard: String, modelRevision: Int) -> Bool {
-        podsOf(pool: pool, shard: shard, modelRevision: modelRevision).contains { Self.isReady($0) && $0.uid.flatMap(loads.load(of:)) != nil }
-    }
-
-    /// Running with the Ready condition true.
-    public static func isReady(_ pod: KubeObject) -> Bool {
-        guard phase(pod) == "Running", pod.deletionTimestamp == nil else { return false }
-        return pod.json[path: ["status", "conditions"]]?.array?.contains { $0["type"]?.string == "Ready" && $0["status"]?.string == "True" } ?? false
+        podsOf(pool: pool, shard: shard, modelRevision: modelRevision).contains { PodView($0).isReady && $0.uid.flatMap(loads.load(of:)) != nil }
     }
 }
 

@@ -23,7 +23,7 @@ extension LocalRuntime {
             pendingCreates[uid] = left.isEmpty ? nil : left
             return left.count
         }
-        let isReady: (KubeObject) -> Bool = PoolReconciler.isReady
+        let isReady: (KubeObject) -> Bool = { PodView($0).isReady }
         let readyCount = owned.filter(isReady).count
 
         var creates = 0

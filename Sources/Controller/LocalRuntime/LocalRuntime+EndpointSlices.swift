@@ -8,14 +8,13 @@ extension LocalRuntime {
     func syncEndpointSlice(_ service: KubeObject, pods: InformerStore) async throws {
         guard let selector = service.json[path: ["spec", "selector"]]?.object, !selector.isEmpty, let name = service.name else { return }
         let matching = pods.list().filter { pod in
-            pod.deletionTimestamp == nil && pod.json[path: ["status", "podIP"]]?.string != nil
-                && selector.allSatisfy { pod.labels[$0.key] == $0.value.string }
-                && !["Failed", "Succeeded"].contains(pod.json[path: ["status", "phase"]]?.string ?? "")
+            let view = PodView(pod)
+            return !view.isTerminating && view.podIP != nil && !view.hasFinished && selector.allSatisfy { pod.labels[$0.key] == $0.value.string }
         }.sorted { ($0.name ?? "") < ($1.name ?? "") }
         let endpoints: [JSONValue] = matching.map { pod in
-            let ready = PoolReconciler.isReady(pod)
+            let ready = PodView(pod).isReady
             return [
-                "addresses": [.string(pod.json[path: ["status", "podIP"]]?.string ?? "")],
+                "addresses": [.string(PodView(pod).podIP ?? "")],
                 "conditions": ["ready": .bool(ready), "serving": .bool(ready), "terminating": false],
                 "targetRef": ["kind": "Pod", "name": .string(pod.name ?? ""), "namespace": .string(pod.namespace ?? ""), "uid": .string(pod.uid ?? "")],
             ]
@@ -23,7 +22,7 @@ extension LocalRuntime {
         let ports: [JSONValue] = (service.json[path: ["spec", "ports"]]?.array ?? []).compactMap { port in
             var resolved = port["targetPort"]?.int ?? port["port"]?.int
             if let target = port["targetPort"]?.string, let pod = matching.first {
-                resolved = pod.json[path: ["spec", "containers"]]?.array?.first?["ports"]?.array?.first { $0["name"]?.string == target }?["containerPort"]?.int
+                resolved = PodView(pod).containerPort(named: target)
             }
             guard let resolved else { return nil }
             return ["name": port["name"] ?? "", "port": .int(resolved), "protocol": port["protocol"] ?? "TCP"]
