@@ -68,7 +68,10 @@ struct ElasticRun {
     }
 
     /// Each expert's total expert-tokens over the run.
-    var expertTotals: [Double] {
+    var expertTotals: [Double] { Self.expertSums(samples) }
+
+    /// Each expert's expert-tokens summed over `samples`.
+    static func expertSums(_ samples: [ElasticSample]) -> [Double] {
         samples.reduce(into: [Double](repeating: 0, count: samples.first?.expertTokens.count ?? 0)) { total, sample in
             for (expert, tokens) in sample.expertTokens.enumerated() { total[expert] += tokens }
         }
@@ -84,10 +87,7 @@ struct ElasticRun {
     /// Each expert's load over the planner's window before the last plan took effect.
     var windowExpertLoad: [Double] {
         guard let changed = placementChangedAt else { return [] }
-        let window = samples.filter { $0.seconds <= changed && $0.seconds > changed - Double(windowSeconds) - 5 }
-        return window.reduce(into: [Double](repeating: 0, count: samples.first?.expertTokens.count ?? 0)) { total, sample in
-            for (expert, tokens) in sample.expertTokens.enumerated() { total[expert] += tokens }
-        }
+        return Self.expertSums(samples.filter { $0.seconds <= changed && $0.seconds > changed - Double(windowSeconds) - 5 })
     }
 }
 
@@ -104,7 +104,8 @@ final class ElasticRunner: @unchecked Sendable {
     let logger: Logger
     let quiet: Bool
     private(set) var enforcement = "rate-limit"
-    /// Expert pods' metrics port (each pod has a loopback address of its own).
+    /// The metrics port the pools here give their pods (each pod has a loopback address of its
+    /// own); the sampler reads each pod's port from its spec.
     static let metricsPort = 9090
 
     init(model: String, directory: String, trace: LoadTrace, cpuLimit: Double, maxReplicas: Int, requestTokens: Int, minImprovement: Double,
@@ -230,9 +231,16 @@ final class ElasticDriver: Service, @unchecked Sendable {
     private var recorded: [ElasticSample] = []
     private var lastCounters: [String: [Int: Double]] = [:]
     private var lastRead: [String: ContinuousClock.Instant] = [:]
-    private(set) var cpuSeconds = 0.0
-    private(set) var problem: String?
-    private(set) var lastStatus: ExpertPoolStatus?
+    // Written by the run and its sampler, read by the runner once the group has stopped: all under the lock.
+    private var measuredCPUSeconds = 0.0
+    private var stopProblem: String?
+    private var latestStatus: ExpertPoolStatus?
+    /// CPU-seconds the pods used while the trace played.
+    var cpuSeconds: Double { lock.withLock { measuredCPUSeconds } }
+    /// Why the trace never started, if it did not.
+    var problem: String? { lock.withLock { stopProblem } }
+    /// The pool's status at the last sample.
+    var lastStatus: ExpertPoolStatus? { lock.withLock { latestStatus } }
 
     init(system: LocalSystem, load: SyntheticLoad, trace: LoadTrace, experts: Int, maxReplicas: Int) {
         self.system = system
@@ -248,7 +256,7 @@ final class ElasticDriver: Service, @unchecked Sendable {
         let deadline = ContinuousClock.now + .seconds(180)
         while !ready() {
             guard ContinuousClock.now < deadline else {
-                problem = "the pool's pods were not all ready within 180 s (see the logs in \(system.directory))"
+                lock.withLock { stopProblem = "the pool's pods were not all ready within 180 s (see the logs in \(system.directory))" }
                 return
             }
             do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(200)) } } catch { return }
@@ -274,7 +282,8 @@ final class ElasticDriver: Service, @unchecked Sendable {
                 self.lock.withLock { self.recorded.append(last) }
             }
         }
-        cpuSeconds = system.runtime.cpuSeconds() - cpuBefore
+        let used = system.runtime.cpuSeconds() - cpuBefore
+        lock.withLock { measuredCPUSeconds = used }
     }
 
     /// Every shard the controller planned has `startReplicas` ready and the worker sees them all.
@@ -287,16 +296,15 @@ final class ElasticDriver: Service, @unchecked Sendable {
     private func sample() async -> ElasticSample {
         let seconds = load.elapsed
         let status = system.status
-        lastStatus = status
+        lock.withLock { latestStatus = status }
         let pods = system.server.objects(.pods, namespace: system.namespace)
         // Each ready pod's per-expert counters, read in parallel; the growth since the last read is this second's load.
         var shardOf: [String: String] = [:]
         let addresses: [(String, String)] = pods.compactMap { pod in
-            guard let name = pod.name, let ip = pod.json[path: ["status", "podIP"]]?.string,
-                  pod.json[path: ["status", "conditions"]]?.array?.contains(where: { $0["type"] == "Ready" && $0["status"] == "True" }) == true
-            else { return nil }
-            shardOf[name] = pod.json[path: ["metadata", "labels", PoolLabels.shard]]?.string ?? name
-            return (name, "http://\(ip):\(ElasticRunner.metricsPort)/metrics")
+            let view = PodView(pod)
+            guard let name = pod.name, let ip = view.podIP, view.hasReadyCondition, let port = view.containerPort(named: "metrics") else { return nil }
+            shardOf[name] = pod.labels[PoolLabels.shard] ?? name
+            return (name, "http://\(ip):\(port)/metrics")
         }
         let counters = await withTaskGroup(of: (String, [Int: Double])?.self) { group in
             for (name, url) in addresses {
