@@ -96,7 +96,8 @@ let package = Package(
         // The expert pod in-process (shard, batching, bad input) and as a process (HTTP, SIGTERM).
         .testTarget(name: "ExpertPodTests", dependencies: ["ExpertPod", "MoE", "Transport", "Platform", "eaas"]),
         // Runs the built `eaas` binary; the dependency makes `swift test` build it first.
-        // The Kubernetes client, informer, work queue and leader election against the test API server,
+        // The Kubernetes client, informer, work queue, controller runtime, typed views and leader
+        // election against the test API server,
         // and kubectl and the official Python client against the same server.
         .testTarget(name: "KubeTests", dependencies: ["Kube", "KubeTestServer", "JSON", "Platform"],
                     exclude: ["python_client_check.py", "tls_server.py"]),
