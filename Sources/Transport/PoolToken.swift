@@ -66,6 +66,13 @@ public enum PoolToken {
         return Loaded(token: token, warnings: warnings)
     }
 
+    /// A new token of 32 random bytes from the system's generator, written as 64 hex digits (text,
+    /// so it survives an environment variable or a Secret's string data unchanged).
+    public static func random() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return Array((0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined().utf8)
+    }
+
     /// Drops trailing spaces, tabs, CR and LF (bytes, not characters), as `load` does.
     public static func trimmed(_ bytes: [UInt8]) -> [UInt8] {
         var end = bytes.count

@@ -117,7 +117,7 @@ final class LocalSystem: @unchecked Sendable {
                 throw CommandFailure("\(error)")
             }
         } else {
-            token = Array((0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined().utf8)
+            token = PoolToken.random()
             _ = try await client.create(.secrets, KubeObject(.secrets, name: tokenSecret.name, namespace: namespace,
                                                              fields: ["data": .object([tokenSecret.key: .string(Data(token).base64EncodedString())])]))
         }

@@ -99,7 +99,8 @@ struct PodBenchCommand: ParsableCommand {
         let config = try ModelConfig.load(directory: model)
         let layer = spec.layers?.first ?? config.moeLayers.first!
         let topK = min(config.router.topK, spec.experts.count)
-        let token = "bench-\(getpid())"
+        // The pods listen on loopback, where any local user could reach them: a token nobody can guess.
+        let token = String(decoding: PoolToken.random(), as: UTF8.self)
         var pods: [EaasChild] = []
         var groups: [CPUControlGroup?] = []  // one per pod, nil where none limits it
         defer {

@@ -159,6 +159,19 @@ struct PoolTokenTests {
         return path
     }
 
+    @Test("A generated token is 32 random bytes as 64 hex digits: a new one each time, loaded without a warning")
+    func generated() throws {
+        let tokens = (0..<64).map { _ in PoolToken.random() }
+        #expect(Set(tokens).count == tokens.count)
+        for token in tokens {
+            #expect(token.count == 64 && token.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) })
+        }
+        let loaded = try PoolToken.load(file: nil, environment: ["EAAS_POOL_TOKEN": String(decoding: tokens[0], as: UTF8.self)])
+        #expect(loaded.token == tokens[0] && loaded.warnings.isEmpty)
+        // Every hex digit turns up: the bytes behind them are not a narrow range.
+        #expect(Set(tokens.joined()).count == 16)
+    }
+
     @Test("Two different binary tokens read from files stay different (bytes, never text)")
     func binaryTokens() throws {
         // Both invalid UTF-8: decoded with replacement they would both become "\u{FFFD}\u{FFFD}…".
