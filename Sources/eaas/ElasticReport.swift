@@ -58,7 +58,8 @@ struct ElasticReport {
 
     func policyJSON(_ run: ElasticRun) -> [String: Any] {
         [
-            "name": run.policy.rawValue, "pod_seconds": run.podSeconds, "cpu_seconds": run.cpuSeconds, "tokens": run.tokens,
+            "name": run.policy.rawValue, "pod_seconds": run.podSeconds, "rollout_pod_seconds": run.rolloutPodSeconds,
+            "rollouts": run.rollouts, "cpu_seconds": run.cpuSeconds, "tokens": run.tokens,
             "slo_attainment": run.sloAttainment(calibration), "failed_requests": run.failed, "shed_requests": run.shed.count,
             "requests": run.requests.count, "ttft_p99_ms": run.ttftP99 * 1000, "tpot_p99_ms": run.tpotP99 * 1000,
             "series": run.samples.map { ["t": ($0.seconds * 10).rounded() / 10, "demand_rps": $0.demand, "pods": $0.pods, "ready_pods": $0.readyPods] as [String: Any] },
@@ -94,6 +95,11 @@ struct ElasticReport {
         }
         if let saving = saving(.loadAware, against: .shardHPA) {
             lines.append(String(format: "load-aware uses %.1f%% fewer pod-seconds than shard-hpa (goal ≥ 15%%)", saving * 100))
+        }
+        if let run = run(.loadAware), run.podSeconds > 0 {
+            // What make-before-break costs: every pod counts while both groupings run.
+            lines.append(String(format: "load-aware: %d re-plans; %.0f pod-s (%.1f%% of its pod-seconds) while a rollout was under way",
+                                run.rollouts, run.rolloutPodSeconds, run.rolloutPodSeconds / run.podSeconds * 100))
         }
         lines.append(String(format: "top-5 experts' share of expert-tokens: %.1f%%", top5ExpertShare * 100))
         if let check = placementCheck {

@@ -32,6 +32,8 @@ struct ElasticSample {
     var expertTokens: [Double]
     /// The busiest shard's load per ready replica (expert-tokens/s), as the controller saw it.
     var peakLoadPerReplica: Double
+    /// A placement rollout was under way (the previous grouping's shards still up beside the new).
+    var rollingOut = false
 }
 
 /// A policy's outcome over the trace.
@@ -39,6 +41,9 @@ struct ElasticRun {
     var policy: ElasticPolicy
     var samples: [ElasticSample]
     var podSeconds: Double
+    /// Pod-seconds of the samples taken while a placement rollout was under way (every pod then
+    /// counts, old grouping and new).
+    var rolloutPodSeconds: Double
     var cpuSeconds: Double
     var tokens: Int
     var failed: Int
@@ -66,6 +71,9 @@ struct ElasticRun {
         let sorted = values.sorted()
         return sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))]
     }
+
+    /// Placement revisions the run went through (each a make-before-break rollout).
+    var rollouts: Int { max(0, (samples.last?.placementRevision ?? 0) - (samples.first?.placementRevision ?? 0)) }
 
     /// Each expert's total expert-tokens over the run.
     var expertTotals: [Double] { Self.expertSums(samples) }
@@ -207,10 +215,14 @@ final class ElasticRunner: @unchecked Sendable {
         let totals = load.totals
         let outcomes = load.outcomes
         let samples = driver.samples
-        var podSeconds = 0.0
-        for (a, b) in zip(samples, samples.dropFirst()) { podSeconds += Double(a.pods) * (b.seconds - a.seconds) }
+        var podSeconds = 0.0, rolloutPodSeconds = 0.0
+        for (a, b) in zip(samples, samples.dropFirst()) {
+            podSeconds += Double(a.pods) * (b.seconds - a.seconds)
+            if a.rollingOut { rolloutPodSeconds += Double(a.pods) * (b.seconds - a.seconds) }
+        }
         let revision = samples.last?.placementRevision ?? 0
-        return ElasticRun(policy: policy, samples: samples, podSeconds: podSeconds, cpuSeconds: driver.cpuSeconds, tokens: totals.tokens,
+        return ElasticRun(policy: policy, samples: samples, podSeconds: podSeconds, rolloutPodSeconds: rolloutPodSeconds,
+                          cpuSeconds: driver.cpuSeconds, tokens: totals.tokens,
                           failed: totals.failed, requests: outcomes.finished, shed: outcomes.shed, failureMessages: load.failureMessages,
                           placement: driver.lastStatus?.placement,
                           placementChangedAt: revision > 0 ? samples.first { $0.placementRevision == revision }?.seconds : nil,
@@ -344,6 +356,7 @@ final class ElasticDriver: Service, @unchecked Sendable {
         let peakLoad = shardRates.values.map { $0.tokens / Double(max(1, $0.replicas)) }.max() ?? 0
         return ElasticSample(seconds: seconds, demand: trace.rate(at: seconds), pods: pods.count,
                              readyPods: status?.shards.reduce(0) { $0 + $1.readyReplicas } ?? 0,
-                             placementRevision: status?.placement?.revision ?? 0, expertTokens: perExpert, peakLoadPerReplica: peakLoad)
+                             placementRevision: status?.placement?.revision ?? 0, expertTokens: perExpert, peakLoadPerReplica: peakLoad,
+                             rollingOut: status?.placement?.retiring.isEmpty == false)
     }
 }

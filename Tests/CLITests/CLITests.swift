@@ -295,6 +295,12 @@ struct CLITests {
         let placement = try #require(summary["placement"] as? [String: Any], "no placement was planned: \(summary)")
         let replicas = placement["expert_replicas"] as? [Int] ?? []
         #expect(placement["hottest_expert_replicas"] as? Int == replicas.max(), "\(placement)")
+        // A plan was rolled out: the run counts its re-plans and the pod-seconds spent while a
+        // rollout was under way (some, and less than the whole run's).
+        let rollouts = run["rollouts"] as? Int ?? 0
+        #expect(rollouts >= 1 && rollouts <= placement["revision"] as? Int ?? 0, "\(rollouts) rollouts, last plan \(placement["revision"] ?? "none")")
+        let rolloutPodSeconds = run["rollout_pod_seconds"] as? Double ?? -1
+        #expect(rolloutPodSeconds > 0 && rolloutPodSeconds < (run["pod_seconds"] as? Double ?? 0), "rollout pod-seconds \(rolloutPodSeconds)")
         let picture = try String(contentsOfFile: try #require(summary["picture"] as? String), encoding: .utf8)
         #expect(picture.hasPrefix("<svg") && picture.contains("load-aware"))
     }
