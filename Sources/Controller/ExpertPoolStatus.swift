@@ -114,11 +114,12 @@ public struct PoolCondition: SpecObject {
     public var lastTransitionTime = ""
     public var observedGeneration = 0
     public init() {}
-    public init(type: String, status: ConditionStatus, reason: String, message: String) {
+    public init(type: String, status: ConditionStatus, reason: String, message: String, observedGeneration: Int = 0) {
         self.type = type
         self.status = status
         self.reason = reason
         self.message = message
+        self.observedGeneration = observedGeneration
     }
 
     public static var fields: [SpecField<Self>] {

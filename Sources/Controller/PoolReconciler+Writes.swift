@@ -88,7 +88,8 @@ extension PoolReconciler {
         logger.warning("pool spec problem", metadata: ["pool": "\(pool.key)", "reason": "\(problem.reason)", "message": "\(problem.message)"])
         let before = status.condition("Degraded")
         status.observedGeneration = generation
-        status.conditions.set(condition("Degraded", .true, problem.reason, problem.message + "; running shards are left as they are", generation), now: Self.timestamp())
+        status.conditions.set(PoolCondition(type: "Degraded", status: .true, reason: problem.reason, message: problem.message + "; running shards are left as they are",
+                                             observedGeneration: generation), now: Self.timestamp())
         if before?.reason != problem.reason || before?.status != .true {
             await recordEvent(pool: pool, reason: problem.reason, message: problem.message, type: "Warning")
         }
@@ -99,12 +100,6 @@ extension PoolReconciler {
         let json = status.specJSON
         if let existing = pool.json["status"], existing == json { return }
         _ = try await client.patchStatus(ExpertPoolCRD.resource, pool.name ?? "", namespace: pool.namespace, .merge(["status": json]))
-    }
-
-    func condition(_ type: String, _ status: ConditionStatus, _ reason: String, _ message: String, _ generation: Int) -> PoolCondition {
-        var condition = PoolCondition(type: type, status: status, reason: reason, message: message)
-        condition.observedGeneration = generation
-        return condition
     }
 
     /// Posts a core/v1 Event about the pool; failing to is logged, never fatal.

@@ -88,7 +88,6 @@ public final class PoolReconciler: @unchecked Sendable {
             forget(ref)
             return .awaitChange
         }
-        let key = ref
         let namespace = pool.namespace ?? "default"
         var status = (try? pool.json["status"].map { try ExpertPoolStatus(specJSON: $0, path: "status") } ?? ExpertPoolStatus()) ?? ExpertPoolStatus()
         let generation = pool.generation ?? 0
@@ -133,8 +132,8 @@ public final class PoolReconciler: @unchecked Sendable {
 
         let children = PoolChildren(pool: pool, spec: spec, plan: plan, defaultImage: configuration.expertImage,
                                     modelRevision: modelRevision, retiringShards: retiringShards)
-        try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)), pool: key)
-        try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name), pool: key)
+        try await applyIfChanged(.configMaps, children.planConfigMap, existing: configMaps.get(namespace: namespace, name: PoolLabels.planConfigMap(pool: name)), pool: ref)
+        try await applyIfChanged(.services, children.service, existing: services.get(namespace: namespace, name: name), pool: ref)
 
         var shardStatuses: [ShardStatus] = []
         var limited: [(shard: String, decision: ScaleDecision)] = []
@@ -155,7 +154,7 @@ public final class PoolReconciler: @unchecked Sendable {
             // A retiring shard keeps what it has until the new grouping serves; then it is removed.
             if retiring.contains(shard.name) { decision = ScaleDecision(replicas: current, stabilized: current, reason: "DesiredWithinRange") }
             if decision.limited { limited.append((shard.name, decision)) }
-            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas, pool: key)
+            try await applyIfChanged(.deployments, children.deployment(for: shard, replicas: decision.replicas), existing: existing, replicas: decision.replicas, pool: ref)
             if existing != nil, decision.replicas != current {
                 try await recordScaling(pool: pool, shard: shard.name, from: current, to: decision.replicas, load: load, spec: spec)
             }
@@ -256,7 +255,7 @@ public final class PoolReconciler: @unchecked Sendable {
     func podsOf(pool: KubeObject, shard: String, modelRevision: Int) -> [KubeObject] {
         pods.byIndex(InformerStore.namespaceIndex.name, pool.namespace ?? "").filter { pod in
             pod.labels[PoolLabels.pool] == pool.name && pod.labels[PoolLabels.shard] == shard && Self.modelRevision(of: pod) == modelRevision
-                && !PodView(pod).isTerminating && !PodView(pod).hasFinished
+                && { let view = PodView(pod); return !view.isTerminating && !view.hasFinished }()
         }
     }
 

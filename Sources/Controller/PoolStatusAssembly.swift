@@ -25,9 +25,7 @@ extension ExpertPoolStatus {
         var status = self
         let shards = observed.shards, generation = observed.generation
         func condition(_ type: String, _ value: ConditionStatus, _ reason: String, _ message: String) -> PoolCondition {
-            var condition = PoolCondition(type: type, status: value, reason: reason, message: message)
-            condition.observedGeneration = generation
-            return condition
+            PoolCondition(type: type, status: value, reason: reason, message: message, observedGeneration: generation)
         }
         func plural(_ count: Int) -> String { count == 1 ? "" : "s" }
         status.observedGeneration = generation

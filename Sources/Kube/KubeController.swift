@@ -160,10 +160,7 @@ public final class KubeController: @unchecked Sendable {
                              report: @Sendable (ReconcileReport) -> Void) async {
         while let ref = await queue.next() {
             let started = ContinuousClock.now
-            func seconds() -> Double {
-                let elapsed = ContinuousClock.now - started
-                return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-            }
+            func seconds() -> Double { (ContinuousClock.now - started).seconds }
             do {
                 let action = try await reconcile(ref)
                 await queue.forget(ref)

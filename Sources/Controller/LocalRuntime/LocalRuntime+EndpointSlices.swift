@@ -12,9 +12,10 @@ extension LocalRuntime {
             return !view.isTerminating && view.podIP != nil && !view.hasFinished && selector.allSatisfy { pod.labels[$0.key] == $0.value.string }
         }.sorted { ($0.name ?? "") < ($1.name ?? "") }
         let endpoints: [JSONValue] = matching.map { pod in
-            let ready = PodView(pod).isReady
+            let view = PodView(pod)
+            let ready = view.isReady
             return [
-                "addresses": [.string(PodView(pod).podIP ?? "")],
+                "addresses": [.string(view.podIP ?? "")],
                 "conditions": ["ready": .bool(ready), "serving": .bool(ready), "terminating": false],
                 "targetRef": ["kind": "Pod", "name": .string(pod.name ?? ""), "namespace": .string(pod.namespace ?? ""), "uid": .string(pod.uid ?? "")],
             ]
